@@ -1,0 +1,165 @@
+"""Frozen configuration dataclasses and the named size presets.
+
+One dataclass per network component, passed whole to the module that builds it. Derived values are
+properties. Gin binds `UnifiedIOConfig` (through `make_config`) and the size presets, never inner
+layers. Every field is validated at construction, so a config that cannot work fails before any
+array is allocated, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+import jax.numpy as jnp
+
+from unified_io.modalities import Modality
+
+
+class ConfigError(ValueError):
+  """A configuration field has a value the model cannot be built with."""
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config field `{field}`: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkConfig:
+  """The encoder-decoder transformer shared by every modality.
+
+  Field names follow the release's `t5_config` where one exists. The token vocabularies live here
+  because the output heads are tied to the token embeddings.
+  """
+
+  emb_dim: int = 256
+  num_heads: int = 4
+  head_dim: int = 64
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  mlp_dim: int = 512
+  text_vocab_size: int = 33280
+  image_vocab_size: int = 16512
+  audio_vocab_size: int = 8320
+  dropout_rate: float = 0.0
+  # Longest 1D RoPE table (the release's `encoder_max_text_length` / `decoder_max_text_length`).
+  max_text_length: int = 512
+  # The release scales 2D RoPE coordinates of image and audio inputs by
+  # sqrt(decoder_max_image_length / encoder_max_image_length) (4/3 in the real model).
+  encoder_max_image_length: int = 576
+  decoder_max_image_length: int = 1024
+  qk_norm: bool = True
+  # The release silently turns RoPE off when head_dim == emb_dim; the converter sets this to False
+  # for such configs so their numbers still match.
+  use_rope: bool = True
+  rope_base: float = 10000.0
+  norm_eps: float = 1e-6
+  z_loss: float = 1e-4
+  dtype: str = "float32"  # activation dtype; parameters are always float32
+  remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
+
+  def __post_init__(self):
+    for name in ("emb_dim", "num_heads", "head_dim", "num_encoder_layers", "num_decoder_layers",
+                 "mlp_dim", "text_vocab_size", "max_text_length"):
+      value = getattr(self, name)
+      _require(isinstance(value, int) and value > 0, name, f"must be a positive int, got {value!r}")
+    for name in ("image_vocab_size", "audio_vocab_size"):
+      value = getattr(self, name)
+      _require(isinstance(value, int) and value >= 0, name, f"must be an int >= 0, got {value!r}")
+    # 2D RoPE rotates hd/4 pairs with the row and hd/4 with the column.
+    _require(self.head_dim % 4 == 0, "head_dim",
+             f"must be a multiple of 4 for 2D RoPE, got {self.head_dim}")
+    _require(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    _require(0.0 <= self.dropout_rate < 1.0, "dropout_rate",
+             f"must be in [0, 1), got {self.dropout_rate}")
+    _require(self.encoder_max_image_length > 0 and self.decoder_max_image_length > 0,
+             "encoder_max_image_length", "image lengths must be positive")
+
+  @property
+  def joined_heads_dim(self) -> int:
+    return self.num_heads * self.head_dim
+
+  @property
+  def activation_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def image_input_rope_scale(self) -> float:
+    return (self.decoder_max_image_length / self.encoder_max_image_length) ** 0.5
+
+  def vocab_size(self, modality: Modality) -> int:
+    return {Modality.TEXT: self.text_vocab_size, Modality.IMAGE: self.image_vocab_size,
+            Modality.AUDIO: self.audio_vocab_size}[modality]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnifiedIOConfig:
+  """The whole model: the trunk plus which modalities it reads and writes."""
+
+  trunk: TrunkConfig = TrunkConfig()
+  input_modalities: Tuple[Modality, ...] = (Modality.TEXT,)
+  target_modalities: Tuple[Modality, ...] = (Modality.TEXT,)
+
+  def __post_init__(self):
+    object.__setattr__(self, "input_modalities", _as_modalities(self.input_modalities, "input_modalities"))
+    object.__setattr__(self, "target_modalities", _as_modalities(self.target_modalities, "target_modalities"))
+    _require(bool(self.input_modalities), "input_modalities", "needs at least one modality")
+    _require(bool(self.target_modalities), "target_modalities", "needs at least one modality")
+    for m in self.target_modalities:
+      _require(m.can_be_target, "target_modalities", f"{m.value} cannot be a target")
+      _require(self.trunk.vocab_size(m) > 0, f"trunk.{m.value}_vocab_size",
+               f"must be > 0 when {m.value} is a target")
+    supported = {Modality.TEXT}
+    for m in self.input_modalities + self.target_modalities:
+      _require(m in supported, "input_modalities/target_modalities",
+               f"{m.value} has no embedder yet (supported: {sorted(s.value for s in supported)})")
+
+
+def _as_modalities(values, field: str) -> Tuple[Modality, ...]:
+  out = []
+  for v in values:
+    try:
+      out.append(Modality(v) if not isinstance(v, Modality) else v)
+    except ValueError:
+      raise ConfigError(f"config field `{field}`: unknown modality {v!r}; "
+                        f"known: {[m.value for m in Modality]}") from None
+  # The release concatenates parts in a fixed order; keep it whatever order the user wrote.
+  return tuple(sorted(set(out), key=Modality.order))
+
+
+# ------------------------------------------------------------------------------------------------
+# Size presets (DESIGN.md). `tiny` is for CI: seconds on CPU, and head_dim != emb_dim so RoPE is on.
+# ------------------------------------------------------------------------------------------------
+SIZES = {
+    "tiny": dict(emb_dim=128, num_heads=2, head_dim=64, num_encoder_layers=2, num_decoder_layers=2,
+                 mlp_dim=256),
+    "small": dict(emb_dim=512, num_heads=8, head_dim=64, num_encoder_layers=8, num_decoder_layers=8,
+                  mlp_dim=1408),
+    "base": dict(emb_dim=768, num_heads=12, head_dim=64, num_encoder_layers=12,
+                 num_decoder_layers=12, mlp_dim=2048),
+    "large": dict(emb_dim=1024, num_heads=16, head_dim=64, num_encoder_layers=24,
+                  num_decoder_layers=24, mlp_dim=2816),
+    "xl": dict(emb_dim=2048, num_heads=16, head_dim=128, num_encoder_layers=24,
+               num_decoder_layers=24, mlp_dim=5120),
+    "xxl": dict(emb_dim=3072, num_heads=24, head_dim=128, num_encoder_layers=24,
+                num_decoder_layers=24, mlp_dim=8192),
+}
+
+
+def trunk_config(size: str, **overrides) -> TrunkConfig:
+  """The trunk of a named size preset, with any field overridden."""
+  if size not in SIZES:
+    raise ConfigError(f"config field `size`: unknown size {size!r}; known: {list(SIZES)}")
+  return TrunkConfig(**{**SIZES[size], **overrides})
+
+
+def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
+                **trunk_overrides) -> UnifiedIOConfig:
+  """The gin entry point: a size preset, the modalities, and trunk overrides."""
+  return UnifiedIOConfig(trunk=trunk_config(size, **trunk_overrides),
+                         input_modalities=tuple(input_modalities),
+                         target_modalities=tuple(target_modalities))

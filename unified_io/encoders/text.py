@@ -1,0 +1,54 @@
+"""Text in and out: token embeddings (shared with the tied text head) plus a modality vector, 1D RoPE.
+
+Input features:  tokens [B, L] int, mask [B, L], pos_ids [B, L] (optional; 0..L-1 by default).
+Target features: inputs [B, T] (targets shifted right, BOS = 0), targets [B, T], mask [B, T],
+                 loss_mask [B, T] (optional; defaults to mask).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unified_io.config import TrunkConfig
+from unified_io.encoders.parts import EncoderPart, TargetPart, modality_embedding
+from unified_io.layers import TokenEmbedder, rope_table_1d
+
+
+def _rope_1d(cfg: TrunkConfig, positions_bl: jax.Array) -> jax.Array:
+  table = jnp.asarray(rope_table_1d(cfg.max_text_length, cfg.head_dim, cfg.rope_base))
+  return jnp.take(table, positions_bl, axis=0)
+
+
+def _default_positions(tokens_bl: jax.Array) -> jax.Array:
+  return jnp.broadcast_to(jnp.arange(tokens_bl.shape[1], dtype=jnp.int32), tokens_bl.shape)
+
+
+class TextInputEmbedder(nn.Module):
+  cfg: TrunkConfig
+  token_embedder: TokenEmbedder
+
+  @nn.compact
+  def __call__(self, features) -> EncoderPart:
+    tokens_bl = features["tokens"]
+    embed_bld = self.token_embedder(tokens_bl) + modality_embedding(self, self.cfg.emb_dim).astype(
+        self.cfg.activation_dtype)
+    positions_bl = features.get("pos_ids")
+    if positions_bl is None:
+      positions_bl = _default_positions(tokens_bl)
+    return EncoderPart(embed_bld, features["mask"], _rope_1d(self.cfg, positions_bl))
+
+
+class TextTargetEmbedder(nn.Module):
+  cfg: TrunkConfig
+  token_embedder: TokenEmbedder
+
+  @nn.compact
+  def __call__(self, features) -> TargetPart:
+    inputs_bt = features["inputs"]
+    embed_btd = self.token_embedder(inputs_bt) + modality_embedding(self, self.cfg.emb_dim).astype(
+        self.cfg.activation_dtype)
+    # The release restarts positions at 0 for every target part, whatever the batch says.
+    rope_btk = _rope_1d(self.cfg, _default_positions(inputs_bt))
+    mask_bt = features["mask"]
+    loss_mask_bt = features.get("loss_mask", mask_bt)
+    return TargetPart(embed_btd, mask_bt, rope_btk, features["targets"], loss_mask_bt)

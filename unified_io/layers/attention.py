@@ -1,0 +1,65 @@
+"""Multi-head dot-product attention as the UIO2 trunk computes it.
+
+Axis legend: B batch, L query length, S key length, D embed, H heads, K head_dim.
+
+Steps, in the release's order: bias-free q/k/v projections; qk-norm (RMSNorm over K, one [K] scale
+shared by the heads); RoPE on q and k in float32; logits (q / sqrt(K)) . k in float32; the mask
+replaces masked logits by -1e10 (the release adds a -1e10 bias, which in float32 rounds to exactly
+that, so a fully masked query row becomes a uniform average over all keys rather than NaN);
+softmax in float32; the weights are cast back to the activation dtype before they multiply v.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unified_io.config import TrunkConfig
+from unified_io.layers.mlp import KERNEL_INIT
+from unified_io.layers.norms import RMSNorm
+from unified_io.layers.rope import apply_rope
+
+MASKED_LOGIT = -1e10
+
+
+class Attention(nn.Module):
+  cfg: TrunkConfig
+
+  def _projection(self, name: str) -> nn.DenseGeneral:
+    cfg = self.cfg
+    return nn.DenseGeneral(
+        features=(cfg.num_heads, cfg.head_dim), axis=-1, use_bias=False,
+        dtype=cfg.activation_dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, ("embed", "heads", "kv")))
+
+  @nn.compact
+  def __call__(self, x_q_bld: jax.Array, x_kv_bsd: jax.Array, mask_b1ls: Optional[jax.Array],
+               q_rope_blk: Optional[jax.Array] = None, k_rope_bsk: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    """`mask` is boolean [B, 1 or H, L, S] (True = may attend); rope tables are [B, L|S, K]."""
+    cfg = self.cfg
+    q_blhk = self._projection("query")(x_q_bld)
+    k_bshk = self._projection("key")(x_kv_bsd)
+    v_bshk = self._projection("value")(x_kv_bsd)
+    if cfg.qk_norm:
+      q_blhk = RMSNorm(cfg.norm_eps, axis_name="kv", name="query_norm")(q_blhk)
+      k_bshk = RMSNorm(cfg.norm_eps, axis_name="kv", name="key_norm")(k_bshk)
+    q_blhk = q_blhk.astype(jnp.float32)
+    k_bshk = k_bshk.astype(jnp.float32)
+    if cfg.use_rope and q_rope_blk is not None:
+      q_blhk = apply_rope(q_blhk, q_rope_blk)
+    if cfg.use_rope and k_rope_bsk is not None:
+      k_bshk = apply_rope(k_bshk, k_rope_bsk)
+
+    logits_bhls = jnp.einsum("BLHK,BSHK->BHLS", q_blhk / jnp.sqrt(jnp.float32(cfg.head_dim)), k_bshk)
+    if mask_b1ls is not None:
+      logits_bhls = jnp.where(mask_b1ls, logits_bhls, MASKED_LOGIT)
+    weights_bhls = jax.nn.softmax(logits_bhls, axis=-1).astype(cfg.activation_dtype)
+    weights_bhls = nn.Dropout(cfg.dropout_rate)(weights_bhls, deterministic=deterministic)
+
+    out_blhk = jnp.einsum("BHLS,BSHK->BLHK", weights_bhls, v_bshk)
+    return nn.DenseGeneral(
+        features=x_q_bld.shape[-1], axis=(-2, -1), use_bias=False, dtype=cfg.activation_dtype,
+        param_dtype=jnp.float32, name="out",
+        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, ("heads", "kv", "embed")))(out_blhk)

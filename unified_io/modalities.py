@@ -1,0 +1,28 @@
+"""The modalities the model reads and writes.
+
+The enum order is the release's sequence order: encoder parts are concatenated text, image,
+image_history, audio, audio_history, and decoder parts text, image, audio. Code dispatches on these
+members through registries, never on strings.
+"""
+
+import enum
+
+
+class Modality(str, enum.Enum):
+  TEXT = "text"
+  IMAGE = "image"
+  IMAGE_HISTORY = "image_history"
+  AUDIO = "audio"
+  AUDIO_HISTORY = "audio_history"
+
+  @property
+  def can_be_target(self) -> bool:
+    return self in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)
+
+  @property
+  def target_id(self) -> int:
+    """The release's `modality_id` of a target part: decoder tokens attend only within one id."""
+    return {Modality.TEXT: 0, Modality.IMAGE: 1, Modality.AUDIO: 2}[self]
+
+  def order(self) -> int:
+    return list(Modality).index(self)

@@ -1,0 +1,90 @@
+"""The whole network: per-modality embedders around the encoder-decoder trunk, with tied heads.
+
+Axis legend: B batch, L encoder length, T decoder length, D embed, K head_dim, V vocab.
+
+The batch is a nested dict, the release's layout:
+  {"inputs":  {"text": {"tokens", "mask", "pos_ids"}, ...},
+   "targets": {"text": {"inputs", "targets", "mask", "loss_mask"}, ...}}
+Modalities missing from a batch are skipped. Encoder parts are concatenated in `Modality` order,
+decoder parts too; each target part gets its own segment id so targets never attend to each other.
+"""
+
+from typing import Dict, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unified_io.config import UnifiedIOConfig
+from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS
+from unified_io.layers import TokenEmbedder
+from unified_io.modalities import Modality
+from unified_io.transformer import Decoder, Encoder
+
+
+class Encoded(NamedTuple):
+  hidden: jax.Array  # [B, L, D] encoder output
+  mask: jax.Array  # [B, L]
+  rope: jax.Array  # [B, L, K]
+
+
+class TargetOutput(NamedTuple):
+  logits: jax.Array  # [B, T, V] float32
+  targets: jax.Array  # [B, T]
+  loss_mask: jax.Array  # [B, T]
+
+
+class UnifiedIONetwork(nn.Module):
+  cfg: UnifiedIOConfig
+
+  def setup(self):
+    trunk = self.cfg.trunk
+    embedded = {Modality.TEXT, *self.cfg.target_modalities}
+    self.token_embedders = {m.value: TokenEmbedder(trunk.vocab_size(m), trunk)
+                            for m in sorted(embedded, key=Modality.order)}
+    self.input_embedders = {m.value: INPUT_EMBEDDERS[m](trunk, self.token_embedders[m.value])
+                            for m in self.cfg.input_modalities}
+    self.target_embedders = {m.value: TARGET_EMBEDDERS[m](trunk, self.token_embedders[m.value])
+                             for m in self.cfg.target_modalities}
+    self.encoder = Encoder(trunk)
+    self.decoder = Decoder(trunk)
+
+  def encode(self, inputs: Mapping[str, Mapping], deterministic: bool = True) -> Encoded:
+    parts = [self.input_embedders[m.value](inputs[m.value])
+             for m in self.cfg.input_modalities if m.value in inputs]
+    if not parts:
+      raise ValueError(f"the batch has no input modality; expected some of "
+                       f"{[m.value for m in self.cfg.input_modalities]} under 'inputs'")
+    embed_bld = jnp.concatenate([p.embed for p in parts], axis=1)
+    mask_bl = jnp.concatenate([p.mask for p in parts], axis=1)
+    rope_blk = jnp.concatenate([p.rope for p in parts], axis=1)
+    hidden_bld = self.encoder(embed_bld, mask_bl, rope_blk, deterministic)
+    return Encoded(hidden_bld, mask_bl, rope_blk)
+
+  def decode(self, targets: Mapping[str, Mapping], encoded: Encoded,
+             deterministic: bool = True) -> Dict[str, TargetOutput]:
+    present = [m for m in self.cfg.target_modalities if m.value in targets]
+    if not present:
+      raise ValueError(f"the batch has no target modality; expected some of "
+                       f"{[m.value for m in self.cfg.target_modalities]} under 'targets'")
+    parts = [self.target_embedders[m.value](targets[m.value]) for m in present]
+    lengths = [p.embed.shape[1] for p in parts]
+    batch = parts[0].embed.shape[0]
+    segment_ids_bt = jnp.concatenate(
+        [jnp.full((batch, n), m.target_id, jnp.int32) for m, n in zip(present, lengths)], axis=1)
+    hidden_btd = self.decoder(
+        jnp.concatenate([p.embed for p in parts], axis=1),
+        jnp.concatenate([p.mask for p in parts], axis=1), segment_ids_bt,
+        jnp.concatenate([p.rope for p in parts], axis=1),
+        encoded.hidden, encoded.mask, encoded.rope, deterministic)
+
+    outputs, start = {}, 0
+    for m, part, n in zip(present, parts, lengths):
+      logits_btv = self.token_embedders[m.value].logits(hidden_btd[:, start:start + n])
+      outputs[m.value] = TargetOutput(logits_btv, part.targets, part.loss_mask)
+      start += n
+    return outputs
+
+  def __call__(self, batch: Mapping[str, Mapping], deterministic: bool = True
+               ) -> Dict[str, TargetOutput]:
+    return self.decode(batch["targets"], self.encode(batch["inputs"], deterministic), deterministic)
