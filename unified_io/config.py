@@ -135,7 +135,7 @@ def _as_modalities(values, field: str) -> Tuple[Modality, ...]:
 # Size presets (DESIGN.md). `tiny` is for CI: seconds on CPU, and head_dim != emb_dim so RoPE is on.
 # ------------------------------------------------------------------------------------------------
 SIZES = {
-    "tiny": dict(emb_dim=128, num_heads=2, head_dim=64, num_encoder_layers=2, num_decoder_layers=2,
+    "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, num_encoder_layers=2, num_decoder_layers=2,
                  mlp_dim=256),
     "small": dict(emb_dim=512, num_heads=8, head_dim=64, num_encoder_layers=8, num_decoder_layers=8,
                   mlp_dim=1408),

@@ -39,9 +39,10 @@ class UnifiedIONetwork(nn.Module):
 
   def setup(self):
     trunk = self.cfg.trunk
-    embedded = {Modality.TEXT, *self.cfg.target_modalities}
+    # Like the release, the trunk always owns a token table (= tied head) for every target modality
+    # with a vocabulary, so checkpoints have one layout whatever a task uses.
     self.token_embedders = {m.value: TokenEmbedder(trunk.vocab_size(m), trunk)
-                            for m in sorted(embedded, key=Modality.order)}
+                            for m in Modality if m.can_be_target and trunk.vocab_size(m) > 0}
     self.input_embedders = {m.value: INPUT_EMBEDDERS[m](trunk, self.token_embedders[m.value])
                             for m in self.cfg.input_modalities}
     self.target_embedders = {m.value: TARGET_EMBEDDERS[m](trunk, self.token_embedders[m.value])
@@ -87,4 +88,7 @@ class UnifiedIONetwork(nn.Module):
 
   def __call__(self, batch: Mapping[str, Mapping], deterministic: bool = True
                ) -> Dict[str, TargetOutput]:
+    if self.is_initializing():  # flax creates parameters lazily; create every table, used or not
+      for embedder in self.token_embedders.values():
+        embedder.embedding  # pylint: disable=pointless-statement
     return self.decode(batch["targets"], self.encode(batch["inputs"], deterministic), deterministic)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from unified_io.config import TrunkConfig
-from unified_io.layers.mlp import KERNEL_INIT
+from unified_io.layers.dense import Projection
 from unified_io.layers.norms import RMSNorm
 from unified_io.layers.rope import apply_rope
 
@@ -26,12 +26,10 @@ MASKED_LOGIT = -1e10
 class Attention(nn.Module):
   cfg: TrunkConfig
 
-  def _projection(self, name: str) -> nn.DenseGeneral:
+  def _projection(self, emb_dim: int, name: str) -> Projection:
     cfg = self.cfg
-    return nn.DenseGeneral(
-        features=(cfg.num_heads, cfg.head_dim), axis=-1, use_bias=False,
-        dtype=cfg.activation_dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, ("embed", "heads", "kv")))
+    return Projection((emb_dim,), (cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"),
+                      cfg.activation_dtype, name=name)
 
   @nn.compact
   def __call__(self, x_q_bld: jax.Array, x_kv_bsd: jax.Array, mask_b1ls: Optional[jax.Array],
@@ -39,9 +37,9 @@ class Attention(nn.Module):
                deterministic: bool = True) -> jax.Array:
     """`mask` is boolean [B, 1 or H, L, S] (True = may attend); rope tables are [B, L|S, K]."""
     cfg = self.cfg
-    q_blhk = self._projection("query")(x_q_bld)
-    k_bshk = self._projection("key")(x_kv_bsd)
-    v_bshk = self._projection("value")(x_kv_bsd)
+    q_blhk = self._projection(x_q_bld.shape[-1], "query")(x_q_bld)
+    k_bshk = self._projection(x_kv_bsd.shape[-1], "key")(x_kv_bsd)
+    v_bshk = self._projection(x_kv_bsd.shape[-1], "value")(x_kv_bsd)
     if cfg.qk_norm:
       q_blhk = RMSNorm(cfg.norm_eps, axis_name="kv", name="query_norm")(q_blhk)
       k_bshk = RMSNorm(cfg.norm_eps, axis_name="kv", name="key_norm")(k_bshk)
@@ -59,7 +57,5 @@ class Attention(nn.Module):
     weights_bhls = nn.Dropout(cfg.dropout_rate)(weights_bhls, deterministic=deterministic)
 
     out_blhk = jnp.einsum("BHLS,BSHK->BLHK", weights_bhls, v_bshk)
-    return nn.DenseGeneral(
-        features=x_q_bld.shape[-1], axis=(-2, -1), use_bias=False, dtype=cfg.activation_dtype,
-        param_dtype=jnp.float32, name="out",
-        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, ("heads", "kv", "embed")))(out_blhk)
+    return Projection((cfg.num_heads, cfg.head_dim), (x_q_bld.shape[-1],), ("heads", "kv", "embed"),
+                      cfg.activation_dtype, name="out")(out_blhk)

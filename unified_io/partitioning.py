@@ -1,0 +1,80 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Every parameter carries logical axis names (see `model-info`); activations are constrained at block
+boundaries with ("batch", "length", "embed"). The rules below decide where each name lives:
+
+  batch -> data      vocab, mlp, heads -> model      embed, kv, length -> replicated
+  FSDP adds embed -> data: parameters are also split over `data`. Activations keep their embed
+  axis replicated because `batch` already took `data` (flax uses the first rule whose mesh axis is
+  still free, so the later `("embed", None)` applies).
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA, MODEL = "data", "model"
+
+_BASE_RULES = (
+    ("batch", DATA),
+    ("vocab", MODEL),
+    ("mlp", MODEL),
+    ("heads", MODEL),
+    ("kv", None),
+    ("length", None),
+)
+
+
+def axis_rules(fsdp: bool = False) -> Tuple[Tuple[str, Optional[str]], ...]:
+  """The logical -> mesh axis rules; with `fsdp`, parameters' embed axis is split over data."""
+  embed = (("embed", DATA), ("embed", None)) if fsdp else (("embed", None),)
+  return _BASE_RULES + embed
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence] = None) -> Mesh:
+  """A (data, model) mesh over `devices` (default: all); data = -1 takes what model leaves."""
+  devices = list(jax.devices() if devices is None else devices)
+  if data == -1:
+    if len(devices) % model:
+      raise ValueError(f"mesh: model={model} does not divide the {len(devices)} devices")
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f"mesh: data={data} x model={model} != {len(devices)} devices")
+  return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
+
+
+def logical_specs(boxed_tree):
+  """Logical PartitionSpecs (axis names) of a tree of boxed parameters."""
+  return nn.get_partition_spec(boxed_tree)
+
+
+def mesh_specs(boxed_tree, rules):
+  """Mesh PartitionSpecs of a tree of boxed parameters under `rules`."""
+  return nn.logical_to_mesh(logical_specs(boxed_tree), rules)
+
+
+def shardings(boxed_tree, mesh: Mesh, rules):
+  """NamedShardings of a tree of boxed (e.g. `jax.eval_shape`d) parameters."""
+  return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches split over `data` on their leading axis."""
+  return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def describe(boxed_tree, rules) -> str:
+  """One line per variable: path, shape, logical axes and PartitionSpec (for model-info.txt)."""
+  logical = jax.tree_util.tree_leaves_with_path(
+      logical_specs(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec))
+  physical = jax.tree_util.tree_leaves(
+      mesh_specs(boxed_tree, rules), is_leaf=lambda x: isinstance(x, PartitionSpec))
+  shapes = jax.tree_util.tree_leaves(nn.meta.unbox(boxed_tree))
+  lines = []
+  for (path, names), spec, leaf in zip(logical, physical, shapes):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    lines.append(f"{name:70s} {str(tuple(leaf.shape)):22s} {str(tuple(names)):34s} {spec}")
+  return "\n".join(lines)
