@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Tuple
 
+import gin
 import jax.numpy as jnp
 
 from unified_io.modalities import Modality
@@ -157,6 +158,7 @@ def trunk_config(size: str, **overrides) -> TrunkConfig:
   return TrunkConfig(**{**SIZES[size], **overrides})
 
 
+@gin.configurable
 def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
                 **trunk_overrides) -> UnifiedIOConfig:
   """The gin entry point: a size preset, the modalities, and trunk overrides."""

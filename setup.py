@@ -1,0 +1,52 @@
+"""unified-io: Unified-IO 2 style any-to-any multimodal models in JAX/Flax."""
+
+import os
+import shutil
+
+import setuptools
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithGin(build_py):
+  """Copies the top-level gin/ folder into the built package as unified_io/gin.
+
+  The folder cannot be a package of its own: a `gin/__init__.py` at the repository root would
+  shadow the gin-config library whenever the root is on sys.path.
+  """
+
+  def run(self):
+    super().run()
+    shutil.copytree("gin", os.path.join(self.build_lib, "unified_io", "gin"), dirs_exist_ok=True)
+
+
+setuptools.setup(
+    name="unified-io",
+    version="0.1.0",
+    description="Unified-IO 2 style any-to-any multimodal models in JAX/Flax, TPU-native",
+    python_requires=">=3.11",
+    # tasks/ installs as unified_io.tasks; gin/ is copied in by BuildPyWithGin (and found in the
+    # checkout by an editable install), see unified_io/gin_paths.py.
+    packages=setuptools.find_packages(include=["unified_io", "unified_io.*"]) + ["unified_io.tasks"],
+    package_dir={"unified_io.tasks": "tasks"},
+    cmdclass={"build_py": BuildPyWithGin},
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax",
+        "orbax-checkpoint",
+        # seqio needs tensorflow-text, which pins the full `tensorflow` wheel (CPU on Linux unless
+        # its CUDA extra is asked for), so we do not add `tensorflow-cpu` beside it.
+        "seqio==0.0.20",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-datasets",
+        "gin-config",
+        "clu",
+        "tensorboard",
+        "numpy",
+        "pytest",
+    ],
+    entry_points={"console_scripts": [
+        "uio2-demo=unified_io.demo:main",
+        "uio2-check-reference=unified_io.interop.check_reference:main",
+    ]},
+)

@@ -1,0 +1,47 @@
+"""Test-wide setup: 8 fake CPU devices and where the reference (golden) files live.
+
+  cd /work/main && .venv/bin/python -m pytest -q tests
+
+XLA reads its flags when the first backend is created, so they are set here, before any test module
+(and so before any `import jax` of ours) runs. Flags already set by the user are kept.
+"""
+
+import os
+import sys
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), _DEVICE_FLAG]))
+os.environ["JAX_PLATFORMS"] = "cpu"
+if "jax" in sys.modules:  # a plugin imported jax first: the env var was read already
+  sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+import pathlib  # pylint: disable=wrong-import-position
+
+import pytest  # pylint: disable=wrong-import-position
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+NUM_FAKE_DEVICES = 8
+REFERENCE_DIR = pathlib.Path(
+    os.environ.get("UIO2_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+TEXT_GOLDEN = REFERENCE_DIR / "uio2_text_golden.npz"
+
+
+def require_reference() -> pathlib.Path:
+  """The reference folder; skips the calling test only when the folder does not exist at all."""
+  if not REFERENCE_DIR.is_dir():
+    pytest.skip(f"reference folder {REFERENCE_DIR} is absent (set UIO2_REFERENCE_DIR to the folder "
+                f"holding uio2_text_golden.npz)")
+  return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> pathlib.Path:
+  return require_reference()
+
+
+@pytest.fixture(scope="session")
+def text_golden_path(reference_dir) -> pathlib.Path:
+  # The folder exists, so a missing file is a broken checkout: fail, do not skip.
+  assert TEXT_GOLDEN.is_file(), f"{TEXT_GOLDEN} is missing from the reference folder"
+  return TEXT_GOLDEN

@@ -1,0 +1,1 @@
+"""Turning seqio task outputs into model batches."""
