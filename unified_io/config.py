@@ -155,6 +155,9 @@ def trunk_config(size: str, **overrides) -> TrunkConfig:
   """The trunk of a named size preset, with any field overridden."""
   if size not in SIZES:
     raise ConfigError(f"config field `size`: unknown size {size!r}; known: {list(SIZES)}")
+  known = {f.name for f in dataclasses.fields(TrunkConfig)}
+  for name in overrides:
+    _require(name in known, name, f"is not a TrunkConfig field; known: {sorted(known)}")
   return TrunkConfig(**{**SIZES[size], **overrides})
 
 

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import zipfile
 from typing import Dict, List, Mapping
 
 import numpy as np
@@ -70,8 +71,11 @@ def run_check(path: str, check_grads: bool = True, verbose: bool = True) -> List
   from unified_io.interop.release import config_from_release, params_to_release, release_to_params
   from unified_io.model import UnifiedIOModel
 
-  golden = np.load(path)
-  files = set(golden.files)
+  try:
+    golden = np.load(path)
+    files = set(golden.files)
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
   if "meta/config_json" not in files:
     raise ValueError(f"{path}: no `meta/config_json`; not a UIO2 golden file")
   release = {k[len("param/"):]: golden[k] for k in files if k.startswith("param/")}
