@@ -9,7 +9,7 @@ array is allocated, with a message naming the field.
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import gin
 import jax.numpy as jnp
@@ -97,13 +97,147 @@ class TrunkConfig:
             Modality.AUDIO: self.audio_vocab_size}[modality]
 
 
+Size2 = Tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class VitConfig:
+  """A ViT feature extractor: the image one (CLIP-style) or the audio one (AST-style).
+
+  The stored position table has `num_pos` rows. Image: 1 + g*g (a class row, then the g x g grid
+  it was trained at), resized when the input grid (`default_input_size` / `patch_size`) differs.
+  Audio: the release's fixed 514 rows (class, distillation, then patches, indexed transposed).
+  The last kept block and the output of block 1 are the features the embedders use.
+  """
+
+  emb_dim: int = 768
+  num_heads: int = 12
+  head_dim: int = 64
+  num_layers: int = 11
+  mlp_dim: int = 3072
+  patch_size: int = 16
+  default_input_size: Size2 = (384, 384)
+  num_pos: int = 197
+  dropout_rate: float = 0.0
+
+  def __post_init__(self):
+    for name in ("emb_dim", "num_heads", "head_dim", "num_layers", "mlp_dim", "patch_size",
+                 "num_pos"):
+      _require(getattr(self, name) > 0, f"vit.{name}", "must be positive")
+    _require(self.num_layers >= 2, "vit.num_layers", "must be >= 2 (block 1 is a feature tap)")
+    _require(self.num_heads * self.head_dim == self.emb_dim, "vit.num_heads",
+             f"num_heads * head_dim must equal emb_dim ({self.num_heads} * {self.head_dim} != "
+             f"{self.emb_dim})")
+    for side in self.default_input_size:
+      _require(side % self.patch_size == 0, "vit.default_input_size",
+               f"{self.default_input_size} is not a multiple of patch_size {self.patch_size}")
+
+  @property
+  def grid(self) -> Size2:
+    return (self.default_input_size[0] // self.patch_size,
+            self.default_input_size[1] // self.patch_size)
+
+  @property
+  def patch_dim(self) -> int:
+    """Length of one flattened patch: image (dh dw c) with 3 channels, audio (dh dw) mono."""
+    return self.patch_size * self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class ResamplerConfig:
+  """The perceiver resampler that turns one frame's ViT features into `latents_size` latents."""
+
+  emb_dim: int = 768
+  num_heads: int = 12
+  head_dim: int = 64
+  num_layers: int = 2
+  mlp_dim: int = 2048
+  latents_size: int = 32
+  max_frames: int = 8
+  qk_norm: bool = True  # the release's `xattn_qk_norm`
+  scaled_cosine: bool = False  # `xattn_scaled_cosine`: cos(q, k) * exp(min(scale, ln 100))
+  dropout_rate: float = 0.0
+
+  def __post_init__(self):
+    for name in ("emb_dim", "num_heads", "head_dim", "num_layers", "mlp_dim", "latents_size",
+                 "max_frames"):
+      _require(getattr(self, name) > 0, f"resampler.{name}", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageVQGANConfig:
+  """The image target tokenizer: a taming-style conv VQGAN (the release's `image_vqgan`)."""
+
+  embed_dim: int = 4
+  n_embed: int = 16384
+  z_channels: int = 4
+  resolution: int = 256
+  in_channels: int = 3
+  out_ch: int = 3
+  ch: int = 128
+  ch_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: Tuple[int, ...] = (32,)
+  default_input_size: Size2 = (256, 256)
+  patch_size: Size2 = (8, 8)
+
+  @property
+  def grid(self) -> Size2:
+    return (self.default_input_size[0] // self.patch_size[0],
+            self.default_input_size[1] // self.patch_size[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioVQGANConfig:
+  """The audio target tokenizer: a ViT-VQGAN over (mel, time) spectrograms (`audio_vqgan`)."""
+
+  vocab_size: int = 8192
+  proj_dim: int = 32
+  encoder_hidden_size: int = 512
+  encoder_num_layers: int = 8
+  encoder_mlp_dim: int = 2048
+  encoder_num_heads: int = 8
+  encoder_head_dim: int = 64
+  decoder_hidden_size: int = 512
+  decoder_num_layers: int = 8
+  decoder_mlp_dim: int = 2048
+  decoder_num_heads: int = 8
+  decoder_head_dim: int = 64
+  default_input_size: Size2 = (128, 256)  # (mel, time) after the release's transpose
+  patch_size: Size2 = (8, 8)
+  output_channel: int = 1
+
+  @property
+  def grid(self) -> Size2:
+    return (self.default_input_size[0] // self.patch_size[0],
+            self.default_input_size[1] // self.patch_size[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class UnifiedIOConfig:
-  """The whole model: the trunk plus which modalities it reads and writes."""
+  """The whole model: the trunk, which modalities it reads and writes, and their components.
+
+  A component is needed only when a modality that uses it is present: image_vit for image and
+  image_history inputs, audio_vit for audio and audio_history, the resamplers for the histories,
+  the VQ tokenizers for image and audio targets. Sizes are (height, width) in pixels or
+  spectrogram bins, as the release's `default_*_size` fields.
+  """
 
   trunk: TrunkConfig = TrunkConfig()
   input_modalities: Tuple[Modality, ...] = (Modality.TEXT,)
   target_modalities: Tuple[Modality, ...] = (Modality.TEXT,)
+  image_vit: Optional[VitConfig] = None
+  audio_vit: Optional[VitConfig] = None
+  image_history: Optional[ResamplerConfig] = None
+  audio_history: Optional[ResamplerConfig] = None
+  image_vqgan: Optional[ImageVQGANConfig] = None
+  audio_vqgan: Optional[AudioVQGANConfig] = None
+  image_history_input_size: Size2 = (256, 256)
+  audio_history_input_size: Size2 = (256, 128)
+  freeze_vit: bool = True  # stop gradients into the ViTs (history ViTs are always frozen)
+  # The paper's autoregressive dynamic masking and row/column/conv patterns for image and audio
+  # targets. The release computes them but never applies them: off = the release's numbers.
+  dynamic_masking: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "input_modalities", _as_modalities(self.input_modalities, "input_modalities"))
@@ -114,10 +248,23 @@ class UnifiedIOConfig:
       _require(m.can_be_target, "target_modalities", f"{m.value} cannot be a target")
       _require(self.trunk.vocab_size(m) > 0, f"trunk.{m.value}_vocab_size",
                f"must be > 0 when {m.value} is a target")
-    supported = {Modality.TEXT}
-    for m in self.input_modalities + self.target_modalities:
-      _require(m in supported, "input_modalities/target_modalities",
-               f"{m.value} has no embedder yet (supported: {sorted(s.value for s in supported)})")
+    for m in self.input_modalities:
+      for component in _INPUT_COMPONENTS[m]:
+        _require(getattr(self, component) is not None, component,
+                 f"is required when {m.value} is an input modality")
+    for m in self.target_modalities:
+      for component in _TARGET_COMPONENTS[m]:
+        _require(getattr(self, component) is not None, component,
+                 f"is required when {m.value} is a target modality")
+
+
+_INPUT_COMPONENTS = {
+    Modality.TEXT: (), Modality.IMAGE: ("image_vit",), Modality.AUDIO: ("audio_vit",),
+    Modality.IMAGE_HISTORY: ("image_vit", "image_history"),
+    Modality.AUDIO_HISTORY: ("audio_vit", "audio_history"),
+}
+_TARGET_COMPONENTS = {Modality.TEXT: (), Modality.IMAGE: ("image_vqgan",),
+                      Modality.AUDIO: ("audio_vqgan",)}
 
 
 def _as_modalities(values, field: str) -> Tuple[Modality, ...]:

@@ -39,6 +39,12 @@ class UnifiedIONetwork(nn.Module):
 
   def setup(self):
     trunk = self.cfg.trunk
+    for registry, modalities, side in ((INPUT_EMBEDDERS, self.cfg.input_modalities, "input"),
+                                       (TARGET_EMBEDDERS, self.cfg.target_modalities, "target")):
+      missing = [m.value for m in modalities if m not in registry]
+      if missing:
+        raise NotImplementedError(f"no {side} embedder is registered for {missing} "
+                                  f"(have {[m.value for m in registry]})")
     # Like the release, the trunk always owns a token table (= tied head) for every target modality
     # with a vocabulary, so checkpoints have one layout whatever a task uses.
     self.token_embedders = {m.value: TokenEmbedder(trunk.vocab_size(m), trunk)

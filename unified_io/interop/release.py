@@ -7,13 +7,15 @@ derived from our own parameter tree, so every parameter we have must come from e
 tensor of the right shape; release tensors we do not use are reported, not silently dropped.
 """
 
+import dataclasses
 import json
 import logging
 from typing import Dict, Iterable, List, Mapping, Tuple
 
 import numpy as np
 
-from unified_io.config import ConfigError, TrunkConfig, UnifiedIOConfig
+from unified_io.config import (AudioVQGANConfig, ConfigError, ImageVQGANConfig, ResamplerConfig,
+                               TrunkConfig, UnifiedIOConfig, VitConfig)
 from unified_io.modalities import Modality
 
 
@@ -74,7 +76,84 @@ def config_from_release(config: Mapping, param_names: Iterable[str] = (), dtype:
   names = list(param_names)
   inputs = present_modalities(names, "input_embedders") or config.get("input_modalities", ["text"])
   targets = present_modalities(names, "target_embedders") or config.get("target_modalities", ["text"])
-  return UnifiedIOConfig(trunk=trunk, input_modalities=tuple(inputs), target_modalities=tuple(targets))
+  inputs = [Modality(m) for m in inputs]
+  targets = [Modality(m) for m in targets]
+  uses_image_vit = Modality.IMAGE in inputs or Modality.IMAGE_HISTORY in inputs
+  uses_audio_vit = Modality.AUDIO in inputs or Modality.AUDIO_HISTORY in inputs
+  components = dict(
+      image_vit=_vit(config, "image_vit_cfg", t5, "default_image_vit_size") if uses_image_vit else None,
+      audio_vit=_vit(config, "audio_vit_cfg", t5, "default_audio_vit_size") if uses_audio_vit else None,
+      image_history=(_resampler(config, "image_history_cfg")
+                     if Modality.IMAGE_HISTORY in inputs else None),
+      audio_history=(_resampler(config, "audio_history_cfg")
+                     if Modality.AUDIO_HISTORY in inputs else None),
+      image_vqgan=_image_vqgan(config) if Modality.IMAGE in targets else None,
+      audio_vqgan=_audio_vqgan(config) if Modality.AUDIO in targets else None,
+  )
+  if Modality.IMAGE_HISTORY in inputs:
+    components["image_history_input_size"] = tuple(_get(t5, "default_image_history_vit_size"))
+  if Modality.AUDIO_HISTORY in inputs:
+    components["audio_history_input_size"] = tuple(_get(t5, "default_audio_history_vit_size"))
+  return UnifiedIOConfig(trunk=trunk, input_modalities=tuple(inputs), target_modalities=tuple(targets),
+                         freeze_vit=bool(config.get("freeze_vit", True)), **components)
+
+
+def _section(config: Mapping, name: str) -> Mapping:
+  if name not in config:
+    raise ConfigError(f"release config section `{name}` is missing")
+  return config[name]
+
+
+def _field(section: Mapping, section_name: str, key: str):
+  if key not in section:
+    raise ConfigError(f"release config field `{section_name}.{key}` is missing")
+  return section[key]
+
+
+def _vit(config: Mapping, name: str, t5: Mapping, size_key: str) -> VitConfig:
+  vc = _section(config, name)
+  f = lambda key: _field(vc, name, key)  # noqa: E731
+  if name == "image_vit_cfg":
+    num_pos = f("num_pos")
+  else:  # the AST table: class, distillation, then the patches of its default input size
+    h, w = (s // f("patch_size") for s in f("default_input_size"))
+    num_pos = max(514, 2 + h * w)
+  return VitConfig(emb_dim=f("emb_dim"), num_heads=f("num_heads"), head_dim=f("head_dim"),
+                   num_layers=f("num_layers"), mlp_dim=f("mlp_dim"), patch_size=f("patch_size"),
+                   default_input_size=tuple(_get(t5, size_key)), num_pos=num_pos,
+                   dropout_rate=float(vc.get("dropout_rate", 0.0)))
+
+
+def _resampler(config: Mapping, name: str) -> ResamplerConfig:
+  rc = _section(config, name)
+  f = lambda key: _field(rc, name, key)  # noqa: E731
+  if rc.get("resampler_type", "perceiver") != "perceiver":
+    raise ConfigError(f"release config field `{name}.resampler_type` = {rc['resampler_type']!r} "
+                      "is not supported (only 'perceiver')")
+  if sorted(rc.get("xattention_index", [])) != list(range(f("num_layers"))):
+    raise ConfigError(f"release config field `{name}.xattention_index` must list every layer "
+                      "(self-attention perceiver layers crash in the release too)")
+  return ResamplerConfig(emb_dim=f("emb_dim"), num_heads=f("num_heads"), head_dim=f("head_dim"),
+                         num_layers=f("num_layers"), mlp_dim=f("mlp_dim"),
+                         latents_size=f("latents_size"), max_frames=f("max_frames"),
+                         qk_norm=bool(f("xattn_qk_norm")), scaled_cosine=bool(f("xattn_scaled_cosine")),
+                         dropout_rate=float(rc.get("dropout_rate", 0.0)))
+
+
+def _pick(section: Mapping, name: str, cls) -> Dict:
+  out = {}
+  for field in dataclasses.fields(cls):
+    value = _field(section, name, field.name)
+    out[field.name] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def _image_vqgan(config: Mapping) -> ImageVQGANConfig:
+  return ImageVQGANConfig(**_pick(_section(config, "image_vqgan"), "image_vqgan", ImageVQGANConfig))
+
+
+def _audio_vqgan(config: Mapping) -> AudioVQGANConfig:
+  return AudioVQGANConfig(**_pick(_section(config, "audio_vqgan"), "audio_vqgan", AudioVQGANConfig))
 
 
 # ------------------------------------------------------------------------------------------------
