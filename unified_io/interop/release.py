@@ -1,26 +1,16 @@
-"""The release's config format and parameter layout, and their translation to ours.
+"""The release's config format (`config.json`, the golden files' `meta/config_json`) -> our config.
 
-The release (`allenai/uio2-*` weights, and the golden files' `param/*` and `meta/config_json`) names
-parameters like `encoder.layers_0.attention.query.weight` with torch `nn.Linear` weights [out, in].
-Our flax tree has `encoder/layers_0/attention/query/kernel` [in..., out...]. The translation is
-derived from our own parameter tree, so every parameter we have must come from exactly one release
-tensor of the right shape; release tensors we do not use are reported, not silently dropped.
+Parameters are translated in `unified_io.interop.params`.
 """
 
 import dataclasses
 import json
 import logging
-from typing import Dict, Iterable, List, Mapping, Tuple
-
-import numpy as np
+from typing import Dict, Iterable, List, Mapping
 
 from unified_io.config import (AudioVQGANConfig, ConfigError, ImageVQGANConfig, ResamplerConfig,
                                TrunkConfig, UnifiedIOConfig, VitConfig)
 from unified_io.modalities import Modality
-
-
-class CheckpointError(ValueError):
-  """A release checkpoint lacks a tensor we need, or has one of the wrong shape."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,86 +144,3 @@ def _image_vqgan(config: Mapping) -> ImageVQGANConfig:
 
 def _audio_vqgan(config: Mapping) -> AudioVQGANConfig:
   return AudioVQGANConfig(**_pick(_section(config, "audio_vqgan"), "audio_vqgan", AudioVQGANConfig))
-
-
-# ------------------------------------------------------------------------------------------------
-# parameters
-# ------------------------------------------------------------------------------------------------
-def _flatten(tree: Mapping, prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], object]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, prefix + (key,)))
-    else:
-      flat[prefix + (key,)] = value
-  return flat
-
-
-def _unflatten(flat: Mapping[Tuple[str, ...], object]) -> Dict:
-  tree: Dict = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
-
-
-def release_name(path: Tuple[str, ...]) -> str:
-  """The release's state_dict key for one of our parameter paths."""
-  head, rest = path[0], list(path[1:])
-  if head.startswith("token_embedders_"):  # token_embedders_text/embedding
-    return f"{head[len('token_embedders_'):]}_token_embedder.weight"
-  for group in ("input_embedders_", "target_embedders_"):
-    if head.startswith(group):
-      head = f"{group[:-1]}.{head[len(group):]}"
-  if rest and rest[-1] == "kernel":
-    rest[-1] = "weight"
-  return ".".join([head] + rest)
-
-
-def _kernel_in_dims(path: Tuple[str, ...]) -> int:
-  # Attention `out` kernels are [H, K, D] (two input dims); every other kernel has one input dim.
-  return 2 if path[-2] == "out" else 1
-
-
-def _release_shape(path: Tuple[str, ...], shape: Tuple[int, ...]) -> Tuple[int, ...]:
-  if path[-1] != "kernel":
-    return tuple(shape)
-  n_in = _kernel_in_dims(path)
-  return (int(np.prod(shape[n_in:])), int(np.prod(shape[:n_in])))
-
-
-def release_to_params(release: Mapping[str, np.ndarray], abstract_params: Mapping
-                      ) -> Tuple[Dict, List[str]]:
-  """Our parameter tree (NumPy f32) from release tensors; also the release names left unused.
-
-  `abstract_params` is our tree of shapes (e.g. from `jax.eval_shape`). `release` maps state_dict
-  keys to arrays (anything indexable, so tensors can be read one at a time from disk).
-  """
-  flat, used = {}, set()
-  for path, leaf in _flatten(abstract_params).items():
-    name = release_name(path)
-    if name not in release:
-      raise CheckpointError(f"release tensor `{name}` is missing (needed for our parameter "
-                            f"{'/'.join(path)})")
-    tensor = np.asarray(release[name], dtype=np.float32)
-    want = _release_shape(path, leaf.shape)
-    if tuple(tensor.shape) != want:
-      raise CheckpointError(f"release tensor `{name}` has shape {tuple(tensor.shape)}, expected "
-                            f"{want} for our parameter {'/'.join(path)} {tuple(leaf.shape)}")
-    flat[path] = tensor.T.reshape(leaf.shape) if path[-1] == "kernel" else tensor
-    used.add(name)
-  return _unflatten(flat), sorted(set(release) - used)
-
-
-def params_to_release(params: Mapping) -> Dict[str, np.ndarray]:
-  """The inverse of `release_to_params`: state_dict keys and torch layouts (for grads, export)."""
-  out = {}
-  for path, value in _flatten(params).items():
-    value = np.asarray(value)
-    if path[-1] == "kernel":
-      n_in = _kernel_in_dims(path)
-      value = value.reshape(int(np.prod(value.shape[:n_in])), -1).T
-    out[release_name(path)] = value
-  return out
