@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from unified_io.config import UnifiedIOConfig
-from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS
+from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS
 from unified_io.layers import TokenEmbedder
 from unified_io.modalities import Modality
 from unified_io.transformer import Decoder, Encoder
@@ -49,15 +49,24 @@ class UnifiedIONetwork(nn.Module):
     # with a vocabulary, so checkpoints have one layout whatever a task uses.
     self.token_embedders = {m.value: TokenEmbedder(trunk.vocab_size(m), trunk)
                             for m in Modality if m.can_be_target and trunk.vocab_size(m) > 0}
-    self.input_embedders = {m.value: INPUT_EMBEDDERS[m](trunk, self.token_embedders[m.value])
+    # One ViT per kind, shared by the input and history embedders that use it (as in the release).
+    vit_names = {INPUT_EMBEDDERS[m].VIT for m in self.cfg.input_modalities} - {None}
+    self.vits = {name: VITS[name](getattr(self.cfg, name)) for name in sorted(vit_names)}
+    self.input_embedders = {m.value: self._embedder(INPUT_EMBEDDERS[m])
                             for m in self.cfg.input_modalities}
-    self.target_embedders = {m.value: TARGET_EMBEDDERS[m](trunk, self.token_embedders[m.value])
+    self.target_embedders = {m.value: self._embedder(TARGET_EMBEDDERS[m])
                              for m in self.cfg.target_modalities}
     self.encoder = Encoder(trunk)
     self.decoder = Decoder(trunk)
 
+  def _embedder(self, cls):
+    """An embedder with the shared pieces it declares (`TOKENS`: a token table, `VIT`: a ViT)."""
+    token_embedder = self.token_embedders[cls.TOKENS.value] if cls.TOKENS is not None else None
+    vit = self.vits[cls.VIT] if cls.VIT is not None else None
+    return cls(self.cfg, token_embedder=token_embedder, vit=vit)
+
   def encode(self, inputs: Mapping[str, Mapping], deterministic: bool = True) -> Encoded:
-    parts = [self.input_embedders[m.value](inputs[m.value])
+    parts = [self.input_embedders[m.value](inputs[m.value], deterministic)
              for m in self.cfg.input_modalities if m.value in inputs]
     if not parts:
       raise ValueError(f"the batch has no input modality; expected some of "
@@ -74,7 +83,7 @@ class UnifiedIONetwork(nn.Module):
     if not present:
       raise ValueError(f"the batch has no target modality; expected some of "
                        f"{[m.value for m in self.cfg.target_modalities]} under 'targets'")
-    parts = [self.target_embedders[m.value](targets[m.value]) for m in present]
+    parts = [self.target_embedders[m.value](targets[m.value], deterministic) for m in present]
     lengths = [p.embed.shape[1] for p in parts]
     batch = parts[0].embed.shape[0]
     segment_ids_bt = jnp.concatenate(

@@ -2,13 +2,20 @@
 
 An input embedder turns one modality's features into an `EncoderPart`; a target embedder turns one
 target modality's features into a `TargetPart`. The network concatenates parts in enum order.
+
+Every embedder class is built as `cls(cfg: UnifiedIOConfig, token_embedder=..., vit=...)` and
+called as `embedder(features, deterministic)`. Its class attributes say what it shares with
+others: `TOKENS` (the `Modality` whose token table it embeds with, or None) and `VIT` (the name of
+the shared ViT it runs, a key of `VITS`, or None).
 """
 
 from unified_io.encoders.parts import EncoderPart, TargetPart
 from unified_io.encoders.text import TextInputEmbedder, TextTargetEmbedder
 from unified_io.modalities import Modality
 
+# Shared ViTs by the UnifiedIOConfig field that configures them.
+VITS = {}
 INPUT_EMBEDDERS = {Modality.TEXT: TextInputEmbedder}
 TARGET_EMBEDDERS = {Modality.TEXT: TextTargetEmbedder}
 
-__all__ = ["EncoderPart", "INPUT_EMBEDDERS", "TARGET_EMBEDDERS", "TargetPart"]
+__all__ = ["EncoderPart", "INPUT_EMBEDDERS", "TARGET_EMBEDDERS", "TargetPart", "VITS"]

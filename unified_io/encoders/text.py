@@ -9,7 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unified_io.config import TrunkConfig
+from typing import Optional
+
+from unified_io.config import TrunkConfig, UnifiedIOConfig
+from unified_io.modalities import Modality
 from unified_io.encoders.parts import EncoderPart, TargetPart, modality_embedding
 from unified_io.layers import TokenEmbedder, rope_table_1d
 
@@ -24,31 +27,41 @@ def _default_positions(tokens_bl: jax.Array) -> jax.Array:
 
 
 class TextInputEmbedder(nn.Module):
-  cfg: TrunkConfig
+  TOKENS = Modality.TEXT
+  VIT = None
+
+  cfg: UnifiedIOConfig
   token_embedder: TokenEmbedder
+  vit: Optional[nn.Module] = None
 
   @nn.compact
-  def __call__(self, features) -> EncoderPart:
+  def __call__(self, features, deterministic: bool = True) -> EncoderPart:
+    trunk = self.cfg.trunk
     tokens_bl = features["tokens"]
-    embed_bld = self.token_embedder(tokens_bl) + modality_embedding(self, self.cfg.emb_dim).astype(
-        self.cfg.activation_dtype)
+    embed_bld = self.token_embedder(tokens_bl) + modality_embedding(self, trunk.emb_dim).astype(
+        trunk.activation_dtype)
     positions_bl = features.get("pos_ids")
     if positions_bl is None:
       positions_bl = _default_positions(tokens_bl)
-    return EncoderPart(embed_bld, features["mask"], _rope_1d(self.cfg, positions_bl))
+    return EncoderPart(embed_bld, features["mask"], _rope_1d(trunk, positions_bl))
 
 
 class TextTargetEmbedder(nn.Module):
-  cfg: TrunkConfig
+  TOKENS = Modality.TEXT
+  VIT = None
+
+  cfg: UnifiedIOConfig
   token_embedder: TokenEmbedder
+  vit: Optional[nn.Module] = None
 
   @nn.compact
-  def __call__(self, features) -> TargetPart:
+  def __call__(self, features, deterministic: bool = True) -> TargetPart:
+    trunk = self.cfg.trunk
     inputs_bt = features["inputs"]
-    embed_btd = self.token_embedder(inputs_bt) + modality_embedding(self, self.cfg.emb_dim).astype(
-        self.cfg.activation_dtype)
+    embed_btd = self.token_embedder(inputs_bt) + modality_embedding(self, trunk.emb_dim).astype(
+        trunk.activation_dtype)
     # The release restarts positions at 0 for every target part, whatever the batch says.
-    rope_btk = _rope_1d(self.cfg, _default_positions(inputs_bt))
+    rope_btk = _rope_1d(trunk, _default_positions(inputs_bt))
     mask_bt = features["mask"]
     loss_mask_bt = features.get("loss_mask", mask_bt)
     return TargetPart(embed_btd, mask_bt, rope_btk, features["targets"], loss_mask_bt)

@@ -29,9 +29,9 @@ class CheckpointError(ValueError):
 
 # Our top-level module name -> the release's prefixes for it, most likely first.
 PREFIXES = {
-    "image_vit": ("input_embedders.image.image_encoder.vision_transformer",
+    "vits_image_vit": ("input_embedders.image.image_encoder.vision_transformer",
                   "input_embedders.image_history.image_encoder.vision_transformer"),
-    "audio_vit": ("input_embedders.audio.image_encoder.vision_transformer",
+    "vits_audio_vit": ("input_embedders.audio.image_encoder.vision_transformer",
                   "input_embedders.audio_history.image_encoder.vision_transformer"),
 }
 _LEAF_NAMES = {"kernel": ("weight",), "scale": ("scale", "weight"), "embedding": ("weight",)}
