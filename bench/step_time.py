@@ -5,49 +5,56 @@
 
 Builds the model from the file's `meta/config_json` (modalities from the `param/*` names present),
 in float32, converts the file's weights, and makes a batch shaped like the file's `input/*` at
-batch size B by repeating the file's rows (so padding patterns are the file's own). Every
-`input/*` key is used whatever its modality, so files with more modalities need no change here.
+batch size B by repeating the file's rows (so padding patterns are the file's own). Every `input/*`
+tensor is used whatever its modality, so files with more modalities need no change here.
 
 Prints the config, each phase with its wall time, the lower+compile seconds (apart from the first
 run), median / p10 / p90 ms per step, and as its last line `fwd_bwd_ms <median>` (`fwd_ms <median>`
-with --forward-only).
+with --forward-only). Exits 2, with one line on stderr, on an unusable file.
+
+`--cpus N` pins the process to N of its cores before JAX starts; XLA:CPU sizes its thread pool from
+that. On the 2-vCPU CI machines one thread is faster than two for the tiny configs (the two vCPUs
+share one core's throughput); the default uses every core.
 """
 
+import argparse
 import os
+import sys
+import time
+import zipfile
+from typing import Callable, Dict, Mapping, Tuple
 
-# XLA CPU flags must be set before jax is imported. Appended to any the user already set.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), ""])).strip()
+import numpy as np
 
-import argparse  # pylint: disable=wrong-import-position
-import sys  # pylint: disable=wrong-import-position
-import time  # pylint: disable=wrong-import-position
-from typing import Dict, Mapping  # pylint: disable=wrong-import-position
-
-import numpy as np  # pylint: disable=wrong-import-position
-
-# The repository root goes LAST on the path: its top-level `gin/` folder (installed as
-# `unified_io.gin`) must not shadow the gin-config package.
+# `make install` installs the package; from a bare checkout, fall back on the repository root (last
+# on the path, so nothing there shadows an installed package).
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class BenchError(Exception):
-  """Unusable input: reported as one line, exit status 2."""
+  """Unusable input: reported as `error: FILE: message`, exit status 2."""
 
 
+# ------------------------------------------------------------------------------------------------
+# golden file -> model, parameters, batch
+# ------------------------------------------------------------------------------------------------
 def load_golden(path: str) -> Mapping[str, np.ndarray]:
   if not os.path.isfile(path):
-    raise BenchError(f"{path}: no such file")
+    raise BenchError("no such file")
   try:
     golden = np.load(path)
-  except (OSError, ValueError) as e:
-    raise BenchError(f"{path}: not a readable .npz file ({e})") from None
-  if "meta/config_json" not in golden.files:
-    raise BenchError(f"{path}: no `meta/config_json`; not a UIO2 golden file")
+    files = golden.files
+  except (AttributeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    raise BenchError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
+  if "meta/config_json" not in files:
+    raise BenchError("no `meta/config_json`; not a UIO2 golden file")
   return golden
 
 
 def tile_rows(array: np.ndarray, batch_size: int) -> np.ndarray:
-  """The file's rows repeated (0, 1, ..., n-1, 0, 1, ...) to `batch_size` rows."""
+  """The file's rows (axis 0 is the batch) repeated 0, 1, ..., n-1, 0, 1, ... to `batch_size` rows."""
+  if array.ndim == 0:
+    return array
   return np.take(array, np.arange(batch_size) % array.shape[0], axis=0)
 
 
@@ -61,103 +68,115 @@ def make_batch(golden: Mapping[str, np.ndarray], batch_size: int) -> Dict:
   return nest_inputs(inputs)
 
 
-def percentiles_ms(seconds) -> Dict[str, float]:
-  ms = 1e3 * np.asarray(seconds)
-  return {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)),
-          "p90": float(np.percentile(ms, 90)), "min": float(np.min(ms))}
+def build(golden: Mapping[str, np.ndarray], batch_size: int):
+  """(model, params, batch) on the default device: the file's config and weights, in float32."""
+  import flax.linen as nn
+  import jax
+
+  from unified_io.config import ConfigError
+  from unified_io.interop.params import CheckpointError, release_to_params
+  from unified_io.interop.release import config_from_release
+  from unified_io.model import UnifiedIOModel
+
+  release = {k[len("param/"):]: golden[k] for k in golden.files if k.startswith("param/")}
+  try:
+    cfg = config_from_release(str(golden["meta/config_json"]), release.keys(), dtype="float32")
+    model = UnifiedIOModel(cfg)
+    batch = make_batch(golden, batch_size)
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
+    params, _ = release_to_params(release, abstract)
+  except (ConfigError, CheckpointError, NotImplementedError) as e:
+    raise BenchError(str(e)) from None
+  return model, jax.device_put(params), jax.device_put(batch)
+
+
+def describe(model, params, batch) -> str:
+  import jax
+  trunk, cfg = model.cfg.trunk, model.cfg
+  lines = [f"config: trunk {trunk.num_encoder_layers}+{trunk.num_decoder_layers} layers, emb "
+           f"{trunk.emb_dim}, {trunk.num_heads}x{trunk.head_dim} heads, mlp {trunk.mlp_dim}, "
+           f"dtype {trunk.dtype}; inputs {[m.value for m in cfg.input_modalities]}, targets "
+           f"{[m.value for m in cfg.target_modalities]}; "
+           f"{sum(p.size for p in jax.tree_util.tree_leaves(params)) / 1e6:.2f}M params",
+           f"device: jax {jax.__version__}, {jax.devices()[0].device_kind} x{jax.device_count()}, "
+           f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} host cores, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"]
+  for side, parts in batch.items():
+    for modality, features in parts.items():
+      lines.append(f"batch: {side}/{modality}: " + ", ".join(
+          f"{name} {a.dtype}{list(a.shape)}" for name, a in features.items()))
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# compile and time
+# ------------------------------------------------------------------------------------------------
+def compile_step(model, params, batch, forward_only: bool) -> Tuple[Callable, float]:
+  """The AOT-compiled step and the seconds its lower+compile took."""
+  import jax
+  fn = model.loss_fn if forward_only else jax.value_and_grad(model.loss_fn, has_aux=True)
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(params, batch).compile()
+  return compiled, time.perf_counter() - start
+
+
+def time_step(step: Callable, args, iters: int) -> np.ndarray:
+  """Milliseconds of each of `iters` calls, each blocked on until its results are ready."""
+  import jax
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(step(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * np.asarray(times)
+
+
+def run(args) -> None:
+  start = time.perf_counter()
+  golden = load_golden(args.golden)
+  model, params, batch = build(golden, args.batch)
+  print(f"file: {args.golden}")
+  print(describe(model, params, batch))
+  print(f"setup: imports, config, weights and batch {time.perf_counter() - start:.2f} s")
+
+  what = "forward+loss" if args.forward_only else "forward+loss+backward"
+  step, compile_s = compile_step(model, params, batch, args.forward_only)
+  print(f"compile: lower+compile of jit({what}) {compile_s:.2f} s")
+
+  first_ms = time_step(step, (params, batch), 1)[0]
+  loss = step(params, batch)[0] if args.forward_only else step(params, batch)[0][0]
+  print(f"first run: {first_ms:.1f} ms (loss {float(loss):.6f})")
+  time_step(step, (params, batch), args.warmup)
+  print(f"warmup: {args.warmup} steps")
+
+  ms = time_step(step, (params, batch), args.iters)
+  median = float(np.median(ms))
+  print(f"timing: {what}, batch {args.batch}, {args.iters} steps: median {median:.2f} ms, "
+        f"p10 {np.percentile(ms, 10):.2f} ms, p90 {np.percentile(ms, 90):.2f} ms, "
+        f"min {ms.min():.2f} ms")
+  print(f"{'fwd_ms' if args.forward_only else 'fwd_bwd_ms'} {median:.3f}")
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("golden", help="a golden .npz written from the official UIO2 release")
-  parser.add_argument("--batch", type=int, default=2, help="batch size B (file rows repeated)")
+  parser.add_argument("--batch", type=int, default=2, help="batch size B (the file's rows repeated)")
   parser.add_argument("--iters", type=int, default=50, help="timed steps")
   parser.add_argument("--warmup", type=int, default=5, help="untimed steps after the first run")
   parser.add_argument("--forward-only", action="store_true", help="time forward + loss only")
+  parser.add_argument("--cpus", type=int, default=None,
+                      help="pin to this many cores before JAX starts (default: all)")
   args = parser.parse_args(argv)
-  if args.batch < 1 or args.iters < 1 or args.warmup < 0:
-    print("error: --batch and --iters must be >= 1, --warmup >= 0", file=sys.stderr)
+  if args.batch < 1 or args.iters < 1 or args.warmup < 0 or (args.cpus is not None and args.cpus < 1):
+    print("error: --batch, --iters and --cpus must be >= 1 and --warmup >= 0", file=sys.stderr)
     return 2
+  if args.cpus is not None:  # before jax is imported: XLA sizes its thread pool from the affinity
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
   try:
-    return run(args)
+    run(args)
   except BenchError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {args.golden}: {e}", file=sys.stderr)
     return 2
-
-
-def run(args) -> int:
-  t0 = time.perf_counter()
-  import flax.linen as nn
-  import jax
-
-  from unified_io.config import ConfigError
-  from unified_io.interop.release import CheckpointError, config_from_release, release_to_params
-  from unified_io.model import UnifiedIOModel
-
-  # --- config --------------------------------------------------------------------------------
-  golden = load_golden(args.golden)
-  release = {k[len("param/"):]: golden[k] for k in golden.files if k.startswith("param/")}
-  try:
-    cfg = config_from_release(str(golden["meta/config_json"]), release.keys(), dtype="float32")
-  except ConfigError as e:
-    raise BenchError(f"{args.golden}: {e}") from None
-  trunk = cfg.trunk
-  model = UnifiedIOModel(cfg)
-  print(f"config: {os.path.basename(args.golden)}: trunk {trunk.num_encoder_layers}+"
-        f"{trunk.num_decoder_layers} layers, emb {trunk.emb_dim}, {trunk.num_heads}x"
-        f"{trunk.head_dim} heads, mlp {trunk.mlp_dim}, dtype {trunk.dtype}; inputs "
-        f"{[m.value for m in cfg.input_modalities]}, targets "
-        f"{[m.value for m in cfg.target_modalities]}")
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-
-  # --- batch ---------------------------------------------------------------------------------
-  batch = make_batch(golden, args.batch)
-  shapes = jax.tree_util.tree_map(lambda a: f"{a.dtype}{list(a.shape)}", batch)
-  for side, parts in shapes.items():
-    for modality, features in parts.items():
-      print(f"batch: {side}/{modality}: " + ", ".join(f"{k} {v}" for k, v in features.items()))
-
-  # --- parameters ----------------------------------------------------------------------------
-  abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
-  try:
-    params, _ = release_to_params(release, abstract)
-  except CheckpointError as e:
-    raise BenchError(f"{args.golden}: {e}") from None
-  params, batch = jax.device_put((params, batch))
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  print(f"setup: imports, config, params ({n_params / 1e6:.2f}M) and batch: "
-        f"{time.perf_counter() - t0:.2f} s")
-
-  # --- compile -------------------------------------------------------------------------------
-  if args.forward_only:
-    step, label = jax.jit(model.loss_fn), "fwd_ms"
-  else:
-    step, label = jax.jit(jax.value_and_grad(model.loss_fn, has_aux=True)), "fwd_bwd_ms"
-  t0 = time.perf_counter()
-  compiled = step.lower(params, batch).compile()
-  print(f"compile: lower+compile {time.perf_counter() - t0:.2f} s "
-        f"({'forward+loss' if args.forward_only else 'forward+loss+backward'})")
-
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(compiled(params, batch))
-  print(f"first run: {1e3 * (time.perf_counter() - t0):.1f} ms, "
-        f"loss {float(out[0] if args.forward_only else out[0][0]):.6f}")
-
-  # --- time ----------------------------------------------------------------------------------
-  for _ in range(args.warmup):
-    jax.block_until_ready(compiled(params, batch))
-  times = []
-  for _ in range(args.iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, batch))
-    times.append(time.perf_counter() - t0)
-  stats = percentiles_ms(times)
-  print(f"timing: batch {args.batch}, {args.warmup} warmup + {args.iters} timed steps: median "
-        f"{stats['median']:.2f} ms, p10 {stats['p10']:.2f} ms, p90 {stats['p90']:.2f} ms, "
-        f"min {stats['min']:.2f} ms")
-  print(f"{label} {stats['median']:.3f}")
   return 0
 
 
