@@ -45,3 +45,12 @@ def text_golden_path(reference_dir) -> pathlib.Path:
   # The folder exists, so a missing file is a broken checkout: fail, do not skip.
   assert TEXT_GOLDEN.is_file(), f"{TEXT_GOLDEN} is missing from the reference folder"
   return TEXT_GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_full(reference_dir):
+  """The all-modality golden file, loaded once (np.load is lazy per key)."""
+  import numpy as np
+  path = reference_dir / "uio2_full_golden.npz"
+  assert path.is_file(), f"{path} is missing from the reference folder"
+  return np.load(path)

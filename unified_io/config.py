@@ -310,8 +310,10 @@ def trunk_config(size: str, **overrides) -> TrunkConfig:
 
 @gin.configurable
 def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
+                dynamic_masking: bool = False, freeze_vit: bool = True,
                 **trunk_overrides) -> UnifiedIOConfig:
-  """The gin entry point: a size preset, the modalities, and trunk overrides."""
+  """The gin entry point: a size preset, the modalities, model switches and trunk overrides."""
   return UnifiedIOConfig(trunk=trunk_config(size, **trunk_overrides),
                          input_modalities=tuple(input_modalities),
-                         target_modalities=tuple(target_modalities))
+                         target_modalities=tuple(target_modalities),
+                         dynamic_masking=dynamic_masking, freeze_vit=freeze_vit)

@@ -9,14 +9,15 @@ Modalities missing from a batch are skipped. Encoder parts are concatenated in `
 decoder parts too; each target part gets its own segment id so targets never attend to each other.
 """
 
-from typing import Dict, Mapping, NamedTuple
+from typing import Dict, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unified_io import masks
 from unified_io.config import UnifiedIOConfig
-from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS
+from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS, TargetPart
 from unified_io.layers import TokenEmbedder
 from unified_io.modalities import Modality
 from unified_io.transformer import Decoder, Encoder
@@ -32,6 +33,17 @@ class TargetOutput(NamedTuple):
   logits: jax.Array  # [B, T, V] float32
   targets: jax.Array  # [B, T]
   loss_mask: jax.Array  # [B, T]
+
+
+def target_layout(parts: Sequence[TargetPart]) -> masks.TargetLayout:
+  """Where each decoder token sits in its target's grid, and which inputs are noised."""
+  batch = parts[0].embed.shape[0]
+  lengths = [p.embed.shape[1] for p in parts]
+  index = jnp.concatenate([jnp.arange(n, dtype=jnp.int32) for n in lengths])
+  width = jnp.concatenate([jnp.full((n,), p.grid_width, jnp.int32) for p, n in zip(parts, lengths)])
+  noisy = jnp.concatenate([jnp.zeros((batch, n), bool) if p.noisy is None else p.noisy.astype(bool)
+                           for p, n in zip(parts, lengths)], axis=1)
+  return masks.TargetLayout(index, width, noisy)
 
 
 class UnifiedIONetwork(nn.Module):
@@ -88,11 +100,12 @@ class UnifiedIONetwork(nn.Module):
     batch = parts[0].embed.shape[0]
     segment_ids_bt = jnp.concatenate(
         [jnp.full((batch, n), m.target_id, jnp.int32) for m, n in zip(present, lengths)], axis=1)
+    layout = target_layout(parts) if self.cfg.dynamic_masking else None
     hidden_btd = self.decoder(
         jnp.concatenate([p.embed for p in parts], axis=1),
         jnp.concatenate([p.mask for p in parts], axis=1), segment_ids_bt,
         jnp.concatenate([p.rope for p in parts], axis=1),
-        encoded.hidden, encoded.mask, encoded.rope, deterministic)
+        encoded.hidden, encoded.mask, encoded.rope, deterministic, layout)
 
     outputs, start = {}, 0
     for m, part, n in zip(present, parts, lengths):

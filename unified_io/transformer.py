@@ -8,6 +8,8 @@ Cross-attention applies decoder RoPE positions to q and encoder positions to k, 
 Each stack ends with an RMSNorm.
 """
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
@@ -84,15 +86,20 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y_btd, valid_bt, segment_ids_bt, rope_btk, encoded_bld, enc_valid_bl,
-               enc_rope_blk, deterministic: bool = True):
+               enc_rope_blk, deterministic: bool = True,
+               layout: Optional[masks.TargetLayout] = None):
+    """With a `layout`, each layer also applies its attention pattern and the dynamic mask."""
     cfg = self.cfg
     self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
+    per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
     cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = nn.with_logical_constraint(y_btd, ACTIVATION_AXES)
     layer_cls = _maybe_remat(DecoderLayer, cfg)
     for i in range(cfg.num_decoder_layers):
+      layer_mask_b1tt = (self_mask_b1tt if per_pattern is None else
+                         per_pattern[masks.layer_pattern(i, cfg.num_decoder_layers)])
       y_btd = layer_cls(cfg, deterministic, name=f"layers_{i}")(
-          y_btd, self_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
+          y_btd, layer_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
     y_btd = RMSNorm(cfg.norm_eps, name="decoder_norm")(y_btd)
     return nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)

@@ -1,6 +1,6 @@
 """What an embedder hands the trunk: one modality's slice of the encoder or decoder sequence."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,9 @@ class TargetPart(NamedTuple):
   rope: jax.Array  # [B, T, K]
   targets: jax.Array  # [B, T] int token ids to predict
   loss_mask: jax.Array  # [B, T] 1 = counts in the loss
+  # For the attention patterns and dynamic masking (used only when the config enables them):
+  grid_width: int = 0  # width of the target's token grid; 0 = a sequence without patterns (text)
+  noisy: Optional[jax.Array] = None  # [B, T] bool: this decoder input is a masked (noised) token
 
 
 def modality_embedding(module: nn.Module, dim: int) -> jax.Array:
