@@ -175,11 +175,18 @@ class ImageVQGANConfig:
   in_channels: int = 3
   out_ch: int = 3
   ch: int = 128
-  ch_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)
+  ch_mult: Tuple[int, ...] = (1, 2, 2, 4)
   num_res_blocks: int = 2
   attn_resolutions: Tuple[int, ...] = (32,)
   default_input_size: Size2 = (256, 256)
   patch_size: Size2 = (8, 8)
+
+  def __post_init__(self):
+    # Every level but the last halves the resolution: the patch size follows from ch_mult.
+    downsample = 2 ** (len(self.ch_mult) - 1)
+    _require(tuple(self.patch_size) == (downsample, downsample), "image_vqgan.patch_size",
+             f"{tuple(self.patch_size)} does not match ch_mult {tuple(self.ch_mult)} "
+             f"(which downsamples by {downsample})")
 
   @property
   def grid(self) -> Size2:

@@ -1,13 +1,4 @@
-"""The Model: owns the feature contract, the loss, and the jitted-friendly entry points.
-
-Feature contract (text, the only modality so far; names follow the release's batch layout):
-  inputs/text/tokens    [B, L] int32   token ids (PAD = 0)
-  inputs/text/mask      [B, L] int32   1 = real token
-  inputs/text/pos_ids   [B, L] int32   RoPE position of each token (optional, default 0..L-1)
-  targets/text/inputs   [B, T] int32   decoder inputs = [BOS=0] + targets[:-1]
-  targets/text/targets  [B, T] int32   ids to predict
-  targets/text/mask     [B, T] int32   1 = real token
-  targets/text/loss_mask[B, T] int32   1 = counts in the loss (optional, default mask)
+"""The Model: the network, the loss, and the batch shapes it takes (see `unified_io.features`).
 
 Loss: per target modality, the token mean over loss_mask of cross-entropy + z_loss * logZ^2, and
 the modalities summed (the original UIO2 `multi_modality_loss`, label smoothing 0).
@@ -17,21 +8,10 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from unified_io import features
 from unified_io.config import UnifiedIOConfig
-from unified_io.modalities import Modality
 from unified_io.network import TargetOutput, UnifiedIONetwork
-
-# Per modality: {feature: length key}; every feature is int32 [B, lengths[length key]].
-FEATURES = {
-    ("inputs", Modality.TEXT): {"tokens": "text_inputs", "mask": "text_inputs",
-                                "pos_ids": "text_inputs"},
-    ("targets", Modality.TEXT): {"inputs": "text_targets", "targets": "text_targets",
-                                 "mask": "text_targets", "loss_mask": "text_targets"},
-}
-DEFAULT_LENGTHS = {"text_inputs": 32, "text_targets": 32}
-
 
 def modality_loss(logits_btv: jax.Array, targets_bt: jax.Array, loss_mask_bt: jax.Array,
                   z_loss: float) -> jax.Array:
@@ -52,23 +32,14 @@ class UnifiedIOModel:
     self.cfg = cfg
     self.module = UnifiedIONetwork(cfg)
 
-  # -- the feature contract -------------------------------------------------------------------
-  def batch_spec(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None
-                 ) -> Dict[str, Dict[str, Dict[str, jax.ShapeDtypeStruct]]]:
-    """Shapes and dtypes of a batch for these modalities (for init, eval_shape and shardings)."""
-    lengths = {**DEFAULT_LENGTHS, **(lengths or {})}
-    spec: Dict[str, Dict[str, Dict[str, jax.ShapeDtypeStruct]]] = {"inputs": {}, "targets": {}}
-    for side, modalities in (("inputs", self.cfg.input_modalities),
-                             ("targets", self.cfg.target_modalities)):
-      for m in modalities:
-        spec[side][m.value] = {name: jax.ShapeDtypeStruct((batch_size, lengths[key]), jnp.int32)
-                               for name, key in FEATURES[(side, m)].items()}
-    return spec
+  # -- the feature contract (unified_io/features.py) ----------------------------------------
+  def batch_spec(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
+    """Shapes and dtypes of a batch for this config (for init, eval_shape and shardings)."""
+    return features.batch_spec(self.cfg, batch_size, lengths)
 
   def dummy_batch(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
-    """An all-valid batch of the contract's shapes (for initialisation and benchmarks)."""
-    return jax.tree_util.tree_map(lambda s: np.ones(s.shape, s.dtype),
-                                  self.batch_spec(batch_size, lengths))
+    """A batch of the contract's shapes with every token valid (for init and benchmarks)."""
+    return features.dummy_batch(self.cfg, batch_size, lengths)
 
   # -- parameters -----------------------------------------------------------------------------
   def init(self, rng: jax.Array, batch) -> Dict:

@@ -1,0 +1,1 @@
+"""Frozen tokenizers that turn image and audio targets into discrete codes, and codes back."""
