@@ -145,3 +145,14 @@ def test_python_m_entry_point_exit_status(tmp_path):
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2, proc.stderr
   assert str(missing) in proc.stderr
+
+
+def test_full_golden_every_modality_matches(reference_dir, capsys):
+  """All five inputs and three targets; the VQ ids are reported and equal (no near-tie flips)."""
+  results = run_check(str(reference_dir / "uio2_full_golden.npz"), check_grads=False)
+  out = capsys.readouterr().out
+  assert all(r.ok for r in results), [r.line() for r in results if not r.ok]
+  labels = {r.label for r in results}
+  for modality in ("text", "image", "audio"):
+    assert f"{modality} logits" in labels and f"loss/{modality}" in labels
+  assert "image VQ token ids: 512/512" in out and "audio VQ token ids: 256/256" in out

@@ -26,12 +26,20 @@ _BASE_RULES = (
     ("kv", None),
     ("length", None),
 )
+# The frozen ViTs, the resamplers and the VQ tokenizers are replicated: they are small beside the
+# trunk, and their head counts (2 in the tiny release config, 12 in the real resampler) do not
+# divide common model-axis sizes. Listed so that every logical name has a rule.
+_REPLICATED = tuple((name, None) for name in (
+    "vit_embed", "vit_joined_kv", "vit_mlp", "vit_patch", "vit_pos",
+    "resampler_embed", "resampler_heads", "resampler_latents", "resampler_mlp",
+    "conv_h", "conv_w", "conv_in", "conv_out",
+    "vq_codes", "vq_dim", "vq_embed", "vq_heads", "vq_kv", "vq_mlp", "vq_patch"))
 
 
 def axis_rules(fsdp: bool = False) -> Tuple[Tuple[str, Optional[str]], ...]:
   """The logical -> mesh axis rules; with `fsdp`, parameters' embed axis is split over data."""
   embed = (("embed", DATA), ("embed", None)) if fsdp else (("embed", None),)
-  return _BASE_RULES + embed
+  return _BASE_RULES + _REPLICATED + embed
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence] = None) -> Mesh:

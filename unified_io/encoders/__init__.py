@@ -9,13 +9,24 @@ others: `TOKENS` (the `Modality` whose token table it embeds with, or None) and 
 the shared ViT it runs, a key of `VITS`, or None).
 """
 
+from unified_io.encoders.audio import AudioInputEmbedder
+from unified_io.encoders.history import AudioHistoryEmbedder, ImageHistoryEmbedder
+from unified_io.encoders.image import ImageInputEmbedder
 from unified_io.encoders.parts import EncoderPart, TargetPart
 from unified_io.encoders.text import TextInputEmbedder, TextTargetEmbedder
+from unified_io.encoders.vit import AudioViT, ImageViT
+from unified_io.encoders.vq_targets import AudioTargetEmbedder, ImageTargetEmbedder
 from unified_io.modalities import Modality
 
 # Shared ViTs by the UnifiedIOConfig field that configures them.
-VITS = {}
-INPUT_EMBEDDERS = {Modality.TEXT: TextInputEmbedder}
-TARGET_EMBEDDERS = {Modality.TEXT: TextTargetEmbedder}
+VITS = {"image_vit": ImageViT, "audio_vit": AudioViT}
+INPUT_EMBEDDERS = {Modality.TEXT: TextInputEmbedder,
+                   Modality.IMAGE: ImageInputEmbedder,
+                   Modality.AUDIO: AudioInputEmbedder,
+                   Modality.IMAGE_HISTORY: ImageHistoryEmbedder,
+                   Modality.AUDIO_HISTORY: AudioHistoryEmbedder}
+TARGET_EMBEDDERS = {Modality.TEXT: TextTargetEmbedder,
+                    Modality.IMAGE: ImageTargetEmbedder,
+                    Modality.AUDIO: AudioTargetEmbedder}
 
 __all__ = ["EncoderPart", "INPUT_EMBEDDERS", "TARGET_EMBEDDERS", "TargetPart", "VITS"]
