@@ -257,11 +257,13 @@ def _bad(name, batch=2, n=12, patch_dim=None, mask_n=None, pos_n=None, drop=None
 
 @pytest.mark.parametrize("modality", ["image", "audio"])
 @pytest.mark.parametrize("case, kwargs, expected", [
-    ("patch_dim", dict(patch_dim=5), r"input has shape \(2, 12, 5\), expected input \[B, N, {pd}\]"),
+    ("patch_dim", dict(patch_dim=5),
+     r"input has shape \(2, 12, 5\), expected input \[B, N, {pd}\]"),
     ("too many patches", dict(n=17), r"input has 17 patches, more than the 4x4 grid's 16"),
     ("mask length", dict(mask_n=11), r"mask has shape \(2, 11\), expected \[B, N\] = \(2, 12\)"),
     ("pos_ids length", dict(pos_n=13), r"pos_ids has shape \(2, 13\), expected \[B, N\]"),
-    ("missing key", dict(drop="pos_ids"), r"features lack \['pos_ids'\]; expected input \[B, N, {pd}\]"),
+    ("missing key", dict(drop="pos_ids"),
+     r"features lack \['pos_ids'\]; expected input \[B, N, {pd}\]"),
 ])
 def test_bad_input_is_rejected_at_trace_time(modality, case, kwargs, expected):
   net = UnifiedIONetwork(TINY)

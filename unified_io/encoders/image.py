@@ -1,9 +1,10 @@
-"""Image input: shared image ViT features -> projection to the trunk, plus a modality vector; 2D RoPE.
+"""Image input: shared image ViT features -> projection to the trunk + a modality vector; 2D RoPE.
 
 Axis legend: B batch, N patches, P patch_dim, V ViT width, D trunk embed, K trunk head_dim.
 
-Features: input [B, N, P] float (CLIP-normalised patches, (dh dw c)-flattened, P = patch_size^2 * 3),
-mask [B, N] int (1 = real patch), pos_ids [B, N] int (row-major index in the ViT's patch grid).
+Features: input [B, N, P] float (CLIP-normalised patches, (dh dw c)-flattened,
+P = patch_size^2 * 3), mask [B, N] int (1 = real patch), pos_ids [B, N] int (row-major index in
+the ViT's patch grid).
 
 The path (`ViTInputEmbedder`) is the same for audio, as in the release, which builds both with one
 class: the ViT's (last, block 1) features are concatenated [B, N, 2V], projected by a bias-free

@@ -1,7 +1,8 @@
-"""The two pre-trained ViT feature extractors: the image one (CLIP-style) and the audio one (AST-style).
+"""The pre-trained ViT feature extractors: the image one (CLIP-style), the audio one (AST-style).
 
 Axis legend: B batch, N patches, P patch_dim (flattened patch), V vit embed, H heads, K head_dim,
-F vit mlp, S sequence = prefix tokens (class / distillation) + N.
+F vit mlp, S and T sequence (queries, keys) = prefix tokens (class / distillation) + N,
+R position-table rows (num_pos), G patches of the (h, w) grid.
 
 Both are called `vit(x [B, N, P], mask [B, N], pos_ids [B, N], deterministic)` and return
 `(last [B, N, V], block1 [B, N, V])`: the last block's output and block index 1's output, without
@@ -30,9 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unified_io.config import VitConfig
+from unified_io.config import ConfigError, VitConfig
+from unified_io.layers.attention import MASKED_LOGIT
 
-MASKED_LOGIT = -1e10
 Grid = Tuple[int, int]
 
 # Logical axis names of ViT parameters (the partitioning rules table maps them).
@@ -89,12 +90,12 @@ def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
 
 
 class VitAttention(nn.Module):
-  """Self-attention with biases; `mask` [B, 1, S, S] boolean (True = may attend)."""
+  """Self-attention with biases; `mask` [B, 1, S, T] boolean (True = may attend)."""
 
   cfg: VitConfig
 
   @nn.compact
-  def __call__(self, x_bsv: jax.Array, mask_b1ss: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_bsv: jax.Array, mask_b1st: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     batch, length, _ = x_bsv.shape
     heads = lambda y: y.reshape(batch, length, cfg.num_heads, cfg.head_dim)  # noqa: E731
@@ -102,15 +103,14 @@ class VitAttention(nn.Module):
     k_bshk = heads(Linear(cfg.emb_dim, (EMBED, JOINED_KV), name="key_in_proj")(x_bsv))
     v_bshk = heads(Linear(cfg.emb_dim, (EMBED, JOINED_KV), name="value_in_proj")(x_bsv))
 
-    logits_bhss = jnp.einsum("BQHK,BSHK->BHQS", q_bshk * cfg.head_dim ** -0.5, k_bshk)
-    logits_bhss = jnp.where(mask_b1ss, logits_bhss, MASKED_LOGIT)
-    weights_bhss = jax.nn.softmax(logits_bhss, axis=-1)
+    logits_bhst = jnp.einsum("BSHK,BTHK->BHST", q_bshk * cfg.head_dim ** -0.5, k_bshk)
+    logits_bhst = jnp.where(mask_b1st, logits_bhst, MASKED_LOGIT)
+    weights_bhst = jax.nn.softmax(logits_bhst, axis=-1)
     # The release drops whole key columns, shared by every query (broadcast over queries).
-    weights_bhss = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
-        weights_bhss, deterministic=deterministic)
-    out_bsv = jnp.einsum("BHQS,BSHK->BQHK", weights_bhss, v_bshk).reshape(batch, length, -1)
+    weights_bhst = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
+        weights_bhst, deterministic=deterministic)
+    out_bsv = jnp.einsum("BHST,BTHK->BSHK", weights_bhst, v_bshk).reshape(batch, length, -1)
     return Linear(cfg.emb_dim, (JOINED_KV, EMBED), name="out_proj")(out_bsv)
-
 
 
 class VitMlp(nn.Module):
@@ -134,9 +134,9 @@ class VitBlock(nn.Module):
   tanh_gelu: bool
 
   @nn.compact
-  def __call__(self, x_bsv: jax.Array, mask_b1ss: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_bsv: jax.Array, mask_b1st: jax.Array, deterministic: bool) -> jax.Array:
     h_bsv = _layer_norm(self.ln_eps, "ln_1")(x_bsv)
-    x_bsv = x_bsv + VitAttention(self.cfg, name="attn")(h_bsv, mask_b1ss, deterministic)
+    x_bsv = x_bsv + VitAttention(self.cfg, name="attn")(h_bsv, mask_b1st, deterministic)
     h_bsv = _layer_norm(self.ln_eps, "ln_2")(x_bsv)
     return x_bsv + VitMlp(self.cfg, self.tanh_gelu, name="mlp")(h_bsv)
 
@@ -151,11 +151,11 @@ class VitTransformer(nn.Module):
   @nn.compact
   def __call__(self, x_bsv: jax.Array, valid_bs: jax.Array, deterministic: bool
                ) -> Tuple[jax.Array, jax.Array]:
-    mask_b1ss = (valid_bs[:, None, :, None] & valid_bs[:, None, None, :])
+    mask_b1st = (valid_bs[:, None, :, None] & valid_bs[:, None, None, :])
     outputs = []
     for i in range(self.cfg.num_layers):
       x_bsv = VitBlock(self.cfg, self.ln_eps, self.tanh_gelu, name=f"resblocks_{i}")(
-          x_bsv, mask_b1ss, deterministic)
+          x_bsv, mask_b1st, deterministic)
       outputs.append(x_bsv)
     return x_bsv, outputs[1]
 
@@ -214,16 +214,17 @@ class ImageViT(nn.Module):
     validate_patches("image_vit", x_bnp, mask_bn, pos_ids_bn, self.patch_dim, grid)
     stored = math.isqrt(cfg.num_pos - 1)
     if stored * stored != cfg.num_pos - 1:
-      raise ValueError(f"image_vit: num_pos {cfg.num_pos} is not 1 + a square grid g*g")
+      raise ConfigError(f"config field `image_vit.num_pos`: {cfg.num_pos} is not 1 + g*g (a class "
+                        "row, then a square grid)")
     batch = x_bnp.shape[0]
 
     x_bnv = Linear(cfg.emb_dim, (PATCH, EMBED), use_bias=False, name="embedding")(
         x_bnp.astype(jnp.float32))
     cls_v = _prefix_token(self, "class_embedding", cfg.emb_dim, cfg.emb_dim ** -0.5)
-    table_qv = _position_table(self, cfg)  # Q = num_pos: row 0 class token, then the g x g grid
-    grid_gv = resize_positions(table_qv[1:].reshape(stored, stored, -1), grid).reshape(
+    table_rv = _position_table(self, cfg)  # R = num_pos: row 0 class token, then the g x g grid
+    grid_gv = resize_positions(table_rv[1:].reshape(stored, stored, -1), grid).reshape(
         grid[0] * grid[1], -1)
-    x_bsv = jnp.concatenate([jnp.broadcast_to(cls_v + table_qv[0], (batch, 1, cfg.emb_dim)),
+    x_bsv = jnp.concatenate([jnp.broadcast_to(cls_v + table_rv[0], (batch, 1, cfg.emb_dim)),
                              x_bnv + jnp.take(grid_gv, pos_ids_bn, axis=0)], axis=1)
     x_bsv = _layer_norm(self.LN_EPS, "pre_ln")(x_bsv)
 
@@ -254,20 +255,20 @@ class AudioViT(nn.Module):
     h, w = cfg.grid
     validate_patches("audio_vit", x_bnp, mask_bn, pos_ids_bn, self.patch_dim, (h, w))
     if 2 + h * w > cfg.num_pos:
-      raise ValueError(f"audio_vit: the {h}x{w} grid needs {2 + h * w} position rows, the table "
-                       f"has num_pos {cfg.num_pos}")
+      raise ConfigError(f"config field `audio_vit.num_pos`: the {h}x{w} grid needs {2 + h * w} "
+                        f"position rows, the table has {cfg.num_pos}")
     batch = x_bnp.shape[0]
 
     x_bnv = Linear(cfg.emb_dim, (PATCH, EMBED), name="embedding")(x_bnp.astype(jnp.float32))
     cls_v = _prefix_token(self, "cls_token", cfg.emb_dim, 0.02)
     dist_v = _prefix_token(self, "dist_token", cfg.emb_dim, 0.02)
-    table_qv = _position_table(self, cfg)  # rows 0, 1: class, distillation; 2: patches
+    table_rv = _position_table(self, cfg)  # rows 0, 1: class, distillation; 2: patches
     # The AST table is laid out over the transposed (w, h) grid: our row-major patch (r, c) is its
     # row c * h + r.
     pos_t_bn = (pos_ids_bn % w) * h + pos_ids_bn // w
-    prefix_2v = jnp.stack([cls_v + table_qv[0], dist_v + table_qv[1]])
+    prefix_2v = jnp.stack([cls_v + table_rv[0], dist_v + table_rv[1]])
     x_bsv = jnp.concatenate([jnp.broadcast_to(prefix_2v, (batch, 2, cfg.emb_dim)),
-                             x_bnv + jnp.take(table_qv[2:], pos_t_bn, axis=0)], axis=1)
+                             x_bnv + jnp.take(table_rv[2:], pos_t_bn, axis=0)], axis=1)
 
     last_bsv, block1_bsv = VitTransformer(cfg, self.LN_EPS, tanh_gelu=True, name="transformer")(
         x_bsv, _with_prefix_valid(mask_bn, 2), deterministic)
