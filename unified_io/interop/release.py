@@ -144,3 +144,60 @@ def _image_vqgan(config: Mapping) -> ImageVQGANConfig:
 
 def _audio_vqgan(config: Mapping) -> AudioVQGANConfig:
   return AudioVQGANConfig(**_pick(_section(config, "audio_vqgan"), "audio_vqgan", AudioVQGANConfig))
+
+
+# ------------------------------------------------------------------------------------------------
+# The released models' configs (allenai/uio2-large|xl|xxl), in config.json form
+# ------------------------------------------------------------------------------------------------
+_RELEASE_TRUNKS = {
+    "large": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816),
+    "xl": dict(emb_dim=2048, num_heads=16, head_dim=128, mlp_dim=5120),
+    "xxl": dict(emb_dim=3072, num_heads=24, head_dim=128, mlp_dim=8192),
+}
+# The resamplers: 768-wide in large; 1024-wide in xl and xxl, and scaled-cosine in xxl.
+_RELEASE_RESAMPLERS = {
+    "large": dict(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048),
+    "xl": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=4096),
+    "xxl": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=4096, xattn_qk_norm=False,
+                xattn_scaled_cosine=True),
+}
+
+
+def release_config(size: str) -> Dict:
+  """The config.json of a released UIO2 model, for shape checks and conversion without the file."""
+  if size not in _RELEASE_TRUNKS:
+    raise ConfigError(f"unknown release size {size!r}; known: {sorted(_RELEASE_TRUNKS)}")
+  vit = dict(patch_size=16, emb_dim=768, num_heads=12, num_layers=11, head_dim=64, mlp_dim=3072,
+             mlp_activations=["gelu"])
+  resampler = {**dict(resampler_type="perceiver", max_frames=8, num_layers=2,
+                      xattention_index=[0, 1], mlp_activations=["gelu"], xattn_qk_norm=True,
+                      xattn_scaled_cosine=False), **_RELEASE_RESAMPLERS[size]}
+  vitvqgan = dict(vocab_size=8192, proj_dim=32, patch_size=[8, 8], output_channel=1,
+                  default_input_size=[128, 256], **{
+                      f"{side}_{k}": v for side in ("encoder", "decoder") for k, v in dict(
+                          hidden_size=512, num_layers=8, mlp_dim=2048, num_heads=8,
+                          head_dim=64).items()})
+  return {
+      "t5_config": dict(
+          vocab_size=33280, image_vocab_size=16512, audio_vocab_size=8320, num_encoder_layers=24,
+          num_decoder_layers=24, mlp_activations=["silu", "linear"], dropout_rate=0.0,
+          logits_via_embedding=True, decoder_xattention_internval=1, qk_norm=True,
+          encoder_max_image_length=576, encoder_max_text_length=512,
+          decoder_max_image_length=1024, decoder_max_text_length=512, text_pos_emb="llama_rope",
+          default_image_size=[256, 256], default_image_vit_size=[384, 384],
+          default_image_history_vit_size=[256, 256], default_audio_size=[256, 128],
+          default_audio_vit_size=[256, 128], default_audio_history_vit_size=[256, 128],
+          **_RELEASE_TRUNKS[size]),
+      "image_vit_cfg": dict(vit, num_pos=197, default_input_size=[256, 256]),
+      "audio_vit_cfg": dict(vit, default_input_size=[256, 128], transpose_input=True),
+      "image_history_cfg": dict(resampler, latents_size=32),
+      "audio_history_cfg": dict(resampler, latents_size=16),
+      "image_vqgan": dict(embed_dim=4, n_embed=16384, double_z=False, z_channels=4, resolution=256,
+                          in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=2,
+                          attn_resolutions=[32], dropout=0.0, default_input_size=[256, 256],
+                          patch_size=[8, 8]),
+      "audio_vqgan": vitvqgan,
+      "freeze_vit": True,
+      "input_modalities": [m.value for m in Modality],
+      "target_modalities": ["text", "image", "audio"],
+  }
