@@ -53,6 +53,11 @@ class UnifiedIOModel:
     return self.module.apply({"params": params}, batch, deterministic=dropout_rng is None,
                              rngs=rngs)
 
+  def render(self, params, modality: str, tokens) -> jax.Array:
+    """Target tokens of an image or audio target (codes + 2) -> pixels or spectrogram."""
+    return self.module.apply({"params": params}, modality, tokens,
+                             method=UnifiedIONetwork.render)
+
   def loss_fn(self, params, batch, dropout_rng: Optional[jax.Array] = None
               ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """(total loss, {"loss/<modality>": loss}); dropout is on iff a dropout rng is given."""

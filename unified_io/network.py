@@ -114,6 +114,14 @@ class UnifiedIONetwork(nn.Module):
       start += n
     return outputs
 
+  def render(self, modality: str, targets_bt: jax.Array) -> jax.Array:
+    """Image or audio target tokens (VQ codes + 2) -> pixels [B, H, W, 3] / spectrogram."""
+    if modality not in self.target_embedders or not hasattr(self.target_embedders[modality],
+                                                            "render"):
+      raise ValueError(f"cannot render {modality!r} tokens; renderable targets: "
+                       f"{[m for m, e in self.target_embedders.items() if hasattr(e, 'render')]}")
+    return self.target_embedders[modality].render(targets_bt)
+
   def __call__(self, batch: Mapping[str, Mapping], deterministic: bool = True
                ) -> Dict[str, TargetOutput]:
     if self.is_initializing():  # flax creates parameters lazily; create every table, used or not

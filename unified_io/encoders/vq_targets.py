@@ -48,26 +48,43 @@ class _VQTargetEmbedder(nn.Module):
     """((rope grid h, w), pattern row width)."""
     raise NotImplementedError
 
-  @nn.compact
+  def raw_shape(self) -> Tuple[int, ...]:
+    """The raw target's shape without the batch axis."""
+    raise NotImplementedError
+
+  def setup(self):
+    self.vqgan = self.make_tokenizer()
+    self.modality_vector = modality_embedding(self, self.cfg.trunk.emb_dim)
+
+  def render(self, targets_bt: jax.Array) -> jax.Array:
+    """Target tokens (codes + 2) -> pixels / spectrogram through the tokenizer's decoder."""
+    vocab = self.token_embedder.vocab_size - CODE_OFFSET
+    return self.vqgan.decode(jnp.clip(targets_bt.astype(jnp.int32) - CODE_OFFSET, 0, vocab - 1))
+
+  def _check_raw_shape(self, raw: jax.Array) -> None:
+    expected = self.raw_shape()
+    if tuple(raw.shape[1:]) != expected:
+      raise ValueError(f"{self.TOKENS.value} target: feature `{self.RAW_FEATURE}` has shape "
+                       f"{tuple(raw.shape)}, expected [batch, {', '.join(map(str, expected))}]")
+
   def __call__(self, features, deterministic: bool = True) -> TargetPart:
     trunk = self.cfg.trunk
-    tokenizer = self.make_tokenizer()
     (rope_h, rope_w), grid_width = self.grids()
     num_tokens = rope_h * rope_w
     if self.is_initializing():  # create the decoder's parameters too, so tokens can be rendered
-      tokenizer.decode(jnp.zeros((1, num_tokens), jnp.int32))
+      self.vqgan.decode(jnp.zeros((1, num_tokens), jnp.int32))
     if "targets" in features:
       targets_bt = features["targets"].astype(jnp.int32)
     else:
-      codes_bt = jax.lax.stop_gradient(tokenizer.encode(features[self.RAW_FEATURE]))
+      self._check_raw_shape(features[self.RAW_FEATURE])
+      codes_bt = jax.lax.stop_gradient(self.vqgan.encode(features[self.RAW_FEATURE]))
       targets_bt = codes_bt.astype(jnp.int32) + CODE_OFFSET
     batch, length = targets_bt.shape
     if length != num_tokens:
       raise ValueError(f"{self.TOKENS.value} target: {length} tokens, expected {num_tokens} "
                        f"({rope_h} x {rope_w} grid of the tokenizer config)")
     inputs_bt = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), targets_bt[:, :-1]], axis=1)
-    embed_btd = self.token_embedder(inputs_bt) + modality_embedding(self, trunk.emb_dim).astype(
-        trunk.activation_dtype)
+    embed_btd = self.token_embedder(inputs_bt) + self.modality_vector.astype(trunk.activation_dtype)
     table_tk = jnp.asarray(rope_table_2d(rope_h, rope_w, trunk.head_dim, 1.0, trunk.rope_base))
     rope_btk = jnp.broadcast_to(table_tk[None], (batch, length, trunk.head_dim))
     mask_bt = features["mask"]
@@ -84,11 +101,14 @@ class ImageTargetEmbedder(_VQTargetEmbedder):
   RAW_FEATURE = "image"
 
   def make_tokenizer(self) -> nn.Module:
-    return ImageVQGAN(self.cfg.image_vqgan, name="vqgan")
+    return ImageVQGAN(self.cfg.image_vqgan)
 
   def grids(self):
     h, w = self.cfg.image_vqgan.grid
     return (h, w), w
+
+  def raw_shape(self):
+    return tuple(self.cfg.image_vqgan.default_input_size) + (3,)
 
 
 class AudioTargetEmbedder(_VQTargetEmbedder):
@@ -96,8 +116,12 @@ class AudioTargetEmbedder(_VQTargetEmbedder):
   RAW_FEATURE = "audio"
 
   def make_tokenizer(self) -> nn.Module:
-    return AudioViTVQGAN(self.cfg.audio_vqgan, name="vqgan")
+    return AudioViTVQGAN(self.cfg.audio_vqgan)
 
   def grids(self):
     mel, time = self.cfg.audio_vqgan.grid  # the tokenizer's (mel/8, time/8) grid
     return (mel, time), mel  # tokens run (time/8, mel/8): a row is `mel` tokens long
+
+  def raw_shape(self):
+    mel, time = self.cfg.audio_vqgan.default_input_size
+    return (time, mel, 1)
