@@ -48,5 +48,6 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "uio2-demo=unified_io.demo:main",
         "uio2-check-reference=unified_io.interop.check_reference:main",
+        "uio2-convert=unified_io.interop.convert:main",
     ]},
 )
