@@ -139,7 +139,7 @@ class VitConfig:
 
   @property
   def patch_dim(self) -> int:
-    """Length of one flattened patch: image (dh dw c) with 3 channels, audio (dh dw) mono."""
+    """Values per channel of one flattened patch; times 3 for RGB image patches, 1 for audio."""
     return self.patch_size * self.patch_size
 
 
