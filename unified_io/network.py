@@ -14,6 +14,7 @@ from typing import Dict, Mapping, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unified_io import masks
 from unified_io.config import UnifiedIOConfig
@@ -101,11 +102,13 @@ class UnifiedIONetwork(nn.Module):
     segment_ids_bt = jnp.concatenate(
         [jnp.full((batch, n), m.target_id, jnp.int32) for m, n in zip(present, lengths)], axis=1)
     layout = target_layout(parts) if self.cfg.dynamic_masking else None
+    stops = np.cumsum(lengths).tolist()
+    segments = tuple(zip([0] + stops[:-1], stops))
     hidden_btd = self.decoder(
         jnp.concatenate([p.embed for p in parts], axis=1),
         jnp.concatenate([p.mask for p in parts], axis=1), segment_ids_bt,
         jnp.concatenate([p.rope for p in parts], axis=1),
-        encoded.hidden, encoded.mask, encoded.rope, deterministic, layout)
+        encoded.hidden, encoded.mask, encoded.rope, deterministic, layout, segments)
 
     outputs, start = {}, 0
     for m, part, n in zip(present, parts, lengths):

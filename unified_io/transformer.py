@@ -8,7 +8,7 @@ Cross-attention applies decoder RoPE positions to q and encoder positions to k, 
 Each stack ends with an RMSNorm.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   cfg: TrunkConfig
   deterministic: bool = True
+  # [start, stop) target segments; the self-attention mask never crosses them (see Decoder).
+  segments: Optional[Tuple[Tuple[int, int], ...]] = None
 
   @nn.compact
   def __call__(self, y_btd, self_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk):
@@ -48,7 +50,7 @@ class DecoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate)
     h_btd = RMSNorm(cfg.norm_eps, name="pre_self_attention_norm")(y_btd)
     h_btd = Attention(cfg, name="self_attention")(h_btd, h_btd, self_mask_b1tt, rope_btk, rope_btk,
-                                                  self.deterministic)
+                                                  self.deterministic, blocks=self.segments)
     y_btd = y_btd + dropout(h_btd, deterministic=self.deterministic)
     h_btd = RMSNorm(cfg.norm_eps, name="pre_cross_attention_norm")(y_btd)
     h_btd = Attention(cfg, name="encoder_decoder_attention")(
@@ -87,8 +89,13 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, y_btd, valid_bt, segment_ids_bt, rope_btk, encoded_bld, enc_valid_bl,
                enc_rope_blk, deterministic: bool = True,
-               layout: Optional[masks.TargetLayout] = None):
-    """With a `layout`, each layer also applies its attention pattern and the dynamic mask."""
+               layout: Optional[masks.TargetLayout] = None,
+               segments: Optional[Tuple[Tuple[int, int], ...]] = None):
+    """With a `layout`, each layer also applies its attention pattern and the dynamic mask.
+
+    `segments`: the static [start, stop) spans of `segment_ids_bt` (each target's part), when the
+    caller knows them; self-attention then runs per segment instead of over the full [T, T].
+    """
     cfg = self.cfg
     self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
     per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
@@ -99,7 +106,7 @@ class Decoder(nn.Module):
     for i in range(cfg.num_decoder_layers):
       layer_mask_b1tt = (self_mask_b1tt if per_pattern is None else
                          per_pattern[masks.layer_pattern(i, cfg.num_decoder_layers)])
-      y_btd = layer_cls(cfg, deterministic, name=f"layers_{i}")(
+      y_btd = layer_cls(cfg, deterministic, segments, name=f"layers_{i}")(
           y_btd, layer_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
     y_btd = RMSNorm(cfg.norm_eps, name="decoder_norm")(y_btd)
     return nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)

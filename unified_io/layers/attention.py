@@ -9,7 +9,7 @@ that, so a fully masked query row becomes a uniform average over all keys rather
 softmax in float32; the weights are cast back to the activation dtype before they multiply v.
 """
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -17,10 +17,9 @@ import jax.numpy as jnp
 
 from unified_io.config import TrunkConfig
 from unified_io.layers.dense import Projection
+from unified_io.layers.dot_product import MASKED_LOGIT, attend, attend_block_diagonal
 from unified_io.layers.norms import RMSNorm
 from unified_io.layers.rope import apply_rope
-
-MASKED_LOGIT = -1e10
 
 
 class Attention(nn.Module):
@@ -34,12 +33,18 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_q_bld: jax.Array, x_kv_bsd: jax.Array, mask_b1ls: Optional[jax.Array],
                q_rope_blk: Optional[jax.Array] = None, k_rope_bsk: Optional[jax.Array] = None,
-               deterministic: bool = True) -> jax.Array:
-    """`mask` is boolean [B, 1 or H, L, S] (True = may attend); rope tables are [B, L|S, K]."""
+               deterministic: bool = True,
+               blocks: Optional[Sequence[Tuple[int, int]]] = None) -> jax.Array:
+    """`mask` is boolean [B, 1 or H, L, S] (True = may attend); rope tables are [B, L|S, K].
+
+    `blocks`: for self-attention whose mask allows nothing outside these [start, stop) diagonal
+    blocks (they tile [0, L)), each block is computed on its own (`attend_block_diagonal`).
+    """
     cfg = self.cfg
-    q_blhk = self._projection(x_q_bld.shape[-1], "query")(x_q_bld)
-    k_bshk = self._projection(x_kv_bsd.shape[-1], "key")(x_kv_bsd)
-    v_bshk = self._projection(x_kv_bsd.shape[-1], "value")(x_kv_bsd)
+    query = self._projection(x_q_bld.shape[-1], "query")
+    key = self._projection(x_kv_bsd.shape[-1], "key")
+    value = self._projection(x_kv_bsd.shape[-1], "value")
+    q_blhk, k_bshk, v_bshk = query(x_q_bld), key(x_kv_bsd), value(x_kv_bsd)
     if cfg.qk_norm:
       q_blhk = RMSNorm(cfg.norm_eps, axis_name="kv", name="query_norm")(q_blhk)
       k_bshk = RMSNorm(cfg.norm_eps, axis_name="kv", name="key_norm")(k_bshk)
@@ -50,12 +55,21 @@ class Attention(nn.Module):
     if cfg.use_rope and k_rope_bsk is not None:
       k_bshk = apply_rope(k_bshk, k_rope_bsk)
 
-    logits_bhls = jnp.einsum("BLHK,BSHK->BHLS", q_blhk / jnp.sqrt(jnp.float32(cfg.head_dim)), k_bshk)
-    if mask_b1ls is not None:
-      logits_bhls = jnp.where(mask_b1ls, logits_bhls, MASKED_LOGIT)
-    weights_bhls = jax.nn.softmax(logits_bhls, axis=-1).astype(cfg.activation_dtype)
-    weights_bhls = nn.Dropout(cfg.dropout_rate)(weights_bhls, deterministic=deterministic)
+    if mask_b1ls is None:
+      mask_b1ls = jnp.ones((1, 1, q_blhk.shape[1], k_bshk.shape[1]), bool)
 
-    out_blhk = jnp.einsum("BHLS,BSHK->BLHK", weights_bhls, v_bshk)
+    if deterministic or cfg.dropout_rate == 0.0:
+      if blocks is not None:
+        out_blhk = attend_block_diagonal(q_blhk, k_bshk, v_bshk, mask_b1ls, blocks,
+                                         cfg.activation_dtype)
+      else:
+        out_blhk = attend(q_blhk, k_bshk, v_bshk, mask_b1ls, cfg.activation_dtype)
+    else:  # attention dropout: the plain formulation (dropout acts on the full weights)
+      logits_bhls = jnp.einsum("BLHK,BSHK->BHLS", q_blhk / jnp.sqrt(jnp.float32(cfg.head_dim)),
+                               k_bshk)
+      logits_bhls = jnp.where(mask_b1ls, logits_bhls, MASKED_LOGIT)
+      weights_bhls = jax.nn.softmax(logits_bhls, axis=-1).astype(cfg.activation_dtype)
+      weights_bhls = nn.Dropout(cfg.dropout_rate)(weights_bhls, deterministic=deterministic)
+      out_blhk = jnp.einsum("BHLS,BSHK->BLHK", weights_bhls, v_bshk)
     return Projection((cfg.num_heads, cfg.head_dim), (x_q_bld.shape[-1],), ("heads", "kv", "embed"),
                       cfg.activation_dtype, name="out")(out_blhk)

@@ -35,23 +35,64 @@ CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
 CHANNEL_AXES = ("conv_out",)
 CODEBOOK_AXES = ("vq_codes", "vq_dim")
 _PAD_3X3 = ((1, 1), (1, 1))
+# Images the encoder runs on at once. Its full-resolution activations are [B, H, W, ch] (16 MB each
+# at batch 8 of the tiny config's 128 x 128 images, and three are alive at a time); encoding a few
+# images at a time (a scan) keeps that small. On XLA:CPU every byte of the step's temporary buffer
+# is page-faulted in again on every call, and a buffer under glibc's 32 MB mmap threshold is not
+# even returned to the kernel between calls.
+ENCODE_CHUNK = 2
 
 
-def _conv(features: int, kernel: int, name: str, strides: int = 1, padding=_PAD_3X3) -> nn.Conv:
-  # The release's convs: lecun-normal weights, zero biases (`VQGAN._init_weights`).
-  return nn.Conv(features, (kernel, kernel), strides=strides,
-                 padding=padding if kernel > 1 else "VALID",
-                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, CHANNEL_AXES),
-                 name=name)
+class Conv(nn.Module):
+  features: int
+  kernel: int
+  strides: int = 1
+  padding: tuple = _PAD_3X3
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
+                        (self.kernel, self.kernel, cin, self.features), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, CHANNEL_AXES),
+                      (self.features,), jnp.float32)
+    if cin % 4:
+      pad = 4 - cin % 4
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides),
+                                     self.padding if self.kernel > 1 else "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
 
 
-def _group_norm(name: str) -> nn.GroupNorm:
-  # torch GroupNorm(32, C, eps=1e-6); the two-pass variance, as torch computes it.
-  return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, CHANNEL_AXES),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, CHANNEL_AXES),
-                      name=name)
+def _conv(features: int, kernel: int, name: str, strides: int = 1, padding=_PAD_3X3) -> Conv:
+  return Conv(features, kernel, strides, padding, name=name)
+
+
+class GroupNorm(nn.Module):
+  num_groups: int = 32
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, hh, ww, c = x.shape
+    g = self.num_groups
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, CHANNEL_AXES), (c,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, CHANNEL_AXES), (c,), jnp.float32)
+    x_bnc = x.reshape(b, hh * ww, c)
+    n = hh * ww * (c // g)
+    def group_sum(v_bc):
+      return jnp.repeat(v_bc.reshape(b, g, c // g).sum(-1), c // g, axis=-1)
+    mean_bc = group_sum(jnp.sum(x_bnc, axis=1)) / n
+    d = x_bnc - mean_bc[:, None]
+    var_bc = group_sum(jnp.sum(jnp.square(d), axis=1)) / n
+    y = d * (jax.lax.rsqrt(var_bc + self.eps) * scale)[:, None] + bias
+    return y.reshape(x.shape)
+
+
+def _group_norm(name: str) -> GroupNorm:
+  return GroupNorm(name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -209,7 +250,16 @@ class ImageVQGAN(nn.Module):
 
   def encode_latents(self, images: jax.Array) -> jax.Array:
     """images [B, H, W, in_channels] in [-1, 1] -> pre-VQ z [B, h, w, E] (the quantizer's input)."""
-    return self.quant_conv(self.encoder(images.astype(jnp.float32)))
+    images = images.astype(jnp.float32)
+    batch = images.shape[0]
+    if batch <= ENCODE_CHUNK or batch % ENCODE_CHUNK:
+      return self.quant_conv(self.encoder(images))
+    # [B, ...] -> [B / c, c, ...]: c images at a time, one after the other (see ENCODE_CHUNK).
+    chunks = images.reshape(batch // ENCODE_CHUNK, ENCODE_CHUNK, *images.shape[1:])
+    encode_chunk = nn.scan(lambda module, carry, x: (carry, module(x)),
+                           variable_broadcast="params", split_rngs={"params": False})
+    _, z_nc = encode_chunk(self.encoder, None, chunks)
+    return self.quant_conv(z_nc.reshape(batch, *z_nc.shape[2:]))
 
   def encode(self, images: jax.Array) -> jax.Array:
     """images [B, H, W, in_channels] in [-1, 1] -> ids [B, h*w] int32, row-major over (h, w)."""
