@@ -193,16 +193,23 @@ def resize_positions(table_ggv: jax.Array, grid: Grid) -> jax.Array:
   return jax.image.resize(table_ggv, (grid[0], grid[1], table_ggv.shape[-1]), "bicubic")
 
 
-class ImageViT(nn.Module):
-  """CLIP-style image ViT (see the module docstring). Input patches are (dh dw c)-flattened."""
+class _ViT(nn.Module):
+  """What the two ViTs share: the config, and the flattened patch size from the channel count."""
 
   cfg: VitConfig
-  CHANNELS = 3
-  LN_EPS = 1e-5
+  CHANNELS = 1
+  LN_EPS = 1e-6
 
   @property
   def patch_dim(self) -> int:
     return self.cfg.patch_size * self.cfg.patch_size * self.CHANNELS
+
+
+class ImageViT(_ViT):
+  """CLIP-style image ViT (see the module docstring). Input patches are (dh dw c)-flattened."""
+
+  CHANNELS = 3
+  LN_EPS = 1e-5
 
   @nn.compact
   def __call__(self, x_bnp: jax.Array, mask_bn: jax.Array, pos_ids_bn: jax.Array,
@@ -233,16 +240,11 @@ class ImageViT(nn.Module):
     return last_bsv[:, 1:], block1_bsv[:, 1:]
 
 
-class AudioViT(nn.Module):
+class AudioViT(_ViT):
   """AST-style audio ViT (see the module docstring). Input patches are (dh dw) spectrogram bins."""
 
-  cfg: VitConfig
   CHANNELS = 1
   LN_EPS = 1e-6
-
-  @property
-  def patch_dim(self) -> int:
-    return self.cfg.patch_size * self.cfg.patch_size * self.CHANNELS
 
   @nn.compact
   def __call__(self, x_bnp: jax.Array, mask_bn: jax.Array, pos_ids_bn: jax.Array,
