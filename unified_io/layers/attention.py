@@ -41,10 +41,9 @@ class Attention(nn.Module):
     blocks (they tile [0, L)), each block is computed on its own (`attend_block_diagonal`).
     """
     cfg = self.cfg
-    query = self._projection(x_q_bld.shape[-1], "query")
-    key = self._projection(x_kv_bsd.shape[-1], "key")
-    value = self._projection(x_kv_bsd.shape[-1], "value")
-    q_blhk, k_bshk, v_bshk = query(x_q_bld), key(x_kv_bsd), value(x_kv_bsd)
+    q_blhk = self._projection(x_q_bld.shape[-1], "query")(x_q_bld)
+    k_bshk = self._projection(x_kv_bsd.shape[-1], "key")(x_kv_bsd)
+    v_bshk = self._projection(x_kv_bsd.shape[-1], "value")(x_kv_bsd)
     if cfg.qk_norm:
       q_blhk = RMSNorm(cfg.norm_eps, axis_name="kv", name="query_norm")(q_blhk)
       k_bshk = RMSNorm(cfg.norm_eps, axis_name="kv", name="key_norm")(k_bshk)

@@ -8,7 +8,6 @@ every kept byte is page-faulted in again on every call.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from unified_io.config import TrunkConfig
 from unified_io.layers.dense import Projection
