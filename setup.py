@@ -43,6 +43,13 @@ setuptools.setup(
         "clu",
         "tensorboard",
         "numpy",
+        # The default text tokenizer: the 32k SentencePiece model inside mistral-common (Apache-2.0).
+        "mistral-common",
+        # Video and audio decoding (any container/codec FFmpeg reads), image decoding, plots.
+        "av",
+        "pillow",
+        "scipy",
+        "matplotlib",
         "pytest",
     ],
     entry_points={"console_scripts": [
