@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, the train state, the pure train step, checkpoints, the binary."""
