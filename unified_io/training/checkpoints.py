@@ -1,0 +1,163 @@
+"""Checkpoints with orbax: the train state plus the input pipeline's position, and params-only loads.
+
+Layout of MODEL_DIR/checkpoints/<step>/:
+  state/   the `TrainState` (step, params, optimizer state, non-finite count), sharded arrays
+  data/    JSON: how many batches the input pipeline has handed out, and its seed
+
+`TrainCheckpoints` saves asynchronously every `save_every` steps (training goes on while the arrays
+are written), keeps the newest `keep`, restores the latest (auto-resume) or a given step into the
+shardings of an abstract state. A preempted run (SIGTERM) calls `save(step, ..., force=True)` and
+`wait()` before exiting.
+
+`load_params` is the fine-tuning / inference path: parameters only, from a training checkpoint or a
+converted release (`uio2-convert` output), renamed by an assignment map and cast to a dtype.
+"""
+
+import os
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, DATA = "state", "data"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that is missing, or does not fit the model it is loaded into."""
+
+
+class TrainCheckpoints:
+  """Periodic async saves of (train state, data position) under `directory`."""
+
+  def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = None,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=(STATE, DATA))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> Sequence[int]:
+    return self._manager.all_steps()
+
+  def save(self, step: int, state, data_position: Dict[str, Any], force: bool = False) -> bool:
+    """Saves if `step` is a multiple of `save_every` (or `force`); returns whether it started."""
+    if not force and (self.save_every <= 0 or step % self.save_every):
+      return False
+    if step in self.all_steps():
+      return False  # e.g. the preemption save of a step the interval already saved
+    return self._manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state),
+        DATA: ocp.args.JsonSave(dict(data_position))}), force=True)
+
+  def restore(self, abstract_state, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+    """(state, data position) of `step` (default: the latest) laid out like `abstract_state`.
+
+    `abstract_state`: a tree of `jax.ShapeDtypeStruct`s with `.sharding` (e.g. from
+    `jax.eval_shape` plus the shardings the train step uses) or of arrays to take them from.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
+                            f"there are {list(self.all_steps())}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
+    return restored[STATE], dict(restored[DATA])
+
+  def wait(self) -> None:
+    """Blocks until every async save has been written."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      out.update(_flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def _params_dir(path: str) -> str:
+  """The orbax params directory of a converted release, a training checkpoint, or itself."""
+  for candidate in (os.path.join(path, "params"), os.path.join(path, STATE), path):
+    if os.path.isdir(candidate) and (os.path.exists(os.path.join(candidate, "_METADATA"))
+                                     or os.path.exists(os.path.join(candidate, "_CHECKPOINT_METADATA"))):
+      return candidate
+  raise CheckpointError(f"{path}: no orbax checkpoint found (looked for params/, state/ and the "
+                        "directory itself); give a `uio2-convert` output or a checkpoint step dir")
+
+
+def load_params(path: str, target_params, *, assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+                dtype=None, strict: bool = True):
+  """Parameters from a checkpoint at `path`, shaped like `target_params` (arrays or shape structs).
+
+  `assignment_map`: (regex on our parameter path, replacement or None) pairs, t5x style; the first
+  pattern that matches renames the path to look up in the checkpoint (`re.sub` semantics, groups
+  allowed), None keeps the target's own value (e.g. a freshly initialised head). Paths are
+  "/"-joined, e.g. "decoder/layers_0/mlp/wi/kernel". A training checkpoint's params live under
+  "params/". With `strict`, every target parameter must be found with the same shape.
+  `dtype`: cast every restored float array (e.g. jnp.bfloat16 for inference).
+  """
+  directory = _params_dir(path)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    # As host numpy arrays: the saved shardings may name devices this process does not have.
+    metadata = ckptr.metadata(directory)
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                      getattr(metadata, "item_metadata", metadata).tree)
+    stored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  if directory.endswith(os.sep + STATE) or os.path.basename(directory) == STATE:
+    stored = stored["params"]
+  stored_flat = _flatten(stored)
+  target_flat = _flatten(target_params)
+  rules = [(re.compile(pattern), replacement) for pattern, replacement in assignment_map]
+  out, missing = {}, []
+  for name, target in target_flat.items():
+    source = name
+    for pattern, replacement in rules:
+      if pattern.search(name):
+        source = None if replacement is None else pattern.sub(replacement, name)
+        break
+    if source is None:
+      out[name] = target
+      continue
+    if source not in stored_flat:
+      missing.append(name if source == name else f"{name} (looked up as {source})")
+      out[name] = target
+      continue
+    value = np.asarray(stored_flat[source])
+    if tuple(value.shape) != tuple(target.shape):
+      raise CheckpointError(f"{path}: parameter {source} has shape {value.shape}, the model wants "
+                            f"{tuple(target.shape)} for {name}: a checkpoint of another config?")
+    out[name] = value
+  if missing and strict:
+    shown = "\n  ".join(missing[:20])
+    raise CheckpointError(f"{path}: {len(missing)} parameters of the model are not in the "
+                          f"checkpoint (map them with assignment_map, or strict=False):\n  {shown}")
+
+  def cast(x):
+    x = jnp.asarray(x)
+    return x.astype(dtype) if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  def rebuild(tree, prefix=""):
+    result = {}
+    for key, value in tree.items():
+      path_ = f"{prefix}/{key}" if prefix else str(key)
+      result[key] = rebuild(value, path_) if isinstance(value, dict) else cast(out[path_])
+    return result
+  return rebuild(target_params)
