@@ -1,0 +1,105 @@
+"""The world as seqio data: example i of split s of task t is a pure function of (seed, s, t, i).
+
+`generate_example` draws one example in numpy; `WorldDataSource` is the seqio DataSource of one
+generator: a range of indices (sharded and shuffled as indices, which is free) mapped through
+`generate_example` in parallel. Examples are independent draws, so index order carries no
+structure; seqio's example shuffle comes on top.
+"""
+
+import zlib
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from unified_io.data.world.config import SPLITS, WorldConfig
+from unified_io.data.world.generators import GENERATORS, Example, Generator
+
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+_MAX_CONTENT_TRIES = 1000
+_INDEX_SHUFFLE_BUFFER = 1 << 16
+_TF_DTYPES = {np.uint8: tf.uint8, np.float32: tf.float32, np.int32: tf.int32, np.bytes_: tf.string}
+
+
+def example_rng(cfg: WorldConfig, task: str, split: str, index: int) -> np.random.Generator:
+  if split not in SPLIT_CODES:
+    raise ValueError(f"world: unknown split {split!r}; known: {SPLITS}")
+  return np.random.default_rng([cfg.seed, SPLIT_CODES[split], zlib.crc32(task.encode()), index])
+
+
+def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: int) -> Example:
+  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2]."""
+  rng = example_rng(cfg, generator.name, split, index)
+  for _ in range(_MAX_CONTENT_TRIES):
+    example = generator.generate(rng, cfg)
+    if generator.content_split is None or generator.content_split(example) == split:
+      break
+  else:
+    raise RuntimeError(f"world task {generator.name}: no {split} example in "
+                       f"{_MAX_CONTENT_TRIES} draws")
+  example["meta/task"] = np.array(generator.name.encode(), dtype=object)
+  example["prompt_seed"] = rng.integers(0, 2**31 - 1, size=2, dtype=np.int32)
+  return example
+
+
+def field_specs(generator: Generator, cfg: WorldConfig) -> Dict[str, tf.TensorSpec]:
+  specs = {name: tf.TensorSpec(shape, _TF_DTYPES[dtype], name=None)
+           for name, (dtype, shape) in generator.field_specs(cfg).items()}
+  specs["prompt_seed"] = tf.TensorSpec((2,), tf.int32)
+  return specs
+
+
+class WorldDataSource(seqio.DataSource):
+  """seqio source of one world generator; sharding and shuffling act on example indices."""
+
+  def __init__(self, generator_name: str, cfg: WorldConfig):
+    if generator_name not in GENERATORS:
+      raise ValueError(f"world: unknown generator {generator_name!r}; known: {list(GENERATORS)}")
+    self._generator = GENERATORS[generator_name]
+    self._cfg = cfg
+    self._specs = field_specs(self._generator, cfg)
+    super().__init__(splits=SPLITS, num_input_examples=dict(cfg.split_sizes),
+                     caching_permitted=False)
+
+  @property
+  def config(self) -> WorldConfig:
+    return self._cfg
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def _generate(self, split: str, index: tf.Tensor) -> Mapping[str, tf.Tensor]:
+    names = list(self._specs)
+
+    def generate(i):
+      example = generate_example(self._generator, self._cfg, split, int(i))
+      missing = set(names) - set(example)
+      if missing:
+        raise KeyError(f"world task {self._generator.name}: fields {sorted(missing)} missing")
+      return [np.asarray(example[n]) for n in names]
+
+    values = tf.numpy_function(generate, [index], [self._specs[n].dtype for n in names],
+                               stateful=False)
+    for value, name in zip(values, names):
+      value.set_shape(self._specs[name].shape)
+    return dict(zip(names, values))
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # generated on demand; seqio repeats if asked
+    if split not in self.splits:
+      raise ValueError(f"world task {self._generator.name}: unknown split {split!r}; "
+                       f"known: {self.splits}")
+    indices = tf.data.Dataset.range(self._cfg.split_sizes[split])
+    if shard_info is not None and shard_info.num_shards > 1:
+      indices = indices.shard(shard_info.num_shards, shard_info.index)
+    if shuffle:
+      indices = indices.shuffle(_INDEX_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return indices.map(lambda i: self._generate(split, i), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
