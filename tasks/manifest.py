@@ -1,0 +1,70 @@
+"""User datasets as JSONL manifests, registered without writing code.
+
+Either name them in a JSON spec file and point $UIO2_MANIFEST_TASKS at it before the tasks are
+imported:
+
+  {"my_sounds": {"splits": {"train": "/data/sounds/train.jsonl",
+                            "validation": "/data/sounds/val.jsonl"},
+                 "task_kind": "audio_caption"}}
+
+or bind them in gin and call `register_configured_manifests()` after gin is parsed (the binaries
+do; from python, `unified_io.data.manifest.add_manifest_task` is the direct route):
+
+  register_configured_manifests.tasks = {"my_sounds": {"splits": {"train": "/data/train.jsonl"}}}
+
+Per task: "splits" ({split: path or [paths]}), optional "media" (list of image / audio / video /
+target_image / target_audio; default: those of the first line), "meta_fields" ({name: 0 or 1}),
+"task_kind", "num_video_frames", "video_audio". The line format is in
+`unified_io.data.manifest`'s docstring.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import gin
+import seqio
+
+from unified_io.data import manifest
+
+SPEC_ENV = "UIO2_MANIFEST_TASKS"
+_OPTIONS = ("media", "meta_fields", "task_kind", "num_video_frames", "video_audio")
+
+
+def register_manifests(tasks: Mapping[str, Mapping[str, Any]]) -> List[str]:
+  """Registers each {name: spec} not registered yet; returns the names registered now."""
+  added = []
+  for name, spec in tasks.items():
+    if name in seqio.TaskRegistry.names():
+      continue
+    if "splits" not in spec:
+      raise manifest.ManifestError(f"manifest task {name!r}: the spec needs \"splits\": "
+                                   f"{{split: path}}, got keys {sorted(spec)}")
+    unknown = set(spec) - {"splits", *_OPTIONS}
+    if unknown:
+      raise manifest.ManifestError(f"manifest task {name!r}: unknown spec keys {sorted(unknown)}; "
+                                   f"known: splits, {', '.join(_OPTIONS)}")
+    options = {k: spec[k] for k in _OPTIONS if k in spec}
+    if "media" in options:
+      options["media"] = tuple(options["media"])
+    manifest.add_manifest_task(name, spec["splits"], **options)
+    added.append(name)
+  return added
+
+
+def read_spec(path: str) -> Dict[str, Mapping[str, Any]]:
+  if not os.path.exists(path):
+    raise manifest.ManifestError(f"${SPEC_ENV} names {path!r}, which does not exist")
+  with open(path) as f:
+    return json.load(f)
+
+
+@gin.configurable
+def register_configured_manifests(tasks: Optional[Mapping[str, Mapping[str, Any]]] = None
+                                  ) -> List[str]:
+  """Registers the manifests bound in gin (`register_configured_manifests.tasks`)."""
+  return register_manifests(tasks or {})
+
+
+if os.environ.get(SPEC_ENV):
+  register_manifests(read_spec(os.environ[SPEC_ENV]))
