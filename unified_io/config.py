@@ -245,6 +245,11 @@ class UnifiedIOConfig:
   # The paper's autoregressive dynamic masking and row/column/conv patterns for image and audio
   # targets. The release computes them but never applies them: off = the release's numbers.
   dynamic_masking: bool = False
+  # Pair packing (unified_io/packing.py): examples 2i and 2i+1 of a batch share one encoder row and
+  # one decoder row of these lengths; None = the pair's full unpacked length (nothing is dropped).
+  pack_pairs: bool = False
+  packed_encoder_length: Optional[int] = None
+  packed_decoder_length: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, "input_modalities", _as_modalities(self.input_modalities, "input_modalities"))
@@ -263,6 +268,11 @@ class UnifiedIOConfig:
       for component in _TARGET_COMPONENTS[m]:
         _require(getattr(self, component) is not None, component,
                  f"is required when {m.value} is a target modality")
+    for name in ("packed_encoder_length", "packed_decoder_length"):
+      value = getattr(self, name)
+      _require(value is None or (isinstance(value, int) and value > 0), name,
+               f"must be None or a positive int, got {value!r}")
+      _require(value is None or self.pack_pairs, name, "is set but `pack_pairs` is off")
 
 
 _INPUT_COMPONENTS = {
@@ -318,9 +328,13 @@ def trunk_config(size: str, **overrides) -> TrunkConfig:
 @gin.configurable
 def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
                 dynamic_masking: bool = False, freeze_vit: bool = True,
+                pack_pairs: bool = False, packed_encoder_length: Optional[int] = None,
+                packed_decoder_length: Optional[int] = None,
                 **trunk_overrides) -> UnifiedIOConfig:
   """The gin entry point: a size preset, the modalities, model switches and trunk overrides."""
   return UnifiedIOConfig(trunk=trunk_config(size, **trunk_overrides),
                          input_modalities=tuple(input_modalities),
                          target_modalities=tuple(target_modalities),
-                         dynamic_masking=dynamic_masking, freeze_vit=freeze_vit)
+                         dynamic_masking=dynamic_masking, freeze_vit=freeze_vit,
+                         pack_pairs=pack_pairs, packed_encoder_length=packed_encoder_length,
+                         packed_decoder_length=packed_decoder_length)

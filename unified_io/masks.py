@@ -19,6 +19,11 @@ def padding_mask(valid_q_bl: jax.Array, valid_k_bs: jax.Array) -> jax.Array:
   return (valid_q_bl.astype(bool)[:, None, :, None]) & (valid_k_bs.astype(bool)[:, None, None, :])
 
 
+def same_segment(segment_q_bl: jax.Array, segment_k_bs: jax.Array) -> jax.Array:
+  """[B, 1, L, S]: the query and the key carry the same segment id (packed examples)."""
+  return (segment_q_bl[:, None, :, None] == segment_k_bs[:, None, None, :])
+
+
 def decoder_self_mask(valid_bl: jax.Array, segment_ids_bl: jax.Array) -> jax.Array:
   """[B, 1, L, L]: causal, valid query and key, and the same segment id."""
   length = valid_bl.shape[1]
@@ -52,18 +57,19 @@ def layer_pattern(layer: int, num_layers: int) -> Pattern:
 class TargetLayout(NamedTuple):
   """Per decoder token: where it sits in its target's grid, and whether its input is noised."""
 
-  index: jax.Array  # [T] int32 position within its target part
-  grid_width: jax.Array  # [T] int32 width of its target's token grid; 0 = no pattern (text)
+  # [T], or [B, T] when packing moves tokens per row:
+  index: jax.Array  # int32 position within its target part
+  grid_width: jax.Array  # int32 width of its target's token grid; 0 = no pattern (text)
   noisy: jax.Array  # [B, T] bool: the decoder INPUT at this position is a masked (noised) token
 
 
 def pattern_mask(layout: TargetLayout, pattern: Pattern) -> jax.Array:
-  """[1, 1, T, T] (True = allowed) for one pattern; tokens without a grid are unrestricted.
+  """[1 or B, 1, T, T] (True = allowed) for one pattern; tokens without a grid are unrestricted.
 
   Only meaningful inside a segment and under the causal mask, which the caller ANDs in.
   """
-  t_q, t_k = layout.index[:, None], layout.index[None, :]
-  width = jnp.maximum(layout.grid_width[:, None], 1)
+  t_q, t_k = layout.index[..., :, None], layout.index[..., None, :]
+  width = jnp.maximum(layout.grid_width[..., :, None], 1)
   if pattern == Pattern.ROW:
     allowed = t_q - t_k <= width
   elif pattern == Pattern.COLUMN:
@@ -71,7 +77,8 @@ def pattern_mask(layout: TargetLayout, pattern: Pattern) -> jax.Array:
   else:
     rows = t_q // width - t_k // width
     allowed = (rows <= CONV_HALF_WIDTH) & (jnp.abs(t_q % width - t_k % width) <= CONV_HALF_WIDTH)
-  return (allowed | (layout.grid_width[:, None] == 0))[None, None]
+  allowed = allowed | (layout.grid_width[..., :, None] == 0)
+  return allowed[None, None] if allowed.ndim == 2 else allowed[:, None]
 
 
 def dynamic_mask(noisy_bt: jax.Array) -> jax.Array:

@@ -49,9 +49,19 @@ class UnifiedIOModel:
   # -- loss -----------------------------------------------------------------------------------
   def outputs(self, params, batch, dropout_rng: Optional[jax.Array] = None
               ) -> Dict[str, TargetOutput]:
+    return self._outputs_and_metrics(params, batch, dropout_rng)[0]
+
+  def _outputs_and_metrics(self, params, batch, dropout_rng: Optional[jax.Array]
+                           ) -> Tuple[Dict[str, TargetOutput], Dict[str, jax.Array]]:
+    """The outputs, and with pair packing its statistics (`packing/*`, see unified_io.packing)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    return self.module.apply({"params": params}, batch, deterministic=dropout_rng is None,
-                             rngs=rngs)
+    kwargs = dict(deterministic=dropout_rng is None, rngs=rngs)
+    if not self.cfg.pack_pairs:
+      return self.module.apply({"params": params}, batch, **kwargs), {}
+    outputs, state = self.module.apply({"params": params}, batch, mutable=["intermediates"],
+                                       **kwargs)
+    (stats,) = state["intermediates"]["packing"]
+    return outputs, stats.as_metrics()
 
   def render(self, params, modality: str, tokens) -> jax.Array:
     """Target tokens of an image or audio target (codes + 2) -> pixels or spectrogram."""
@@ -60,9 +70,10 @@ class UnifiedIOModel:
 
   def loss_fn(self, params, batch, dropout_rng: Optional[jax.Array] = None
               ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """(total loss, {"loss/<modality>": loss}); dropout is on iff a dropout rng is given."""
-    outputs = self.outputs(params, batch, dropout_rng)
+    """(total loss, {"loss/<modality>": loss, and "packing/*" statistics when packing});
+    dropout is on iff a dropout rng is given."""
+    outputs, metrics = self._outputs_and_metrics(params, batch, dropout_rng)
     per_modality = {f"loss/{name}": modality_loss(o.logits, o.targets, o.loss_mask,
                                                   self.cfg.trunk.z_loss)
                     for name, o in outputs.items()}
-    return sum(per_modality.values()), per_modality
+    return sum(per_modality.values()), {**per_modality, **metrics}

@@ -7,16 +7,18 @@ The batch is a nested dict, the release's layout:
    "targets": {"text": {"inputs", "targets", "mask", "loss_mask"}, ...}}
 Modalities missing from a batch are skipped. Encoder parts are concatenated in `Modality` order,
 decoder parts too; each target part gets its own segment id so targets never attend to each other.
+With `cfg.pack_pairs`, examples 2i and 2i+1 then share one encoder row and one decoder row
+(`unified_io.packing`); outputs come back in the unpacked per-example layout.
 """
 
-from typing import Dict, Mapping, NamedTuple, Sequence
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unified_io import masks
+from unified_io import masks, packing
 from unified_io.config import UnifiedIOConfig
 from unified_io.encoders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS, TargetPart
 from unified_io.layers import TokenEmbedder
@@ -25,9 +27,17 @@ from unified_io.transformer import Decoder, Encoder
 
 
 class Encoded(NamedTuple):
-  hidden: jax.Array  # [B, L, D] encoder output
+  hidden: jax.Array  # [B, L, D] encoder output (packed rows when packing)
   mask: jax.Array  # [B, L]
   rope: jax.Array  # [B, L, K]
+  # Packed rows only: which example of its pair each token belongs to, and the encoder layout.
+  example_ids: Optional[jax.Array] = None  # [B, L] int32
+  layout: Optional[packing.PairLayout] = None
+
+
+# Decoder segment ids of packed rows: example index * this + the target's id, so neither two
+# examples nor two targets of one example attend to each other.
+_NUM_TARGET_IDS = 1 + max(m.target_id for m in Modality if m.can_be_target)
 
 
 class TargetOutput(NamedTuple):
@@ -87,8 +97,13 @@ class UnifiedIONetwork(nn.Module):
     embed_bld = jnp.concatenate([p.embed for p in parts], axis=1)
     mask_bl = jnp.concatenate([p.mask for p in parts], axis=1)
     rope_blk = jnp.concatenate([p.rope for p in parts], axis=1)
-    hidden_bld = self.encoder(embed_bld, mask_bl, rope_blk, deterministic)
-    return Encoded(hidden_bld, mask_bl, rope_blk)
+    if not self.cfg.pack_pairs:
+      return Encoded(self.encoder(embed_bld, mask_bl, rope_blk, deterministic), mask_bl, rope_blk)
+    layout = packing.pair_layout(mask_bl, self.cfg.packed_encoder_length or 2 * mask_bl.shape[1])
+    rope_bpk = packing.pack(rope_blk, layout)
+    hidden_bpd = self.encoder(packing.pack(embed_bld, layout), layout.valid_bp, rope_bpk,
+                              deterministic, layout.example_bp)
+    return Encoded(hidden_bpd, layout.valid_bp, rope_bpk, layout.example_bp, layout)
 
   def decode(self, targets: Mapping[str, Mapping], encoded: Encoded,
              deterministic: bool = True) -> Dict[str, TargetOutput]:
@@ -102,20 +117,48 @@ class UnifiedIONetwork(nn.Module):
     segment_ids_bt = jnp.concatenate(
         [jnp.full((batch, n), m.target_id, jnp.int32) for m, n in zip(present, lengths)], axis=1)
     layout = target_layout(parts) if self.cfg.dynamic_masking else None
-    stops = np.cumsum(lengths).tolist()
-    segments = tuple(zip([0] + stops[:-1], stops))
-    hidden_btd = self.decoder(
-        jnp.concatenate([p.embed for p in parts], axis=1),
-        jnp.concatenate([p.mask for p in parts], axis=1), segment_ids_bt,
-        jnp.concatenate([p.rope for p in parts], axis=1),
-        encoded.hidden, encoded.mask, encoded.rope, deterministic, layout, segments)
+    embed_btd = jnp.concatenate([p.embed for p in parts], axis=1)
+    mask_bt = jnp.concatenate([p.mask for p in parts], axis=1)
+    rope_btk = jnp.concatenate([p.rope for p in parts], axis=1)
+    if self.cfg.pack_pairs:
+      hidden_btd, placed_bt = self._decode_packed(embed_btd, mask_bt, segment_ids_bt, rope_btk,
+                                                  layout, encoded, deterministic)
+    else:
+      stops = np.cumsum(lengths).tolist()
+      segments = tuple(zip([0] + stops[:-1], stops))
+      hidden_btd = self.decoder(embed_btd, mask_bt, segment_ids_bt, rope_btk, encoded.hidden,
+                                encoded.mask, encoded.rope, deterministic, layout, segments)
+      placed_bt = None
 
     outputs, start = {}, 0
     for m, part, n in zip(present, parts, lengths):
       logits_btv = self.token_embedders[m.value].logits(hidden_btd[:, start:start + n])
-      outputs[m.value] = TargetOutput(logits_btv, part.targets, part.loss_mask)
+      loss_mask_bt = part.loss_mask
+      if placed_bt is not None:  # tokens that did not fit in their packed row are not scored
+        loss_mask_bt = loss_mask_bt * placed_bt[:, start:start + n].astype(loss_mask_bt.dtype)
+      outputs[m.value] = TargetOutput(logits_btv, part.targets, loss_mask_bt)
       start += n
     return outputs
+
+  def _decode_packed(self, embed_etd, mask_et, segment_ids_et, rope_etk,
+                     layout: Optional[masks.TargetLayout], encoded: Encoded,
+                     deterministic: bool) -> Tuple[jax.Array, jax.Array]:
+    """The decoder over packed pairs of examples (E = 2B of them); hidden states come back
+    unpacked [E, T, D], with [E, T] saying which tokens had a slot in their row."""
+    pairs = packing.pair_layout(mask_et, self.cfg.packed_decoder_length or 2 * mask_et.shape[1])
+    segment_ids_bq = pairs.example_bp * _NUM_TARGET_IDS + packing.pack(segment_ids_et, pairs)
+    if layout is not None:
+      def per_example(a_t):
+        return jnp.broadcast_to(a_t, mask_et.shape)
+      layout = masks.TargetLayout(packing.pack(per_example(layout.index), pairs),
+                                  packing.pack(per_example(layout.grid_width), pairs),
+                                  packing.pack(layout.noisy, pairs))
+    hidden_bqd = self.decoder(
+        packing.pack(embed_etd, pairs), pairs.valid_bp, segment_ids_bq,
+        packing.pack(rope_etk, pairs), encoded.hidden, encoded.mask, encoded.rope, deterministic,
+        layout, None, (pairs.example_bp, encoded.example_ids))
+    self.sow("intermediates", "packing", packing.packing_stats(encoded.layout, pairs))
+    return packing.unpack(hidden_bqd, pairs), packing.placed(pairs)
 
   def render(self, modality: str, targets_bt: jax.Array) -> jax.Array:
     """Image or audio target tokens (VQ codes + 2) -> pixels [B, H, W, 3] / spectrogram."""

@@ -71,9 +71,13 @@ class Encoder(nn.Module):
   cfg: TrunkConfig
 
   @nn.compact
-  def __call__(self, x_bld, valid_bl, rope_blk, deterministic: bool = True):
+  def __call__(self, x_bld, valid_bl, rope_blk, deterministic: bool = True,
+               example_ids_bl: Optional[jax.Array] = None):
+    """`example_ids_bl`: for packed rows, tokens attend only within their own example."""
     cfg = self.cfg
     mask_b1ll = masks.padding_mask(valid_bl, valid_bl)
+    if example_ids_bl is not None:
+      mask_b1ll = mask_b1ll & masks.same_segment(example_ids_bl, example_ids_bl)
     x_bld = nn.Dropout(cfg.dropout_rate)(x_bld, deterministic=deterministic)
     x_bld = nn.with_logical_constraint(x_bld, ACTIVATION_AXES)
     layer_cls = _maybe_remat(EncoderLayer, cfg)
@@ -90,16 +94,21 @@ class Decoder(nn.Module):
   def __call__(self, y_btd, valid_bt, segment_ids_bt, rope_btk, encoded_bld, enc_valid_bl,
                enc_rope_blk, deterministic: bool = True,
                layout: Optional[masks.TargetLayout] = None,
-               segments: Optional[Tuple[Tuple[int, int], ...]] = None):
+               segments: Optional[Tuple[Tuple[int, int], ...]] = None,
+               example_ids: Optional[Tuple[jax.Array, jax.Array]] = None):
     """With a `layout`, each layer also applies its attention pattern and the dynamic mask.
 
     `segments`: the static [start, stop) spans of `segment_ids_bt` (each target's part), when the
     caller knows them; self-attention then runs per segment instead of over the full [T, T].
+    `example_ids`: for packed rows, (decoder [B, T], encoder [B, L]) example ids; cross-attention
+    then stays within an example (`segment_ids_bt` must already separate examples).
     """
     cfg = self.cfg
     self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
     per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
     cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)
+    if example_ids is not None:
+      cross_mask_b1tl = cross_mask_b1tl & masks.same_segment(*example_ids)
     y_btd = nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)
     y_btd = nn.with_logical_constraint(y_btd, ACTIVATION_AXES)
     layer_cls = _maybe_remat(DecoderLayer, cfg)
