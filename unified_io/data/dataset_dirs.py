@@ -65,6 +65,13 @@ class TfdsSource(seqio.TfdsDataSource):
   def __init__(self, tfds_name: str, splits: Mapping[str, str], decoders=None):
     super().__init__(tfds_name=tfds_name, splits=splits, decoders=decoders, read_only=True)
 
+  def num_input_examples(self, split: str) -> Optional[int]:
+    # Unknown (None) when the split sizes are not recorded, e.g. under tfds.testing.mock_data.
+    try:
+      return super().num_input_examples(split)
+    except KeyError:
+      return None
+
   def get_dataset(self, split: str = tfds.Split.TRAIN, shuffle: bool = True,
                   seed: Optional[int] = None, shard_info=None, **kwargs) -> tf.data.Dataset:
     if tfds_data_dir() is not None:
