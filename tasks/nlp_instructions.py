@@ -3,8 +3,9 @@
 Each item is {"instruction": ..., "input": ..., "output": ...} (Stanford Alpaca's
 `alpaca_data.json`; FLAN-style exports with "inputs"/"targets" are accepted too). The prompt is
 the instruction, followed by the input after a blank line when there is one, in a
-"text_instruction" template; the target is the output. Pure text: read through the record machinery of `unified_io.data.manifest`, so empty
-instructions or outputs are skipped and counted like any other bad input.
+"text_instruction" template; the target is the output. Pure text, read through the record
+machinery of `unified_io.data.manifest`, so empty instructions or outputs are skipped and counted
+like any other bad input.
 
 Files: gin `instruction_files.paths = {"train": "/data/alpaca/alpaca_data.json", ...}`; by default
 `dataset_dir("alpaca")/alpaca_data.json` for train (Alpaca has no validation split; give one by

@@ -42,8 +42,9 @@ MEDIA = ("video",)
 
 
 def video_path(root: str, video_id) -> str:
-  name = str(video_id)
-  return os.path.join(root, "videos", (name if name.startswith("video") else f"video{name}") + ".mp4")
+  name = str(video_id)  # "video7" in MSR-VTT's info files, 7 in MSRVTT-QA's
+  name = name if name.startswith("video") else f"video{name}"
+  return os.path.join(root, "videos", f"{name}.mp4")
 
 
 def _load_json(path: str):

@@ -29,7 +29,7 @@ def write_wav(path: pathlib.Path, seconds: float = 0.5, rate: int = 22050, hz: f
 
 def write_video(path: pathlib.Path, num_frames: int = 6, size_hw: Tuple[int, int] = (32, 48),
                 fps: int = 6) -> pathlib.Path:
-  """A silent MPEG-4 clip; num_frames=0 writes a valid container with a video stream and no frames."""
+  """A silent MPEG-4 clip; num_frames=0 writes just the container header (a zero-frame video)."""
   import av
   path.parent.mkdir(parents=True, exist_ok=True)
   with av.open(str(path), "w") as container:

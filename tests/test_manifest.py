@@ -117,7 +117,8 @@ def test_text_only_manifest_with_prompt_templates(tmp_path):
   manifest.add_manifest_task(name, {"validation": str(path)}, task_kind="text_instruction")
   examples = stage1(name, "validation")
   assert [e["text_targets"] for e in examples] == [b"air", b"4"]
-  expected = {t.replace("{}", "Why is the sky blue?") for t in prompts.templates("text_instruction")}
+  question = "Why is the sky blue?"
+  expected = {t.replace("{}", question) for t in prompts.templates("text_instruction")}
   assert examples[0]["text_inputs"].decode() in expected
   batch = converted_batch(name, "validation")
   assert batch["inputs/text/mask"].sum(axis=1).min() > 3

@@ -127,7 +127,7 @@ def test_missing_tfds_data_names_dataset_and_directory(tmp_path):
       gin.bind_parameter("tfds_data_dir.path", None)
 
 
-# ---------------------------------------------------------------- files: VQAv2, Clotho, MSR-VTT, Alpaca
+# ------------------------------------------------------- files: VQAv2, Clotho, MSR-VTT, Alpaca
 
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):

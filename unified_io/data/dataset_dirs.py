@@ -28,7 +28,7 @@ class DatasetMissingError(FileNotFoundError):
 
 @gin.configurable
 def tfds_data_dir(path: Optional[str] = None) -> Optional[str]:
-  """The TFDS data_dir from gin; None leaves seqio's override (--tfds_data_dir), else TFDS's default."""
+  """The TFDS data_dir from gin; None: seqio's override (--tfds_data_dir), else TFDS's default."""
   return path
 
 

@@ -54,7 +54,8 @@ from unified_io.data import prompts
 INPUT_MEDIA = {"image": "image_inputs", "audio": "audio_inputs", "video": "image_history"}
 TARGET_MEDIA = {"target_image": "image_targets", "target_audio": "audio_targets"}
 MEDIA_KEYS = tuple(INPUT_MEDIA) + tuple(TARGET_MEDIA)
-TEXT_ALIASES = {"text_inputs": ("text_inputs", "prompt"), "text_targets": ("text_targets", "target")}
+TEXT_ALIASES = {"text_inputs": ("text_inputs", "prompt"),
+                "text_targets": ("text_targets", "target")}
 STRING_KEYS = ("text_inputs", "text_targets", "task_kind", "id", "source")
 PROBLEM = "problem"  # record key: a structural problem found while reading the line
 
@@ -129,7 +130,7 @@ def media_in_first_line(path: str) -> Sequence[str]:
                       f"pass media=(...) explicitly")
 
 
-# ---- records -> tf.data ---------------------------------------------------------------------------
+# ---- records -> tf.data -------------------------------------------------------------------------
 
 def _signature(media: Sequence[str], meta_fields: Mapping[str, int]):
   spec = {k: tf.TensorSpec([], tf.string) for k in STRING_KEYS + tuple(media) + (PROBLEM,)}
@@ -254,7 +255,8 @@ def _decode(ex, media: Sequence[str], num_video_frames: int, video_audio: bool):
   for key, value in ex.items():
     if key.startswith("meta/"):
       out[key] = value
-  out["meta/id"], out["meta/task_kind"], out["meta/source"] = ex["id"], ex["task_kind"], ex["source"]
+  for key in ("id", "task_kind", "source"):
+    out[f"meta/{key}"] = ex[key]
   out[bad_input.PROBLEM_KEY] = bad_input.first_problem(*problems)
   return out
 
@@ -310,7 +312,7 @@ def check_text_preprocessor(media: Sequence[str], task_kind: Optional[str] = Non
   return fill_and_check
 
 
-# ---- registration ---------------------------------------------------------------------------------
+# ---- registration -------------------------------------------------------------------------------
 
 def records_source(records_fn: RecordsFn, splits: Iterable[str], media: Sequence[str],
                    meta_fields: Mapping[str, int] = (),
