@@ -74,6 +74,12 @@ class TrainCheckpoints:
         STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     return restored[STATE], dict(restored[DATA])
 
+  def data_position(self, step: int) -> Dict[str, Any]:
+    """The input position saved with `step` (read before the input pipeline is built)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        DATA: ocp.args.JsonRestore()}))
+    return dict(restored[DATA])
+
   def wait(self) -> None:
     """Blocks until every async save has been written."""
     self._manager.wait_until_finished()

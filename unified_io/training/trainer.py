@@ -1,0 +1,206 @@
+"""The training loop behind `uio2-train`: every argument is a gin binding (see gin/runs/*.gin).
+
+One call of `train()`:
+  1. writes MODEL_DIR/config.gin, run-info.json (package versions, git SHA, devices) and
+     model-info.txt (every variable's shape, logical axes and PartitionSpec);
+  2. builds the mesh, the model and the optimizer, then resumes from the newest checkpoint in
+     MODEL_DIR/checkpoints (state + input position), or initialises (optionally loading parameters
+     from INITIAL_CHECKPOINT_PATH with an assignment map);
+  3. runs the jitted, donated train step up to TRAIN_STEPS (an absolute step, as in t5x), logging
+     to TensorBoard (MODEL_DIR/train), MODEL_DIR/train/metrics.jsonl and the console, saving every
+     `checkpoint_every` steps, and once more at the end or on SIGTERM (preemption).
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from unified_io import gin_flags, partitioning
+from unified_io.config import UnifiedIOConfig
+from unified_io.model import UnifiedIOModel
+from unified_io.training import checkpoints as ckpt_lib
+from unified_io.training.input import TrainInput
+from unified_io.training.partitioned import abstract_state, global_batch, state_shardings
+from unified_io.training.progress import ProgressLog
+from unified_io.training.train_state import TrainState
+from unified_io.training.train_step import jit_train_step, make_train_step
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the preemption checkpoint is written
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training stopped because a step's loss or gradients were NaN/Inf (policy "stop")."""
+
+
+def _git_sha() -> Optional[str]:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _run_info() -> Dict[str, Any]:
+  import importlib.metadata as md
+  packages = {}
+  for name in ("unified-io", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio",
+               "tensorflow", "gin-config", "clu", "numpy"):
+    try:
+      packages[name] = md.version(name)
+    except md.PackageNotFoundError:
+      packages[name] = None
+  return {"git_sha": _git_sha(), "packages": packages, "python": sys.version.split()[0],
+          "process_count": jax.process_count(), "devices": [str(d) for d in jax.devices()],
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _write(path: str, text: str) -> None:
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      f.write(text)
+
+
+class _SigtermFlag:
+  """Set by SIGTERM; the loop checks it between steps and saves before exiting.
+
+  Installed when `train` starts (a preemption during set-up or compilation still ends in a
+  checkpoint at the first step boundary), restored when it returns.
+  """
+
+  def __init__(self):
+    self.raised = False
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. inside some test runners): no handler
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@gin.configurable(denylist=["extra_metrics"])
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
+          feature_converter: seqio.FeatureConverter = gin.REQUIRED,
+          optimizer: Callable = gin.REQUIRED, learning_rate: Callable = gin.REQUIRED,
+          num_microbatches: int = 1, seed: int = 0, use_dropout: bool = True,
+          model_parallel: int = 1, fsdp: bool = False,
+          checkpoint_every: int = 1000, keep_checkpoints: Optional[int] = None,
+          async_checkpoints: bool = True,
+          initial_checkpoint_path: Optional[str] = None,
+          assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+          log_every: int = 10, nonfinite_policy: str = "skip",
+          extra_metrics: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
+  """Trains to step `train_steps`; returns the last logged metrics. See the module docstring.
+
+  `optimizer(learning_rate)` -> optax transformation (e.g. `@adafactor`); `learning_rate` a
+  schedule (e.g. `@learning_rate_schedule()`); `nonfinite_policy`: "skip" (count and go on) or
+  "stop" (raise `NonFiniteLossError` after checkpointing the last good state).
+  """
+  gin_flags.check_required(
+      "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
+      task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
+      model_config=model_config, feature_converter=feature_converter, optimizer=optimizer,
+      learning_rate=learning_rate)
+  if nonfinite_policy not in ("skip", "stop"):
+    raise ValueError(f"train.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}")
+  sigterm = _SigtermFlag()
+  os.makedirs(model_dir, exist_ok=True)
+  _write(os.path.join(model_dir, "config.gin"), gin.config_str())
+  _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
+
+  mesh = partitioning.make_mesh(model=model_parallel)
+  rules = partitioning.axis_rules(fsdp)
+  model = UnifiedIOModel(model_config)
+  opt = optimizer(learning_rate)
+  checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
+                                          save_every=checkpoint_every, keep=keep_checkpoints,
+                                          async_save=async_checkpoints)
+  resume_step = checkpoints.latest_step()
+  start_batch, data_seed = 0, seed
+  if resume_step is not None:
+    position = checkpoints.data_position(resume_step)
+    start_batch, data_seed = int(position["batches_consumed"]), int(position["seed"])
+  data = TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
+                    seed=data_seed, start_batch=start_batch)
+  first_local = next(data)
+  first = global_batch(first_local, mesh)
+
+  init_rng = jax.random.PRNGKey(seed)
+  with mesh, nn.logical_axis_rules(rules):
+    boxed, abstract = abstract_state(lambda: model.init(init_rng, first), opt)
+    shardings = state_shardings(boxed, abstract, mesh, rules)
+    _write(os.path.join(model_dir, "model-info.txt"),
+           f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n" + partitioning.describe(boxed, rules) + "\n")
+    if resume_step is not None:
+      target = jax.tree_util.tree_map(
+          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+      state, _ = checkpoints.restore(target, resume_step)
+      print(f"resumed from step {int(state.step)} ({checkpoints.directory}), input batch "
+            f"{start_batch}", flush=True)
+    else:
+      def init_state():
+        params = nn.meta.unbox(model.init(init_rng, first))
+        return TrainState.create(params, opt)
+      state = jax.jit(init_state, out_shardings=shardings)()
+      if initial_checkpoint_path:
+        params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
+                                      assignment_map=assignment_map)
+        params = jax.device_put(params, shardings.params)
+        state = jax.jit(lambda p: TrainState.create(p, opt), out_shardings=shardings)(params)
+        print(f"initial parameters from {initial_checkpoint_path}", flush=True)
+    step_fn = jit_train_step(
+        make_train_step(model.loss_fn, opt, learning_rate, num_microbatches=num_microbatches,
+                        use_dropout=use_dropout),
+        state_shardings=shardings,
+        batch_sharding=jax.tree_util.tree_map(lambda _: partitioning.batch_sharding(mesh), first))
+
+    step = int(state.step)
+    log = ProgressLog(model_dir, start_step=step, total_steps=train_steps, log_every=log_every)
+    rng = jax.random.PRNGKey(seed + 1)
+    batch, last_nonfinite = first, int(state.nonfinite_steps)
+    while step < train_steps:
+      state, metrics = step_fn(state, batch, rng)
+      step += 1
+      log.step_done(step, metrics, extras=extra_metrics() if extra_metrics else None)
+      if nonfinite_policy == "stop" and int(metrics["nonfinite_steps"]) > last_nonfinite:
+        checkpoints.save(step, state, data.position(), force=True)
+        checkpoints.wait()
+        raise NonFiniteLossError(f"step {step}: the loss or gradients are not finite; the "
+                                 "update was skipped and training stopped (nonfinite_policy="
+                                 "'stop'); the state is checkpointed")
+      checkpoints.save(step, state, data.position())
+      if sigterm.raised:
+        checkpoints.save(step, state, data.position(), force=True)
+        checkpoints.wait()
+        print(f"SIGTERM: checkpoint written at step {step}; exiting", flush=True)
+        log.close()
+        checkpoints.close()
+        sys.exit(EXIT_PREEMPTED)
+      if step < train_steps:
+        batch = global_batch(next(data), mesh)
+    checkpoints.save(step, state, data.position(), force=True)
+    checkpoints.wait()
+    checkpoints.close()
+    _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
+    sigterm.restore()
+    return log.close()
