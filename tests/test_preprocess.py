@@ -190,6 +190,9 @@ def test_empty_prompt_without_other_input_fails_naming_the_field():
   # With another input, the null prompt is legal: just the prefix and EOS.
   out = run({"text_inputs": "", "image_inputs": np.zeros((8, 8, 3), np.uint8)})
   assert out["text_inputs"].tolist() == [V.PREFIX_TOKENS["[Text] [S]"], 1]
+  # Image/audio generation may drop its prompt (classifier-free guidance): the prefix remains.
+  out = run({"text_inputs": "", "image_targets": np.zeros((8, 8, 3), np.uint8)})
+  assert out["text_inputs"].tolist() == [V.PREFIX_TOKENS["[Image] [S]"], 1]
 
 
 def test_masked_image_of_the_wrong_size_and_lengths_above_the_grid():

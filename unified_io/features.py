@@ -1,6 +1,12 @@
 """The feature contract: every feature the model reads, its shape and dtype, per modality.
 
-Names follow the release's batch layout, nested as batch[side][modality][feature]. Lengths:
+The data pipeline (docs/data.md) produces exactly this: stage 1 (task preprocessors) writes raw
+fields, stage 2 (`unified_io.data.preprocess.unified_preprocessor`) tokenises, normalises and
+patchifies them into variable-length fields, and stage 3 (`unified_io.data.converter.
+UnifiedIOFeatureConverter`) pads/trims those to the shapes below, flat as `inputs/text/tokens`
+etc.; `unified_io.data.converter.nest_batch` nests them as batch[side][modality][feature].
+
+Names follow the release's batch layout. Lengths (the seqio task feature lengths):
   text_inputs / text_targets            L / T of the text parts
   image_input_samples (N)               sampled image patches (<= the ViT grid)
   audio_input_samples (N)               sampled spectrogram patches
@@ -8,19 +14,26 @@ Names follow the release's batch layout, nested as batch[side][modality][feature
   audio_history_input_samples (N)       patches per audio segment; num_frames (F) segments
 
 inputs
-  text           tokens [B, L] int32 (PAD 0), mask [B, L] int32, pos_ids [B, L] int32 (optional)
+  text           tokens [B, L] int32 (PAD 0; first token the target's prefix `[Text] [S]` /
+                 `[Image] [S]` / `[Audio] [S]` (or [R]/[X] when denoising), last real token EOS 1),
+                 mask [B, L] int32, pos_ids [B, L] int32 (optional)
   image          input [B, N, 16*16*3] float32 (CLIP-normalised patches, (dh dw c)),
-                 mask [B, N] int32, pos_ids [B, N] int32 (row-major index in the patch grid)
-  audio          input [B, N, 16*16] float32 (log-mel patches), mask, pos_ids as image
+                 mask [B, N] int32 (1 = the patch overlaps the image), pos_ids [B, N] int32
+                 (row-major index in the patch grid; sampled patches keep theirs)
+  audio          input [B, N, 16*16] float32 (log-mel patches of the [time, mel] spectrogram,
+                 normalised (x + 4.26) / 9.14), mask, pos_ids as image
   image_history  input [B, F, N, 16*16*3], mask [B, F, N], pos_ids [B, F, N]
   audio_history  input [B, F, N, 16*16], mask [B, F, N], pos_ids [B, F, N]
 targets
-  text           inputs [B, T] int32 ([BOS=0] + targets[:-1]), targets [B, T], mask [B, T],
-                 loss_mask [B, T] (optional, default mask)
+  text           inputs [B, T] int32 ([BOS=0] + targets[:-1]), targets [B, T] (EOS-terminated),
+                 mask [B, T], loss_mask [B, T] (optional, default mask)
   image          image [B, H, W, 3] float32 in [-1, 1] (or targets [B, T] = VQ codes + 2),
-                 mask [B, T], loss_mask [B, T], task_mask [B, T] (optional: noised tokens)
-  audio          audio [B, time, mel, 1] float32 log-mel spectrogram (or targets), mask, loss_mask
-                 [B, T], task_mask (optional)
+                 mask [B, T] (1 = the token's 8x8 cell overlaps the image), loss_mask [B, T],
+                 task_mask [B, T] (optional: noised tokens)
+  audio          audio [B, time, mel, 1] float32 log-mel spectrogram normalised with the AudioSet
+                 mean/std (or targets), mask, loss_mask [B, T] (tokens in (time/8, mel/8) order),
+                 task_mask (optional)
+An absent modality is all zeros with masks 0 (the null-modality property: it changes nothing).
 """
 
 from typing import Dict, Mapping, Optional

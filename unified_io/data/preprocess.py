@@ -175,7 +175,10 @@ def _text_inputs(features, vocab, length: Optional[int]) -> tf.Tensor:
   ids = tf.cast(vocab.encode_tf(features["text_inputs"]), tf.int32)
   if length is not None:
     ids = ids[:length - 2]  # room for the prefix and EOS
-  if not any(name in features for name in INPUT_FIELDS):
+  # A text answer needs something to answer; image/audio generation may have a null prompt (the
+  # 10% classifier-free-guidance drop of prompts.maybe_null_prompt): the prefix still says what to
+  # generate.
+  if not any(name in features for name in INPUT_FIELDS) and target_prefix(features) == "[Text] [S]":
     check = tf.debugging.assert_positive(
         tf.size(ids), message="raw field `text_inputs` is empty and the example has no other "
                               "input (image_inputs, audio_inputs, image_history, audio_history)")
