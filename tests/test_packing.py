@@ -160,3 +160,20 @@ def test_a_pair_that_does_not_fit(setup):
   assert int(aux["packing/encoder_dropped"]) == expected(pair_enc,
                                                          short_cfg.packed_encoder_length) > 0
   assert all(np.isfinite(float(v)) for v in aux.values())
+
+
+def test_pair_order_makes_pairs_fit(setup):
+  cfg, _, batch = setup
+  # Pair the golden long example with the long copy: consecutive pairs no longer balance.
+  order = np.array([0, 3, 1, 2])
+  unbalanced = packing.take_examples(batch, order)
+  lengths = packing.pair_lengths(unbalanced, cfg)
+  # Packed lengths that fit the pairs (0, 3) and (1, 2), which the consecutive pairs exceed.
+  balanced = {k: int(max(v[0] + v[3], v[1] + v[2])) for k, v in lengths.items()}
+  tight = dataclasses.replace(cfg, pack_pairs=True, packed_encoder_length=balanced["encoder"],
+                              packed_decoder_length=balanced["decoder"])
+  with pytest.raises(packing.PackingError):
+    packing.check_pairs_fit(unbalanced, tight)
+  reordered = packing.take_examples(unbalanced, packing.pair_order(unbalanced, tight))
+  packing.check_pairs_fit(reordered, tight)
+  assert sorted(packing.pair_order(unbalanced, tight).tolist()) == [0, 1, 2, 3]

@@ -158,3 +158,26 @@ def check_pairs_fit(batch: Mapping[str, Mapping], cfg, encoder_length: Optional[
           f" = {per_pair[i]} valid {side} tokens, more than the packed {side} length "
           f"{limits[side]} ({too_long.size} pair(s) in this batch do not fit); pair shorter "
           f"examples or raise `packed_{side}_length`")
+
+
+def pair_order(batch: Mapping[str, Mapping], cfg) -> np.ndarray:
+  """A permutation of the batch's examples that pairs long with short ones (host side).
+
+  Examples are ranked by their encoder and decoder token counts, each relative to its packed
+  length, and the i-th longest is paired with the i-th shortest: for one length this minimises the
+  longest pair. The loss is a token mean over the whole batch, so reordering changes nothing else.
+  Use as `take_examples(batch, pair_order(batch, cfg))` before `check_pairs_fit`.
+  """
+  lengths = pair_lengths(batch, cfg)
+  num = lengths["encoder"].shape[0]
+  if num % 2:
+    raise PackingError(f"pair packing needs an even number of examples, got a batch of {num}")
+  size = {"encoder": cfg.packed_encoder_length, "decoder": cfg.packed_decoder_length}
+  key = sum(v / (size[k] or max(int(v.max()), 1) * 2) for k, v in lengths.items())
+  ranked = np.argsort(-key, kind="stable")
+  return np.stack([ranked[:num // 2], ranked[::-1][:num // 2]], axis=1).reshape(-1)
+
+
+def take_examples(batch, order: np.ndarray):
+  """The batch with its examples (the leading axis of every array) in `order`."""
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[order], batch)
