@@ -17,6 +17,7 @@ import tensorflow as tf
 from unified_io import features
 from unified_io.config import make_config
 from unified_io.data import registry
+from unified_io.data import vocab as V
 from unified_io.data.config import DataConfig, set_data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
 from unified_io.data.preprocess import unified_preprocessor
@@ -152,7 +153,7 @@ def test_model_loss_runs_on_a_converted_text_batch():
 # ------------------------------------------------------------------------------------------------
 # Registry: a task pulled through seqio.get_dataset with the converter
 # ------------------------------------------------------------------------------------------------
-def _register(name, data_cfg):
+def _register(name, data_cfg, after_stage2=()):
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
     n = 6
@@ -166,14 +167,18 @@ def _register(name, data_cfg):
                               "image_inputs": ex["image"], "meta/answer": ex["answer"]})
 
   return registry.add_task(name, seqio.FunctionDataSource(dataset_fn, splits=["train"]),
-                           [to_raw_fields], modalities=("text", "image"), replace=True)
+                           [to_raw_fields], modalities=("text", "image"),
+                           after_stage2=after_stage2, replace=True)
 
 
 def test_registered_task_and_mixture_through_seqio_get_dataset(model_cfg, data_cfg, lengths):
   set_data_config(data_cfg)
   try:
     _register("test_converter_vqa_a", data_cfg)
-    _register("test_converter_vqa_b", data_cfg)
+    # A step after stage 2 (as the denoising objective is): swap the prefix [Text] [S] -> [R].
+    swap = seqio.map_over_dataset(lambda ex: {**ex, "text_inputs": tf.concat(
+        [[V.PREFIX_TOKENS["[Text] [R]"]], ex["text_inputs"][1:]], 0)})
+    _register("test_converter_vqa_b", data_cfg, after_stage2=[swap])
     registry.add_mixture("test_converter_mix", [("test_converter_vqa_a", 1.0),
                                                 ("test_converter_vqa_b", 2.0)],
                          curriculum={"stages": "any object"}, replace=True)
@@ -189,7 +194,11 @@ def test_registered_task_and_mixture_through_seqio_get_dataset(model_cfg, data_c
       assert jax.tree_util.tree_map(np.shape, batch) == jax.tree_util.tree_map(
           lambda s: s.shape, spec)
       assert batch["inputs"]["image"]["mask"].sum() > 0
-      assert (batch["inputs"]["text"]["tokens"][:, 0] == 33218).all()  # [Text] [S]
+      first = batch["inputs"]["text"]["tokens"][:, 0]
+      assert set(first) <= {V.PREFIX_TOKENS["[Text] [S]"], V.PREFIX_TOKENS["[Text] [R]"]}
+    b = seqio.get_dataset("test_converter_vqa_b", lengths, UnifiedIOFeatureConverter(),
+                          shuffle=False, batch_size=2)
+    assert (next(iter(b))["inputs/text/tokens"][:, 0] == V.PREFIX_TOKENS["[Text] [R]"]).numpy().all()
   finally:
     set_data_config(None)
 

@@ -5,7 +5,7 @@
 
 A task's preprocessors are its own stage-1 functions (raw fields, docs/data.md) followed by
 `unified_preprocessor`, which reads the sizes of the `DataConfig` in effect when the dataset is
-built. Every task has the same output features (`output_features()`), so any tasks mix.
+built, then any `after_stage2` steps (the denoising objective works on stage-2 fields). Every task has the same output features (`output_features()`), so any tasks mix.
 """
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -36,9 +36,11 @@ def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> Dict[str, 
 def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callable],
              *, metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None,
              modalities: Optional[Sequence[str]] = None,
+             after_stage2: Sequence[Callable] = (),
              vocabulary: Optional[seqio.Vocabulary] = None,
              shuffle_buffer_size: Optional[int] = 1000, replace: bool = False) -> seqio.Task:
-  """Register a seqio Task: `preprocessors` (stage 1) + the unified stage-2 preprocessor.
+  """Register a seqio Task: `preprocessors` (stage 1) + the unified stage-2 preprocessor
+  + `after_stage2` (steps on stage-2 fields, e.g. `unified_io.data.denoising.denoise`).
 
   `modalities` names the modalities the task's examples use (e.g. ("image", "text")); a mixture's
   curriculum reads them with `task_modalities`. `replace=True` re-registers an existing name.
@@ -49,7 +51,7 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
     seqio.TaskRegistry.remove(name)
   task = seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(vocabulary),
-      preprocessors=list(preprocessors) + [unified_preprocessor],
+      preprocessors=list(preprocessors) + [unified_preprocessor] + list(after_stage2),
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns),
       shuffle_buffer_size=shuffle_buffer_size)
   _TASK_MODALITIES[name] = modalities
