@@ -198,7 +198,8 @@ def test_registered_task_and_mixture_through_seqio_get_dataset(model_cfg, data_c
       assert set(first) <= {V.PREFIX_TOKENS["[Text] [S]"], V.PREFIX_TOKENS["[Text] [R]"]}
     b = seqio.get_dataset("test_converter_vqa_b", lengths, UnifiedIOFeatureConverter(),
                           shuffle=False, batch_size=2)
-    assert (next(iter(b))["inputs/text/tokens"][:, 0] == V.PREFIX_TOKENS["[Text] [R]"]).numpy().all()
+    first = next(iter(b))["inputs/text/tokens"][:, 0].numpy()
+    assert (first == V.PREFIX_TOKENS["[Text] [R]"]).all()
   finally:
     set_data_config(None)
 

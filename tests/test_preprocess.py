@@ -119,7 +119,8 @@ def test_audio_input_log_mel_normalised_and_masked():
 
 def test_histories_trim_frames_and_patchify_per_frame():
   frames = np.stack([np.full((16, 16, 3), 40 * i, np.uint8) for i in range(5)])
-  out = run({"text_inputs": "", "image_history": frames, "audio_history": np.stack([tone(4.08)] * 5)},
+  out = run({"text_inputs": "", "image_history": frames,
+             "audio_history": np.stack([tone(4.08)] * 5)},
             {**LENGTHS, "num_frames": 2, "image_history_input_samples": 3})
   assert out["image_history_patches"].shape == (2, 3, 192)
   assert out["audio_history_patches"].shape == (2, 8, 64)
@@ -176,7 +177,8 @@ def test_same_seed_same_examples_through_a_pipeline():
     ({"text_inputs": "x", "audio_inputs": np.zeros((2, 8), np.float32)}, "`audio_inputs`.*rank 1"),
     ({"text_inputs": "x", "audio_inputs": np.zeros((8,), np.int32)}, "`audio_inputs`.*float32"),
     ({"text_inputs": "x", "image_inputs": np.zeros((8, 8, 4), np.uint8)}, "`image_inputs`.*3 chan"),
-    ({"text_inputs": "x", "image_input": np.zeros((8, 8, 3), np.uint8)}, "unknown raw field `image_input`"),
+    ({"text_inputs": "x", "image_input": np.zeros((8, 8, 3), np.uint8)},
+     "unknown raw field `image_input`"),
     ({"text_inputs": "x", "image_input_masks": np.ones((8, 8), bool)}, "without `image_inputs`"),
 ])
 def test_bad_raw_fields_fail_when_the_dataset_is_built(example, match):

@@ -137,7 +137,8 @@ class DataConfig:
       mel, time = cfg.audio_vqgan.default_input_size  # the tokenizer's (mel, time) layout
       _check(cfg.audio_vqgan.patch_size[0] == cfg.audio_vqgan.patch_size[1],
              "audio_target_patch_size", f"non-square VQGAN patch {cfg.audio_vqgan.patch_size}")
-      sizes.update(audio_target_size=(time, mel), audio_target_patch_size=cfg.audio_vqgan.patch_size[0])
+      sizes.update(audio_target_size=(time, mel),
+                   audio_target_patch_size=cfg.audio_vqgan.patch_size[0])
     sizes.update(overrides)
     return cls(**sizes)
 

@@ -11,7 +11,7 @@ batch for `model.loss_fn`):
   inputs/text/{tokens, mask, pos_ids}                      [L]
   inputs/{image,audio}/{input [N, P], mask [N], pos_ids [N]}
   inputs/{image,audio}_history/{input [F, N, P], mask [F, N], pos_ids [F, N]}
-  targets/text/{inputs, targets, mask, loss_mask}          [T]; inputs = targets shifted right, BOS 0
+  targets/text/{inputs, targets, mask, loss_mask}          [T]; inputs = targets shifted, BOS 0
   targets/image/{image [H, W, 3], mask [Ti], loss_mask [Ti]}
   targets/audio/{audio [time, mel, 1], mask [Ta], loss_mask [Ta]}
 With `task_masks=True` (for the denoising objective), targets/{image,audio}/task_mask [T] too.

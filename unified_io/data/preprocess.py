@@ -138,7 +138,8 @@ def check_raw_fields(spec: Mapping[str, tf.TensorSpec]) -> None:
   for name in ("image_inputs", "image_targets", "image_history"):
     if name in spec and spec[name].shape[-1] not in (None, 3):
       raise ValueError(f"raw field `{name}` must have 3 channels, got shape {spec[name].shape}")
-  for image, mask in (("image_inputs", "image_input_masks"), ("image_targets", "image_target_masks")):
+  for image, mask in (("image_inputs", "image_input_masks"),
+                      ("image_targets", "image_target_masks")):
     if mask in spec and image not in spec:
       raise ValueError(f"raw field `{mask}` is given without `{image}`")
 

@@ -5,7 +5,8 @@
 
 A task's preprocessors are its own stage-1 functions (raw fields, docs/data.md) followed by
 `unified_preprocessor`, which reads the sizes of the `DataConfig` in effect when the dataset is
-built, then any `after_stage2` steps (the denoising objective works on stage-2 fields). Every task has the same output features (`output_features()`), so any tasks mix.
+built, then any `after_stage2` steps (the denoising objective works on stage-2 fields). Every
+task has the same output features (`output_features()`), so any tasks mix.
 """
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union

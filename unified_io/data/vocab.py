@@ -12,8 +12,9 @@ tokenizer.model that the released weights were trained with):
   33200 .. 33215                            `<image_history_i>`, `<audio_history_i>`, i = 1..8,
                                             interleaved
   33216, 33217                              `<image_input>`, `<audio_input>`
-  33218 .. 33224                             prefix tokens `[Text] [S]`, `[Text] [R]`, `[Text] [X]`,
-                                            `[Image] [S]`, `[Image] [R]`, `[Audio] [S]`, `[Audio] [R]`
+  33218 .. 33224                            prefix tokens `[Text] [S]`, `[Text] [R]`,
+                                            `[Text] [X]`, `[Image] [S]`, `[Image] [R]`,
+                                            `[Audio] [S]`, `[Audio] [R]`
   33225 .. 33279                            padding rows of the embedding table (decode to UNK)
 
 Every added symbol is a USER_DEFINED piece written with a leading "▁" (the release's convention),
