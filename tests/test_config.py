@@ -117,3 +117,20 @@ def test_size_gin_files_select_their_preset(size):
   finally:
     gin.clear_config()
   assert cfg.trunk == trunk_config(size, dtype="bfloat16")
+
+
+def test_make_config_supplies_components_for_the_chosen_modalities():
+  from unified_io.config import ConfigError, make_config
+  cfg = make_config("tiny", input_modalities=("text", "image", "audio_history"),
+                    target_modalities=("text", "image"))
+  assert cfg.image_vit is not None and cfg.audio_vit is not None and cfg.audio_history is not None
+  assert cfg.image_history is None and cfg.audio_vqgan is None
+  # The trunk fits the components: codes + 2 padded to 128, RoPE lengths from the grids.
+  assert cfg.trunk.image_vocab_size == 384
+  assert cfg.trunk.encoder_max_image_length == 64 and cfg.trunk.decoder_max_image_length == 256
+  assert make_config("tiny", input_modalities=("text", "image"),
+                     image_vocab_size=512).trunk.image_vocab_size == 512  # overrides win
+  release = make_config("large", input_modalities=("text", "image"), target_modalities=("audio",))
+  assert release.trunk.audio_vocab_size == 8320 and release.trunk.encoder_max_image_length == 576
+  with pytest.raises(ConfigError, match="components"):
+    make_config("tiny", input_modalities=("image",), components="huge")

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
   except FileNotFoundError as exc:
     print(f"uio2-train: {exc}", file=sys.stderr)
     return 2
+  from unified_io.tasks import manifest
+  manifest.register_configured_manifests()  # JSONL tasks named in gin
   try:
     trainer.train()
   except gin_flags.GinRequiredError as exc:

@@ -7,7 +7,8 @@ One call of `train()`:
      MODEL_DIR/checkpoints (state + input position), or initialises (optionally loading parameters
      from INITIAL_CHECKPOINT_PATH with an assignment map);
   3. runs the jitted, donated train step up to TRAIN_STEPS (an absolute step, as in t5x), logging
-     to TensorBoard (MODEL_DIR/train), MODEL_DIR/train/metrics.jsonl and the console, saving every
+     to TensorBoard (MODEL_DIR/train), MODEL_DIR/train/metrics.jsonl and the console (with the
+     input pipeline's skipped-bad-example counts as `bad_input/<task>/<reason>`), saving every
      `checkpoint_every` steps, and once more at the end or on SIGTERM (preemption).
 """
 
@@ -29,6 +30,7 @@ import seqio
 
 from unified_io import gin_flags, partitioning
 from unified_io.config import UnifiedIOConfig
+from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.input import TrainInput
@@ -181,7 +183,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     while step < train_steps:
       state, metrics = step_fn(state, batch, rng)
       step += 1
-      log.step_done(step, metrics, extras=extra_metrics() if extra_metrics else None)
+      extras = {f"bad_input/{k}": float(v) for k, v in bad_input.counts().items()}
+      extras.update(extra_metrics() if extra_metrics else {})
+      log.step_done(step, metrics, extras=extras)
       if nonfinite_policy == "stop" and int(metrics["nonfinite_steps"]) > last_nonfinite:
         checkpoints.save(step, state, data.position(), force=True)
         checkpoints.wait()
