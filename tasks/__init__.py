@@ -13,3 +13,4 @@ from unified_io.tasks import nlp_instructions  # noqa: F401
 from unified_io.tasks import refcoco  # noqa: F401
 from unified_io.tasks import video_qa  # noqa: F401
 from unified_io.tasks import vqa  # noqa: F401
+from unified_io.tasks import world  # noqa: F401  (the built-in world: world_* tasks, world_default)

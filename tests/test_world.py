@@ -332,3 +332,92 @@ def test_data_source_yields_declared_fields_deterministically_and_shards():
   assert _equal(second, first[1])
   with pytest.raises(ValueError, match="unknown split"):
     source.get_dataset("dev")
+
+
+# ---------------------------------------------------------------------------- registered tasks
+
+@pytest.fixture(scope="module")
+def small_data_config():
+  """Registered tasks draw at the DataConfig's sizes: small ones keep stage 2 fast."""
+  from unified_io.data import config as data_config
+  import unified_io.tasks.world  # noqa: F401  (registers world_*)
+  previous = data_config.get_data_config()
+  small = data_config.DataConfig(image_input_size=(64, 64), image_history_size=(32, 32),
+                                 image_target_size=(32, 32), image_history_max_frames=4,
+                                 audio_history_max_frames=4)
+  data_config.set_data_config(small)
+  yield small
+  data_config.set_data_config(previous)
+
+
+def _world_tasks():
+  from unified_io.tasks import world as world_tasks
+  return world_tasks
+
+
+def _raw(task_name: str, n: int, split: str = "validation"):
+  """Stage-1 output (raw fields) of a registered world task, before stage 2."""
+  world_tasks = _world_tasks()
+  task = world_tasks.TASKS[task_name]
+  ds = world.WorldDataSource(task.generator, world.make_world_config).get_dataset(split,
+                                                                                  shuffle=False)
+  return list(world_tasks.stage1(task)(ds).take(n).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("name", sorted(world.GENERATORS))
+def test_every_world_task_yields_stage2_examples(name, small_data_config):
+  import seqio
+  task = seqio.get_mixture_or_task(f"world_{name}")
+  ex = next(task.get_dataset(sequence_length=None, split="validation", shuffle=False)
+            .as_numpy_iterator())
+  assert ex["text_inputs"].dtype == np.int32 and ex["text_inputs"].size >= 2
+  modalities = _world_tasks().TASKS[name].modalities
+  expect = {"image_patches": "image" in modalities and "to_image" not in name,
+            "audio_patches": "audio" in modalities and "to_audio" not in name,
+            "image_history_patches": "image_history" in modalities,
+            "audio_history_patches": "audio_history" in modalities}
+  for field, present in expect.items():
+    assert (ex[field].shape[0] > 0) == present, (field, ex[field].shape)
+  if name in ("text_to_image", "object_mask"):
+    assert ex["image_target"].shape == (32, 32, 3)
+  if name == "text_to_audio":
+    assert ex["audio_target"].size > 0 and ex["text_targets"].size == 0
+  if "image" in modalities and name != "text_to_image":
+    np.testing.assert_array_equal(ex["meta/image_size"], [64, 64])
+
+
+def test_location_targets_decode_to_the_drawn_boxes(small_data_config):
+  from unified_io.data.ops import boxes as box_ops
+  size = small_data_config.image_input_size[0]
+  for ex in _raw("refexp", 6):
+    decoded = box_ops.text_to_boxes_np(ex["text_targets"], size)
+    np.testing.assert_allclose(decoded, ex["meta/boxes"], atol=size / 999)
+    assert ex["text_inputs"] and b"the " in ex["text_inputs"]
+  for ex in _raw("detection", 6):
+    pairs = re.findall(r"((?:<extra_id_\d+> ?){4}) ?(\w+ \w+)", ex["text_targets"].decode())
+    assert [label for _, label in pairs] == [label.decode() for label in ex["meta/labels"]]
+    decoded = np.concatenate([box_ops.text_to_boxes_np(box, size) for box, _ in pairs])
+    np.testing.assert_allclose(decoded, ex["meta/boxes"], atol=size / 999)
+
+
+def test_generation_tasks_drop_about_a_tenth_of_prompts(small_data_config):
+  prompts_ = [ex["text_inputs"] for ex in _raw("text_to_audio", 300, split="train")]
+  null_rate = sum(p == b"" for p in prompts_) / len(prompts_)
+  assert 0.04 <= null_rate <= 0.18, null_rate
+  assert len(set(prompts_)) > 100  # the wording is sampled per example
+
+
+def test_mixtures_cover_the_tasks_and_are_deterministic(small_data_config):
+  import seqio
+  from unified_io.data import registry
+  world_tasks = _world_tasks()
+  assert set(registry.rates("world_default")) == {f"world_{n}" for n in world_tasks.TASKS}
+  for mixture in ("world_vision", "world_video", "world_audio", "world_text"):
+    assert set(registry.rates(mixture)) < set(registry.rates("world_default"))
+  mixture = seqio.get_mixture_or_task("world_text")
+
+  def take():
+    ds = mixture.get_dataset(sequence_length=None, split="train", shuffle=True, seed=5)
+    return [ex["text_inputs"].tolist() for ex in ds.take(10).as_numpy_iterator()]
+  first = take()
+  assert first == take() and len({tuple(t) for t in first}) == 10

@@ -7,7 +7,7 @@ structure; seqio's example shuffle comes on top.
 """
 
 import zlib
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import seqio
@@ -29,7 +29,10 @@ def example_rng(cfg: WorldConfig, task: str, split: str, index: int) -> np.rando
 
 
 def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: int) -> Example:
-  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2]."""
+  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2].
+
+  Sizes left None in `cfg` follow the DataConfig in effect (WorldConfig.resolved)."""
+  cfg = cfg.resolved()
   rng = example_rng(cfg, generator.name, split, index)
   for _ in range(_MAX_CONTENT_TRIES):
     example = generator.generate(rng, cfg)
@@ -44,6 +47,7 @@ def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: 
 
 
 def field_specs(generator: Generator, cfg: WorldConfig) -> Dict[str, tf.TensorSpec]:
+  cfg = cfg.resolved()
   specs = {name: tf.TensorSpec(shape, _TF_DTYPES[dtype], name=None)
            for name, (dtype, shape) in generator.field_specs(cfg).items()}
   specs["prompt_seed"] = tf.TensorSpec((2,), tf.int32)
@@ -53,18 +57,25 @@ def field_specs(generator: Generator, cfg: WorldConfig) -> Dict[str, tf.TensorSp
 class WorldDataSource(seqio.DataSource):
   """seqio source of one world generator; sharding and shuffling act on example indices."""
 
-  def __init__(self, generator_name: str, cfg: WorldConfig):
+  def __init__(self, generator_name: str,
+               config: Union[WorldConfig, Callable[[], WorldConfig]]):
+    """`config` is a WorldConfig, or a function returning one when a dataset is built (e.g. the
+    gin-configurable `make_world_config`, so gin bindings parsed after registration apply)."""
     if generator_name not in GENERATORS:
       raise ValueError(f"world: unknown generator {generator_name!r}; known: {list(GENERATORS)}")
     self._generator = GENERATORS[generator_name]
-    self._cfg = cfg
-    self._specs = field_specs(self._generator, cfg)
-    super().__init__(splits=SPLITS, num_input_examples=dict(cfg.split_sizes),
-                     caching_permitted=False)
+    self._config = config
+    sizes = dict(config.split_sizes) if isinstance(config, WorldConfig) else None
+    super().__init__(splits=SPLITS, num_input_examples=sizes, caching_permitted=False)
 
   @property
   def config(self) -> WorldConfig:
-    return self._cfg
+    """The config now: sizes resolved against the DataConfig in effect."""
+    config = self._config if isinstance(self._config, WorldConfig) else self._config()
+    if not isinstance(config, WorldConfig):
+      raise TypeError(f"world task {self._generator.name}: the config function returned "
+                      f"{type(config).__name__}, expected a WorldConfig")
+    return config.resolved()
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -73,20 +84,24 @@ class WorldDataSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def _generate(self, split: str, index: tf.Tensor) -> Mapping[str, tf.Tensor]:
-    names = list(self._specs)
+  @property
+  def generator(self) -> Generator:
+    return self._generator
+
+  def _generate(self, cfg: WorldConfig, split: str, index: tf.Tensor) -> Mapping[str, tf.Tensor]:
+    specs = field_specs(self._generator, cfg)
+    names = list(specs)
 
     def generate(i):
-      example = generate_example(self._generator, self._cfg, split, int(i))
+      example = generate_example(self._generator, cfg, split, int(i))
       missing = set(names) - set(example)
       if missing:
         raise KeyError(f"world task {self._generator.name}: fields {sorted(missing)} missing")
       return [np.asarray(example[n]) for n in names]
 
-    values = tf.numpy_function(generate, [index], [self._specs[n].dtype for n in names],
-                               stateful=False)
+    values = tf.numpy_function(generate, [index], [specs[n].dtype for n in names], stateful=False)
     for value, name in zip(values, names):
-      value.set_shape(self._specs[name].shape)
+      value.set_shape(specs[name].shape)
     return dict(zip(names, values))
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
@@ -96,10 +111,11 @@ class WorldDataSource(seqio.DataSource):
     if split not in self.splits:
       raise ValueError(f"world task {self._generator.name}: unknown split {split!r}; "
                        f"known: {self.splits}")
-    indices = tf.data.Dataset.range(self._cfg.split_sizes[split])
+    cfg = self.config  # read now, after gin parsing
+    indices = tf.data.Dataset.range(cfg.split_sizes[split])
     if shard_info is not None and shard_info.num_shards > 1:
       indices = indices.shard(shard_info.num_shards, shard_info.index)
     if shuffle:
       indices = indices.shuffle(_INDEX_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    return indices.map(lambda i: self._generate(split, i), num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
+    return indices.map(lambda i: self._generate(cfg, split, i),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,137 @@
+"""The built-in world's seqio tasks (`world_<name>`) and mixtures (`world_default`, ...).
+
+Each task = a `WorldDataSource` (unified_io/data/world: example i of a split is a pure function of
+the seed, the split and i) + one stage-1 preprocessor that words the prompt
+(`unified_io.data.prompts`) and writes boxes as location tokens (`unified_io.data.ops.boxes`),
++ the unified stage 2 (registry.add_task). The world is drawn at the DataConfig's sizes unless
+gin says otherwise:
+
+  make_world_config.difficulty = "medium"
+  make_world_config.image_size = 256
+
+Raw fields per task (every task also has text_inputs and meta/task, meta/answer):
+  world_caption           image_inputs -> text_targets (a caption)
+  world_vqa_{colour,shape,count,position}   image_inputs + question -> short answer
+  world_refexp            image_inputs + "the red circle" -> text_targets: 4 location tokens
+  world_detection         image_inputs -> text_targets: "<box> label <box> label ..."
+  world_text_to_image     caption (10% null prompt) -> image_targets
+  world_object_mask       image_inputs + "the red circle" -> image_targets (white mask on black)
+  world_video_{direction,count}   image_history + audio_history + question -> answer
+  world_audio_caption     audio_inputs -> description ("three high beeps of a square wave")
+  world_audio_qa          audio_inputs + question (pitch / count / timbre) -> answer
+  world_text_to_audio     description (10% null prompt) -> audio_targets
+  world_text_scene_qa     a scene described in text + question -> answer
+  world_arithmetic        "What is 3 plus 4?" -> "7" (validation/test problems never in train)
+Image tasks carry meta/boxes (float32 [n, 4] pixels of image_inputs), meta/labels, meta/image_size.
+"""
+
+import dataclasses
+from typing import Callable, Dict, Optional, Tuple
+
+import seqio
+import tensorflow as tf
+
+from unified_io.data import prompts, registry
+from unified_io.data.ops import boxes as box_ops
+from unified_io.data.world import GENERATORS, WorldDataSource, make_world_config
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldTask:
+  generator: str                 # key of unified_io.data.world.GENERATORS
+  prompt_kind: str               # key of prompts.PROMPTS
+  modalities: Tuple[str, ...]    # what the examples use (for curricula)
+  null_prompt: bool = False      # generation tasks: drop the prompt 10% of the time (CFG)
+  # Builds text_targets from the example (location tokens); None: the generator's text is final.
+  text_targets: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None
+
+
+def _normalised_boxes(example) -> tf.Tensor:
+  """meta/boxes (pixels of image_inputs) as fractions, so location tokens need no static size."""
+  size_hw = tf.cast(example["meta/image_size"], tf.float32)
+  return example["meta/boxes"] / tf.tile(size_hw, [2])
+
+
+def refexp_target(example) -> tf.Tensor:
+  return box_ops.boxes_to_text(_normalised_boxes(example), 1)
+
+
+def detection_target(example) -> tf.Tensor:
+  """'<box> label <box> label ...' in reading order (the release's box-then-label layout)."""
+  pairs = tf.strings.join([box_ops.boxes_to_text_n(_normalised_boxes(example), 1),
+                           example["meta/labels"]], separator=" ")
+  return tf.strings.reduce_join(pairs, separator=" ")
+
+
+_IMAGE, _TEXT = ("image", "text"), ("text",)
+_VIDEO = ("image_history", "audio_history", "text")
+TASKS: Dict[str, WorldTask] = {
+    "caption": WorldTask("caption", "image_caption", _IMAGE),
+    "vqa_colour": WorldTask("vqa_colour", "vqa", _IMAGE),
+    "vqa_shape": WorldTask("vqa_shape", "vqa", _IMAGE),
+    "vqa_count": WorldTask("vqa_count", "vqa", _IMAGE),
+    "vqa_position": WorldTask("vqa_position", "vqa", _IMAGE),
+    "refexp": WorldTask("refexp", "refexp", _IMAGE, text_targets=refexp_target),
+    "detection": WorldTask("detection", "detection", _IMAGE, text_targets=detection_target),
+    "text_to_image": WorldTask("text_to_image", "text_to_image", _IMAGE, null_prompt=True),
+    "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE),
+    "video_direction": WorldTask("video_direction", "video_qa", _VIDEO),
+    "video_count": WorldTask("video_count", "video_qa", _VIDEO),
+    "audio_caption": WorldTask("audio_caption", "audio_caption", ("audio", "text")),
+    "audio_qa": WorldTask("audio_qa", "audio_vqa", ("audio", "text")),
+    "text_to_audio": WorldTask("text_to_audio", "text_to_audio", ("audio", "text"),
+                               null_prompt=True),
+    "text_scene_qa": WorldTask("text_scene_qa", "text_instruction", _TEXT),
+    "arithmetic": WorldTask("arithmetic", "text_instruction", _TEXT),
+}
+assert set(TASKS) == set(GENERATORS), "every world generator is a task"
+
+
+def stage1(task: WorldTask) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+  """The task preprocessor: prompt wording and location tokens; the rest is already raw fields."""
+  takes_text = prompts.num_slots(task.prompt_kind) == 1
+
+  @seqio.map_over_dataset
+  def to_raw_fields(example):
+    example = dict(example)
+    seed, words = example.pop("prompt_seed"), example.pop("prompt_text")
+    prompt = prompts.sample_prompt(task.prompt_kind, seed, *([words] if takes_text else []))
+    if task.null_prompt:
+      prompt = prompts.maybe_null_prompt(prompt, seed)
+    example["text_inputs"] = prompt
+    if task.text_targets is not None:
+      example["text_targets"] = task.text_targets(example)
+    return example
+
+  to_raw_fields.__name__ = f"world_{task.generator}_stage1"
+  return to_raw_fields
+
+
+# Examples are independent random draws and the source already shuffles indices, so seqio's
+# example shuffle (which runs after stage 2, on patchified images) only needs a token buffer.
+_SHUFFLE_BUFFER = 8
+
+for _name, _task in TASKS.items():
+  registry.add_task(f"world_{_name}", WorldDataSource(_task.generator, make_world_config),
+                    [stage1(_task)], modalities=_task.modalities,
+                    shuffle_buffer_size=_SHUFFLE_BUFFER, replace=True)
+
+VISION = ("caption", "vqa_colour", "vqa_shape", "vqa_count", "vqa_position", "refexp",
+          "detection", "text_to_image", "object_mask")
+VIDEO = ("video_direction", "video_count")
+AUDIO = ("audio_caption", "audio_qa", "text_to_audio")
+TEXT = ("text_scene_qa", "arithmetic")
+# Relative rates of world_default: the four VQA topics share one task's weight, as do the two
+# text tasks; every other task counts once.
+DEFAULT_RATES = {**{name: 1.0 for name in TASKS},
+                 **{f"vqa_{t}": 0.25 for t in ("colour", "shape", "count", "position")},
+                 "video_direction": 0.5, "video_count": 0.5,
+                 "text_scene_qa": 0.5, "arithmetic": 0.5}
+
+MIXTURES = {"world_default": DEFAULT_RATES,
+            "world_vision": {n: DEFAULT_RATES[n] for n in VISION},
+            "world_video": {n: DEFAULT_RATES[n] for n in VIDEO},
+            "world_audio": {n: DEFAULT_RATES[n] for n in AUDIO},
+            "world_text": {n: DEFAULT_RATES[n] for n in TEXT}}
+for _mixture, _rates in MIXTURES.items():
+  registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
