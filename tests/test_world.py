@@ -421,3 +421,17 @@ def test_mixtures_cover_the_tasks_and_are_deterministic(small_data_config):
     return [ex["text_inputs"].tolist() for ex in ds.take(10).as_numpy_iterator()]
   first = take()
   assert first == take() and len({tuple(t) for t in first}) == 10
+
+
+def test_gin_bindings_apply_when_the_dataset_is_built(small_data_config):
+  import gin
+  source = world.WorldDataSource("caption", world.make_world_config)
+  assert source.config.image_size == 64  # None -> the DataConfig in effect
+  with gin.unlock_config():
+    gin.parse_config("make_world_config.difficulty = 'hard'\nmake_world_config.image_size = 48")
+  try:
+    assert source.config.image_size == 48 and source.config.max_objects == 8
+    ex = next(source.get_dataset("test", shuffle=False).as_numpy_iterator())
+    assert ex["image_inputs"].shape == (48, 48, 3)
+  finally:
+    gin.clear_config()

@@ -58,7 +58,8 @@ class WorldConfig:
   def __post_init__(self):
     def check(ok: bool, field: str, expected: str):
       if not ok:
-        raise WorldConfigError(f"WorldConfig.{field} = {getattr(self, field)!r}: expected {expected}")
+        raise WorldConfigError(
+            f"WorldConfig.{field} = {getattr(self, field)!r}: expected {expected}")
     for field in _SIZE_FIELDS:
       check(getattr(self, field) is None or getattr(self, field) >= 16, field,
             "None (the DataConfig's size) or an image side of at least 16 pixels")

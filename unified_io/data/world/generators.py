@@ -1,12 +1,12 @@
 """One generator per world task: (random generator, config) -> the example's fields, in numpy.
 
-The fields are the raw fields of the brief's table (`image_inputs`, `image_targets`,
+The fields are raw fields of docs/data.md (`image_inputs`, `image_targets`,
 `audio_inputs`, `audio_targets`, `image_history`, `audio_history`, `text_targets`) plus the
 words the task preprocessor turns into a prompt (`prompt_text`: a question, a caption, a referring
 expression; "" when the prompt needs none), and ground truth under `meta/`:
   meta/task        the generator's name          meta/answer      the answer / target text
   meta/image_size  int32 [2] of image_inputs     meta/boxes       float32 [n, 4] pixel boxes
-  meta/labels      string [n], one per box
+  meta/labels      string [n], one per box       meta/frequency_hz  float32, audio tasks' pitch
 Tasks with location tokens (refexp, detection) leave `text_targets` to the task preprocessor,
 which writes the boxes as tokens; every other task's `text_targets` is final.
 
@@ -82,7 +82,8 @@ def _scene_with(rng, cfg, question_fn, min_objects: int = 1):
   """A scene (with at least `min_objects`) for which question_fn gives a question."""
   low = max(cfg.min_objects, min_objects)
   for _ in range(_MAX_SCENE_TRIES):
-    scene = scenes.sample_scene(rng, cfg, num_objects=int(rng.integers(low, max(low, cfg.max_objects) + 1)))
+    count = int(rng.integers(low, max(low, cfg.max_objects) + 1))
+    scene = scenes.sample_scene(rng, cfg, num_objects=count)
     qa = question_fn(rng, scene)
     if qa is not None:
       return scene, qa
@@ -242,8 +243,10 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
                **TEXT_TARGET}),
     Generator("audio_caption", audio_caption,
               {"audio_inputs": (np.float32, _audio), **TEXT_TARGET, **_FREQUENCY}),
-    Generator("audio_qa", audio_qa, {"audio_inputs": (np.float32, _audio), **TEXT_TARGET, **_FREQUENCY}),
-    Generator("text_to_audio", text_to_audio, {"audio_targets": (np.float32, _audio), **_FREQUENCY}),
+    Generator("audio_qa", audio_qa,
+              {"audio_inputs": (np.float32, _audio), **TEXT_TARGET, **_FREQUENCY}),
+    Generator("text_to_audio", text_to_audio,
+              {"audio_targets": (np.float32, _audio), **_FREQUENCY}),
     Generator("text_scene_qa", text_scene_qa, TEXT_TARGET),
     Generator("arithmetic", arithmetic, TEXT_TARGET, content_split=arithmetic_split),
 ]}

@@ -41,7 +41,8 @@ class SceneObject:
 class Scene:
   objects: Tuple[SceneObject, ...]
   background: str
-  strokes_s4: Tuple[Tuple[float, float, float, float], ...]  # distractors (y0, x0, y1, x1), fractions
+  # Distractor strokes (y0, x0, y1, x1), fractions of the side.
+  strokes_s4: Tuple[Tuple[float, float, float, float], ...]
   texture_seed: int
   noise_seed: int
   texture: float      # amplitude, fraction of 255
@@ -68,7 +69,8 @@ def _boxes_overlap_too_much(box, others, max_overlap: float) -> bool:
       continue
     if max_overlap == 0:
       return True
-    smaller = min((box[2] - box[0]) * (box[3] - box[1]), (other[2] - other[0]) * (other[3] - other[1]))
+    smaller = min((box[2] - box[0]) * (box[3] - box[1]),
+                  (other[2] - other[0]) * (other[3] - other[1]))
     if ih * iw > max_overlap * smaller:
       return True
   return False
@@ -88,7 +90,8 @@ def place_objects(rng: np.random.Generator, cfg: WorldConfig, num_objects: int,
       shrink = 1.0 - 0.5 * attempt / _PLACEMENT_TRIES  # crowded scenes get smaller objects
       diameter = rng.uniform(cfg.min_object_size, cfg.max_object_size) * shrink
       r = max(diameter / 2, cfg.min_object_size / 4)
-      lo_y, lo_x = r + _EDGE_MARGIN + max(0.0, -extent_yx[0]), r + _EDGE_MARGIN + max(0.0, -extent_yx[1])
+      lo_y = r + _EDGE_MARGIN + max(0.0, -extent_yx[0])
+      lo_x = r + _EDGE_MARGIN + max(0.0, -extent_yx[1])
       hi_y = 1 - r - _EDGE_MARGIN - max(0.0, extent_yx[0])
       hi_x = 1 - r - _EDGE_MARGIN - max(0.0, extent_yx[1])
       if hi_y <= lo_y or hi_x <= lo_x:
@@ -119,9 +122,10 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, num_objects: Option
                   center_yx=(float(c[0]), float(c[1])), radius=float(r))
       for k, c, r in zip(kinds, centres, radii))
   num_strokes = int(rng.integers(0, cfg.max_distractors + 1)) if cfg.max_distractors else 0
-  strokes = tuple(tuple(float(v) for v in rng.uniform(0.05, 0.95, size=4)) for _ in range(num_strokes))
-  return Scene(objects=objects,
-               background=lexicon.BACKGROUND_NAMES[int(rng.integers(len(lexicon.BACKGROUND_NAMES)))],
+  strokes = tuple(tuple(float(v) for v in rng.uniform(0.05, 0.95, size=4))
+                  for _ in range(num_strokes))
+  background = lexicon.BACKGROUND_NAMES[int(rng.integers(len(lexicon.BACKGROUND_NAMES)))]
+  return Scene(objects=objects, background=background,
                strokes_s4=strokes, texture_seed=int(rng.integers(2**31)),
                noise_seed=int(rng.integers(2**31)), texture=cfg.texture,
                pixel_noise=cfg.pixel_noise)
@@ -145,7 +149,7 @@ def _background(scene: Scene, size: int) -> np.ndarray:
     return np.broadcast_to(base_3.astype(np.uint8), (size, size, 3)).copy()
   rng = np.random.default_rng(scene.texture_seed)
   rows_a, cols_a, rows_b, cols_b = (_smooth_profile(rng, size) for _ in range(4))
-  texture_hw = (0.35 * (rows_a[:, None] + cols_a[None, :]) + 0.3 * rows_b[:, None] * cols_b[None, :])
+  texture_hw = 0.35 * (rows_a[:, None] + cols_a[None, :]) + 0.3 * rows_b[:, None] * cols_b[None, :]
   texture_hw *= scene.texture * 255.0
   image = base_3[None, None, :] + texture_hw[:, :, None]
   return np.clip(image, 0, 255).astype(np.uint8)

@@ -88,7 +88,7 @@ def synthesise_beeps(beeps: Beeps, cfg: WorldConfig, noise_seed: int = 0) -> np.
 
 def hum(frequencies_hz: Sequence[float], timbre: str, cfg: WorldConfig, num_samples: int,
         noise_seed: int = 0) -> np.ndarray:
-  """float32 [num_samples]: steady tones, one per frequency, summed and scaled to stay in [-1, 1]."""
+  """float32 [num_samples]: steady tones, one per frequency, summed and kept within [-1, 1]."""
   waveform = np.zeros(num_samples, np.float32)
   for frequency in frequencies_hz:
     waveform += oscillator(timbre, frequency, num_samples, cfg.sample_rate)
