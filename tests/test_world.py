@@ -435,3 +435,21 @@ def test_gin_bindings_apply_when_the_dataset_is_built(small_data_config):
     assert ex["image_inputs"].shape == (48, 48, 3)
   finally:
     gin.clear_config()
+
+
+def test_exit_guard_refuses_calls_once_draining_and_waits_for_running_ones():
+  import threading
+  import time
+  from unified_io.data.world.source import _ExitGuard
+  guard = _ExitGuard(drain_seconds=5.0)
+  assert guard.enter()
+  finished = []
+  drainer = threading.Thread(target=lambda: (guard.drain(), finished.append(time.monotonic())))
+  drainer.start()
+  time.sleep(0.2)
+  assert not finished, "drain must wait for the running call"
+  assert not guard.enter(), "no new calls once the interpreter is exiting"
+  left = time.monotonic()
+  guard.leave()
+  drainer.join(5.0)
+  assert finished and finished[0] >= left

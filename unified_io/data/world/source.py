@@ -6,6 +6,9 @@ generator: a range of indices (sharded and shuffled as indices, which is free) m
 structure; seqio's example shuffle comes on top.
 """
 
+import atexit
+import threading
+import time
 import zlib
 from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
@@ -20,6 +23,55 @@ SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 _MAX_CONTENT_TRIES = 1000
 _INDEX_SHUFFLE_BUFFER = 1 << 16
 _TF_DTYPES = {np.uint8: tf.uint8, np.float32: tf.float32, np.int32: tf.int32, np.bytes_: tf.string}
+
+
+class _ExitGuard:
+  """Keeps tf.data's worker threads out of our Python once the interpreter starts exiting.
+
+  A pipeline still prefetching at exit would otherwise call `generate_example` from a TF thread
+  while Python finalises: the thread blocks forever on the GIL and the iterator's destructor waits
+  for it, so the process hangs (seen 1 run in 3 without this). At exit we refuse new calls (the
+  pipeline sees its input end) and wait, sleeping without the GIL, for running ones.
+  """
+
+  def __init__(self, drain_seconds: float = 10.0):
+    self._lock = threading.Lock()
+    self._exiting = False
+    self._running = 0
+    self._drain_seconds = drain_seconds
+    atexit.register(self.drain)
+
+  def enter(self) -> bool:
+    """Counts a call in; False once exiting (the caller then raises StopIteration, which tf.data
+    takes as an end of input without logging a traceback per refused call)."""
+    with self._lock:
+      if self._exiting:
+        return False
+      self._running += 1
+      return True
+
+  def leave(self):
+    with self._lock:
+      self._running -= 1
+
+  def drain(self):
+    with self._lock:
+      self._exiting = True
+    deadline, idle_since = time.monotonic() + self._drain_seconds, None
+    while time.monotonic() < deadline:
+      with self._lock:
+        running = self._running
+      now = time.monotonic()
+      if running:
+        idle_since = None
+      elif idle_since is None:
+        idle_since = now
+      elif now - idle_since > 0.3:  # workers (and autotuned new ones) have taken their refusal
+        return
+      time.sleep(0.005)
+
+
+_EXIT_GUARD = _ExitGuard()
 
 
 def example_rng(cfg: WorldConfig, task: str, split: str, index: int) -> np.random.Generator:
@@ -93,11 +145,16 @@ class WorldDataSource(seqio.DataSource):
     names = list(specs)
 
     def generate(i):
-      example = generate_example(self._generator, cfg, split, int(i))
-      missing = set(names) - set(example)
-      if missing:
-        raise KeyError(f"world task {self._generator.name}: fields {sorted(missing)} missing")
-      return [np.asarray(example[n]) for n in names]
+      if not _EXIT_GUARD.enter():
+        raise StopIteration("world: not generating examples, the interpreter is exiting")
+      try:
+        example = generate_example(self._generator, cfg, split, int(i))
+        missing = set(names) - set(example)
+        if missing:
+          raise KeyError(f"world task {self._generator.name}: fields {sorted(missing)} missing")
+        return [np.asarray(example[n]) for n in names]
+      finally:
+        _EXIT_GUARD.leave()
 
     values = tf.numpy_function(generate, [index], [specs[n].dtype for n in names], stateful=False)
     for value, name in zip(values, names):
