@@ -12,9 +12,10 @@ implemented here (pairs-per-row packing comes with the multimodal converter); as
 
 from typing import Dict, Mapping
 
-import numpy as np
 import seqio
 import tensorflow as tf
+
+from unified_io.data.converter import nest_batch  # noqa: F401  (this module's batches nest the same way)
 
 _SPEC = seqio.FeatureConverter.FeatureSpec
 
@@ -54,15 +55,3 @@ class TextToTextFeatureConverter(seqio.FeatureConverter):
       side = name.split("/")[0]
       lengths[name] = task_feature_lengths[side]
     return lengths
-
-
-def nest_batch(flat: Mapping[str, np.ndarray]) -> Dict:
-  """{"inputs/text/tokens": x, ...} -> {"inputs": {"text": {"tokens": x}}, ...}."""
-  nested: Dict = {}
-  for key, value in flat.items():
-    node = nested
-    parts = key.split("/")
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = value
-  return nested

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Mapping, Optional
 import jax
 import seqio
 
-from unified_io.data.text_converter import nest_batch
+from unified_io.data.converter import nest_batch
 
 
 class TrainInput:

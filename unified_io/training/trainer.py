@@ -31,6 +31,7 @@ import seqio
 from unified_io import gin_flags, partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
+from unified_io.data import config as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.input import TrainInput
@@ -142,6 +143,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if resume_step is not None:
     position = checkpoints.data_position(resume_step)
     start_batch, data_seed = int(position["batches_consumed"]), int(position["seed"])
+  # The pipeline's sizes and modalities follow the model (gin can still bind a DataConfig).
+  data_config.set_data_config(data_config.data_config_for_model(model_config))
   data = TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
                     seed=data_seed, start_batch=start_batch)
   first_local = next(data)
