@@ -122,7 +122,7 @@ def refexp(predictions: Sequence, references: Sequence,
 # ---------------------------------------------------------------- detection AP
 
 def _detections(predictions, references):
-  """Validated per-image (boxes, labels, scores) and (boxes, labels); scores from order if absent."""
+  """Validated per-image (boxes, labels, scores) and (boxes, labels); order gives absent scores."""
   if len(predictions) == 0:  # pylint: disable=g-explicit-length-test
     raise ValueError("detection_ap: no predictions given; pass one dict per image")
   if len(predictions) != len(references):

@@ -13,7 +13,7 @@ predictions, a length mismatch, or an example without any reference raises Value
   detection_ap              {boxes, labels, scores?} / {boxes, labels}     ap, ap50, ap75
   classification_accuracy   label / label                                  accuracy, balanced_..
   token_accuracy            int tokens [L'] / int tokens [L] (+ masks)     token_accuracy, ..
-  image_error               image [H, W, C] / image [H, W, C]              pixel_mse, pixel_mae, psnr
+  image_error               image [H, W, C] / image [H, W, C]              pixel_mse, .._mae, psnr
   spectrogram_error         log-mel [T, M] / log-mel [T, M] (+ masks)      spectrogram_l1, .._mse
 
 Boxes are (y1, x1, y2, x2) in pixels, the repo's convention; see `box_metrics` for undoing the
@@ -292,6 +292,7 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, references: Seq
     values = get_metric(name)(predictions, references, **options.get(name, {}))
     clash = set(values) & set(out)
     if clash:
-      raise ValueError(f"compute_metrics: metric {name!r} returns keys already set: {sorted(clash)}")
+      raise ValueError(f"compute_metrics: metric {name!r} returns keys already set: "
+                       f"{sorted(clash)}")
     out.update(values)
   return out
