@@ -160,6 +160,28 @@ class UnifiedIONetwork(nn.Module):
     self.sow("intermediates", "packing", packing.packing_stats(encoded.layout, pairs))
     return packing.unpack(hidden_bqd, pairs), packing.placed(pairs)
 
+  def decode_cached(self, modality: str, inputs_bl: jax.Array, start: jax.Array,
+                    enc_mask_bs: jax.Array, encoded_bsd: Optional[jax.Array] = None,
+                    enc_rope_bsk: Optional[jax.Array] = None, cache_length: int = 0) -> jax.Array:
+    """Incremental decoding of one target: logits [B, L, V] of the L decoder inputs at positions
+    start .. start + L - 1, given everything before them through the "cache" collection.
+
+    The first call (start 0) passes the encoder output and its RoPE rows, which the cross-attention
+    caches; later calls pass None for both. `unified_io.decoding` drives this.
+    """
+    if self.cfg.pack_pairs:
+      raise ValueError("decode with pack_pairs off (packing is for training)")
+    if modality not in self.target_embedders:
+      raise ValueError(f"cannot decode {modality!r}: target modalities of this model are "
+                       f"{list(self.target_embedders)}")
+    positions_bl = start + jnp.broadcast_to(jnp.arange(inputs_bl.shape[1], dtype=jnp.int32),
+                                            inputs_bl.shape)
+    embed_bld, rope_blk = self.target_embedders[modality].embed_tokens(inputs_bl, positions_bl)
+    valid_bl = jnp.ones(inputs_bl.shape, jnp.int32)
+    hidden_bld = self.decoder(embed_bld, valid_bl, valid_bl, rope_blk, encoded_bsd, enc_mask_bs,
+                              enc_rope_bsk, True, cache_length=cache_length)
+    return self.token_embedders[modality].logits(hidden_bld)
+
   def render(self, modality: str, targets_bt: jax.Array) -> jax.Array:
     """Image or audio target tokens (VQ codes + 2) -> pixels [B, H, W, 3] / spectrogram."""
     if modality not in self.target_embedders or not hasattr(self.target_embedders[modality],

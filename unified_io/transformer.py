@@ -43,18 +43,23 @@ class DecoderLayer(nn.Module):
   deterministic: bool = True
   # [start, stop) target segments; the self-attention mask never crosses them (see Decoder).
   segments: Optional[Tuple[Tuple[int, int], ...]] = None
+  # > 0: incremental decoding with key/value caches of this length (see Decoder).
+  cache_length: int = 0
 
   @nn.compact
   def __call__(self, y_btd, self_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk):
     cfg = self.cfg
     dropout = nn.Dropout(cfg.dropout_rate)
     h_btd = RMSNorm(cfg.norm_eps, name="pre_self_attention_norm")(y_btd)
-    h_btd = Attention(cfg, name="self_attention")(h_btd, h_btd, self_mask_b1tt, rope_btk, rope_btk,
-                                                  self.deterministic, blocks=self.segments)
+    cached = self.cache_length > 0
+    h_btd = Attention(cfg, name="self_attention")(
+        h_btd, h_btd, self_mask_b1tt, rope_btk, rope_btk, self.deterministic, blocks=self.segments,
+        cache="self" if cached else None, cache_length=self.cache_length)
     y_btd = y_btd + dropout(h_btd, deterministic=self.deterministic)
     h_btd = RMSNorm(cfg.norm_eps, name="pre_cross_attention_norm")(y_btd)
     h_btd = Attention(cfg, name="encoder_decoder_attention")(
-        h_btd, encoded_bld, cross_mask_b1tl, rope_btk, enc_rope_blk, self.deterministic)
+        h_btd, encoded_bld, cross_mask_b1tl, rope_btk, enc_rope_blk, self.deterministic,
+        cache="cross" if cached else None)
     y_btd = y_btd + dropout(h_btd, deterministic=self.deterministic)
     h_btd = GatedMLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, name="pre_mlp_norm")(y_btd),
                                       self.deterministic)
@@ -95,15 +100,29 @@ class Decoder(nn.Module):
                enc_rope_blk, deterministic: bool = True,
                layout: Optional[masks.TargetLayout] = None,
                segments: Optional[Tuple[Tuple[int, int], ...]] = None,
-               example_ids: Optional[Tuple[jax.Array, jax.Array]] = None):
+               example_ids: Optional[Tuple[jax.Array, jax.Array]] = None,
+               cache_length: int = 0):
     """With a `layout`, each layer also applies its attention pattern and the dynamic mask.
 
     `segments`: the static [start, stop) spans of `segment_ids_bt` (each target's part), when the
     caller knows them; self-attention then runs per segment instead of over the full [T, T].
     `example_ids`: for packed rows, (decoder [B, T], encoder [B, L]) example ids; cross-attention
     then stays within an example (`segment_ids_bt` must already separate examples).
+    `cache_length` > 0: incremental decoding (`unified_io.decoding`). `y_btd` holds the next tokens
+    of ONE target, all valid; self-attention sees every position decoded so far through the cache
+    (causal by position); `encoded_bld` is given on the first call and None afterwards (the
+    cross-attention keys and values are cached).
     """
     cfg = self.cfg
+    if cache_length:
+      if layout is not None or example_ids is not None or segments is not None:
+        raise NotImplementedError("cached decoding supports neither attention patterns / dynamic "
+                                  "masking nor packed rows; decode with those off")
+      cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)
+      for i in range(cfg.num_decoder_layers):
+        y_btd = DecoderLayer(cfg, True, None, cache_length, name=f"layers_{i}")(
+            y_btd, None, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
+      return RMSNorm(cfg.norm_eps, name="decoder_norm")(y_btd)
     self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
     per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
     cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)

@@ -54,14 +54,20 @@ class TextTargetEmbedder(nn.Module):
   token_embedder: TokenEmbedder
   vit: Optional[nn.Module] = None
 
-  @nn.compact
-  def __call__(self, features, deterministic: bool = True) -> TargetPart:
+  def setup(self):
+    self.modality_vector = modality_embedding(self, self.cfg.trunk.emb_dim)
+
+  def embed_tokens(self, inputs_bt: jax.Array, positions_bt: jax.Array):
+    """(embeddings, RoPE rows) of decoder input tokens at the given positions (decoding)."""
     trunk = self.cfg.trunk
-    inputs_bt = features["inputs"]
-    embed_btd = self.token_embedder(inputs_bt) + modality_embedding(self, trunk.emb_dim).astype(
+    embed_btd = self.token_embedder(inputs_bt) + self.modality_vector.astype(
         trunk.activation_dtype)
+    return embed_btd, _rope_1d(trunk, positions_bt)
+
+  def __call__(self, features, deterministic: bool = True) -> TargetPart:
+    inputs_bt = features["inputs"]
     # The release restarts positions at 0 for every target part, whatever the batch says.
-    rope_btk = _rope_1d(trunk, _default_positions(inputs_bt))
+    embed_btd, rope_btk = self.embed_tokens(inputs_bt, _default_positions(inputs_bt))
     mask_bt = features["mask"]
     loss_mask_bt = features.get("loss_mask", mask_bt)
     return TargetPart(embed_btd, mask_bt, rope_btk, features["targets"], loss_mask_bt)

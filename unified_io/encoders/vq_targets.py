@@ -61,6 +61,17 @@ class _VQTargetEmbedder(nn.Module):
     vocab = self.token_embedder.vocab_size - CODE_OFFSET
     return self.vqgan.decode(jnp.clip(targets_bt.astype(jnp.int32) - CODE_OFFSET, 0, vocab - 1))
 
+  def _rope_table(self) -> jax.Array:
+    (rope_h, rope_w), _ = self.grids()
+    return jnp.asarray(rope_table_2d(rope_h, rope_w, self.cfg.trunk.head_dim, 1.0,
+                                     self.cfg.trunk.rope_base))
+
+  def embed_tokens(self, inputs_bt: jax.Array, positions_bt: jax.Array):
+    """(embeddings, RoPE rows) of decoder input tokens at the given positions (decoding)."""
+    embed_btd = self.token_embedder(inputs_bt) + self.modality_vector.astype(
+        self.cfg.trunk.activation_dtype)
+    return embed_btd, jnp.take(self._rope_table(), positions_bt, axis=0)
+
   def _check_raw_shape(self, raw: jax.Array) -> None:
     expected = self.raw_shape()
     if tuple(raw.shape[1:]) != expected:
@@ -85,8 +96,7 @@ class _VQTargetEmbedder(nn.Module):
                        f"({rope_h} x {rope_w} grid of the tokenizer config)")
     inputs_bt = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), targets_bt[:, :-1]], axis=1)
     embed_btd = self.token_embedder(inputs_bt) + self.modality_vector.astype(trunk.activation_dtype)
-    table_tk = jnp.asarray(rope_table_2d(rope_h, rope_w, trunk.head_dim, 1.0, trunk.rope_base))
-    rope_btk = jnp.broadcast_to(table_tk[None], (batch, length, trunk.head_dim))
+    rope_btk = jnp.broadcast_to(self._rope_table()[None], (batch, length, trunk.head_dim))
     mask_bt = features["mask"]
     noisy_bt = None
     if "task_mask" in features:  # decoder input t carries target t - 1
