@@ -3,8 +3,8 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE --type TYPE [--version RUNTIME] [--spot | --reserved]
-                 [--project PROJECT] [--dry-run]
+USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE --type TYPE [--version RUNTIME]
+                 [--spot | --reserved] [--project PROJECT] [--dry-run]
 
 Creates the TPU VM (one host, e.g. v4-8) or pod slice (several hosts, e.g. v4-32):
   gcloud compute tpus tpu-vm create NAME --zone=ZONE --accelerator-type=TYPE --version=RUNTIME
@@ -26,7 +26,9 @@ while (($#)); do
     --type) need_value "$1" $# "${2:-}"; ACCELERATOR_TYPE="$2"; shift 2 ;;
     --version) need_value "$1" $# "${2:-}"; RUNTIME_VERSION="$2"; shift 2 ;;
     --spot | --reserved)
-      [[ -z "$CAPACITY" || "$CAPACITY" == "$1" ]] || usage_error "--spot and --reserved exclude each other"
+      if [[ -n "$CAPACITY" && "$CAPACITY" != "$1" ]]; then
+        usage_error "--spot and --reserved exclude each other"
+      fi
       CAPACITY="$1"; shift ;;
     *) parse_common_flag "$@"; shift "$SHIFT" ;;
   esac

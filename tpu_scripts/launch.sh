@@ -38,7 +38,7 @@ done
 require_target
 require_run_name "$RUN_NAME"
 [[ "$WORKER" =~ ^(all|[0-9]+)$ ]] || usage_error "--worker $WORKER: 'all' or a worker index"
-((${#COMMAND[@]})) || usage_error "give the command to run after --, e.g. -- uio2-train --gin_file=..."
+((${#COMMAND[@]})) || usage_error "give the command to run after --, e.g. -- uio2-train ..."
 
 log="\$HOME/$LOG_DIR/$RUN_NAME.log"
 pid="\$HOME/$LOG_DIR/$RUN_NAME.pid"

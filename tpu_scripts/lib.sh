@@ -170,8 +170,9 @@ sync_code() {
       | tar -czf "$tarball" --null --ignore-failed-read -T -)
   fi
   copy_to_workers "$tarball" "$remote_tarball"
-  on_workers all "mkdir -p $(shell_quote "$REMOTE_DIR") && tar -xzf $remote_tarball -C $(shell_quote \
-    "$REMOTE_DIR") && rm -f $remote_tarball"
+  local dir
+  dir="$(shell_quote "$REMOTE_DIR")"
+  on_workers all "mkdir -p $dir && tar -xzf $remote_tarball -C $dir && rm -f $remote_tarball"
   if ((!DRY_RUN)); then
     rm -f "$tarball"
   fi

@@ -3,8 +3,8 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE [--run RUN] [--worker W] [--lines N] [--no-follow]
-               [--project PROJECT] [--dry-run]
+USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE [--run RUN] [--worker W] [--lines N]
+               [--no-follow] [--project PROJECT] [--dry-run]
 
 Prints the last N lines of ~/$LOG_DIR/RUN.log on worker W and follows it (Ctrl-C stops following;
 the run goes on). Process 0 (worker 0) writes the metrics lines; the others log set-up and errors.

@@ -37,7 +37,8 @@ python="$(shell_quote "$PYTHON")"
 install="set -e
 cd $(shell_quote "$REMOTE_DIR")
 if ! command -v $python >/dev/null; then
-  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $python $python-venv
+  sudo apt-get update -qq
+  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $python $python-venv
 fi
 $python -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -3,7 +3,8 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE [--remote-dir DIR] [--project PROJECT] [--dry-run]
+USAGE="Usage: $SCRIPT_NAME --name NAME --zone ZONE [--remote-dir DIR] [--project PROJECT]
+               [--dry-run]
 
 Packs the files git tracks or would track (not .venv, not ignored outputs) into a tarball, copies it
 to all workers with gcloud scp and unpacks it into DIR (default: ~/$REMOTE_DIR, or

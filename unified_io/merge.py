@@ -83,8 +83,9 @@ def resolve(path: str) -> Tuple[str, Path, Optional[int]]:
   for candidate in (os.path.join(path, PARAMS_DIR), path):  # uio2-convert / uio2-merge, or bare
     if _is_orbax_tree(candidate):
       return candidate, (), None
-  raise MergeError(f"--checkpoint {path}: no checkpoint found (looked for checkpoints/<step>/state, "
-                   "<step>/state, params/ and an orbax tree in the directory itself)")
+  raise MergeError(f"--checkpoint {path}: no checkpoint found (looked for "
+                   "checkpoints/<step>/state, <step>/state, params/ and an orbax tree in the "
+                   "directory itself)")
 
 
 def _flat_metadata(tree: Mapping, prefix: Path = ()) -> Dict[Path, Any]:
