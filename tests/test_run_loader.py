@@ -1,0 +1,157 @@
+"""load_run: a MODEL_DIR's config.gin + checkpoint -> model and parameters; steps, dtypes, a
+checkpoint of another config, missing directories, and the caller's gin left as it was.
+
+Runs are written the way uio2-train writes them (config.gin from the parsed run gins, orbax
+checkpoints through TrainCheckpoints) with freshly initialised parameters: no training needed."""
+
+import os
+import shutil
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from unified_io import gin_flags
+from unified_io.config import make_config
+from unified_io.data.config import DataConfig
+from unified_io.evaluation import run_loader
+from unified_io.evaluation.run_loader import RunLoadError, load_run
+from unified_io.model import UnifiedIOModel
+from unified_io.training.checkpoints import TrainCheckpoints
+from unified_io.training.train_state import TrainState
+
+TEXT_LENGTHS = {"text_inputs": 24, "text_targets": 12}
+
+
+def write_run(model_dir, model_gin="models/tiny.gin", lengths=None, steps=(3,), bindings=()):
+  """A MODEL_DIR as uio2-train leaves it: config.gin and checkpoints/<step> for each step (the
+  parameters of step s are the initialisation with seed s). Returns {step: params}."""
+  lengths = lengths or TEXT_LENGTHS
+  with run_loader.isolated_gin():
+    gin_flags.parse_gin([model_gin, "runs/pretrain.gin"], [
+        f"MODEL_DIR='{model_dir}'", "MIXTURE_OR_TASK_NAME='world_text'",
+        f"TASK_FEATURE_LENGTHS={lengths!r}", f"TRAIN_STEPS={max(steps)}", "BATCH_SIZE=2",
+        *bindings])
+    config_text = gin.config_str()
+    cfg = make_config()
+  model = UnifiedIOModel(cfg)
+  init = jax.jit(model.init)
+  batch = model.dummy_batch(1)
+  saved = {}
+  checkpoints = TrainCheckpoints(os.path.join(model_dir, "checkpoints"), async_save=False)
+  for step in steps:
+    params = nn.meta.unbox(init(jax.random.PRNGKey(step), batch))
+    state = TrainState.create(params, optax.sgd(0.1)).replace(step=jnp.int32(step))
+    checkpoints.save(step, state, {"batches_consumed": step, "seed": 0}, force=True)
+    saved[step] = params
+  checkpoints.wait()
+  checkpoints.close()
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(config_text)
+  return saved
+
+
+def _assert_params_equal(got, expected):
+  flat_got = jax.tree_util.tree_leaves_with_path(got)
+  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+  assert [p for p, _ in flat_got] == [p for p, _ in flat_expected]
+  for (path, a), (_, b) in zip(flat_got, flat_expected):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("text_run"))
+  return model_dir, write_run(model_dir, steps=(2, 5))
+
+
+def test_model_dir_loads_the_newest_step_with_the_runs_config(text_run):
+  model_dir, saved = text_run
+  run = load_run(model_dir)
+  assert run.step == 5 and run.model_dir == model_dir
+  assert run.model.cfg == make_config("tiny")
+  assert run.task_feature_lengths == TEXT_LENGTHS
+  assert run.data_config == DataConfig.from_model(run.model.cfg)
+  assert run.vocabulary.vocab_size == run.model.cfg.trunk.text_vocab_size
+  _assert_params_equal(run.params, saved[5])
+
+
+def test_a_step_or_a_step_directory(text_run):
+  model_dir, saved = text_run
+  by_step = load_run(model_dir, step=2)
+  assert by_step.step == 2
+  _assert_params_equal(by_step.params, saved[2])
+  by_dir = load_run(os.path.join(model_dir, "checkpoints", "2"))
+  assert by_dir.step == 2 and by_dir.model_dir == model_dir
+  _assert_params_equal(by_dir.params, saved[2])
+  with pytest.raises(RunLoadError, match=r"has no step 4; its steps are \[2, 5\]"):
+    load_run(model_dir, step=4)
+
+
+def test_bfloat16_casts_every_float_parameter(text_run):
+  model_dir, saved = text_run
+  run = load_run(model_dir, dtype="bfloat16")
+  for got, expected in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(saved[5])):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected), rtol=1e-2,
+                               atol=1e-6)
+  with pytest.raises(RunLoadError, match="dtype 'int8'"):
+    load_run(model_dir, dtype="int8")
+
+
+def test_the_callers_gin_is_left_alone(text_run):
+  model_dir, _ = text_run
+  gin.clear_config()
+  try:
+    gin.bind_parameter("make_config.size", "small")
+    before = gin.config_str()
+    run = load_run(model_dir)
+    assert run.model.cfg.trunk == make_config("tiny").trunk  # the run's gin, not the caller's
+    assert gin.config_str() == before
+    assert gin.query_parameter("make_config.size") == "small"
+  finally:
+    gin.clear_config()
+  load_run(model_dir)
+  assert gin.config_str().strip() == ""
+
+
+def test_a_checkpoint_of_another_config_names_the_first_parameter(text_run):
+  model_dir, _ = text_run
+  with pytest.raises(RunLoadError) as err:
+    load_run(model_dir, gin_bindings=["make_config.mlp_dim=384"])
+  message = str(err.value)
+  assert "\n" not in message
+  assert "mlp" in message and "384" in message and "in the checkpoint but" in message
+  assert "--gin_file" in message
+  with pytest.raises(RunLoadError, match="the model has parameter .* that the checkpoint lacks"):
+    load_run(model_dir, gin_bindings=["make_config.num_decoder_layers=3"])
+
+
+def test_missing_things_are_one_clear_line(tmp_path, text_run):
+  with pytest.raises(RunLoadError, match="no such directory"):
+    load_run(str(tmp_path / "nowhere"))
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  (empty / "config.gin").write_text("make_config.size = 'tiny'\n")
+  with pytest.raises(RunLoadError, match="no checkpoint yet"):
+    load_run(str(empty))
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  with pytest.raises(RunLoadError, match="no config.gin"):
+    load_run(str(bare))
+  model_dir, _ = text_run
+  with pytest.raises(RunLoadError, match="cannot parse the run's gin"):
+    load_run(model_dir, gin_bindings=["make_config.not_a_field=("])
+
+
+def test_a_bare_checkpoint_with_a_gin_file(tmp_path, text_run):
+  model_dir, saved = text_run
+  bare = tmp_path / "release"
+  shutil.copytree(os.path.join(model_dir, "checkpoints", "5"), bare)
+  run = load_run(str(bare), gin_files=["models/tiny.gin"])
+  assert run.model_dir is None and run.task_feature_lengths is None and run.step == 0
+  _assert_params_equal(run.params, saved[5])
