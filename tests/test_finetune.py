@@ -84,9 +84,6 @@ def test_finetune_starts_from_the_pretrained_parameters(tmp_path):
   assert first["learning_rate"] == pytest.approx(1e-3)  # finetune.gin's constant rate
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "trainer.train does not pass initial_checkpoint_path to gin_flags.check_required, so an "
-    "unbound INITIAL_CHECKPOINT_PATH reaches load_params as gin's sentinel (TypeError, exit 1)"))
 def test_finetune_without_initial_checkpoint_names_the_macro(tmp_path):
   status, _, err = _train("finetune.gin", tmp_path / "run", 2)
   assert status == 2, err[-3000:]

@@ -35,7 +35,8 @@ from unified_io.data import config as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.input import TrainInput
-from unified_io.training.partitioned import abstract_state, global_batch, state_shardings
+from unified_io.training.partitioned import (ProcessInput, abstract_state, global_batch,
+                                             process_input_shards, process_rows, state_shardings)
 from unified_io.training.progress import ProgressLog
 from unified_io.training.train_state import TrainState
 from unified_io.training.train_step import jit_train_step, make_train_step
@@ -76,6 +77,18 @@ def _write(path: str, text: str) -> None:
       f.write(text)
 
 
+def _process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
+                   batch_size: int, feature_converter: seqio.FeatureConverter, mesh, *,
+                   seed: int, start_batch: int, input_shards: int) -> ProcessInput:
+  """The input shards that feed this process's rows (see `unified_io.training.partitioned`)."""
+  shards = process_input_shards(process_rows(mesh, batch_size), batch_size, input_shards)
+  return ProcessInput(
+      [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
+                  seed=seed + j, start_batch=start_batch, process_index=j,
+                  process_count=input_shards) for j in shards],
+      seed=seed, input_shards=input_shards)
+
+
 class _SigtermFlag:
   """Set by SIGTERM; the loop checks it between steps and saves before exiting.
 
@@ -106,7 +119,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           feature_converter: seqio.FeatureConverter = gin.REQUIRED,
           optimizer: Callable = gin.REQUIRED, learning_rate: Callable = gin.REQUIRED,
           num_microbatches: int = 1, seed: int = 0, use_dropout: bool = True,
-          model_parallel: int = 1, fsdp: bool = False,
+          model_parallel: int = 1, fsdp: bool = False, input_shards: Optional[int] = None,
           checkpoint_every: int = 1000, keep_checkpoints: Optional[int] = None,
           async_checkpoints: bool = True,
           initial_checkpoint_path: Optional[str] = None,
@@ -118,12 +131,15 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `optimizer(learning_rate)` -> optax transformation (e.g. `@adafactor`); `learning_rate` a
   schedule (e.g. `@learning_rate_schedule()`); `nonfinite_policy`: "skip" (count and go on) or
   "stop" (raise `NonFiniteLossError` after checkpointing the last good state).
+  `input_shards`: how many fixed slices of each batch are read by separate pipelines (default:
+  the process count; a resumed run keeps its checkpoint's number). The batches are a function of
+  (seed, input_shards) only: pin it to see the same data on another topology.
   """
   gin_flags.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
       model_config=model_config, feature_converter=feature_converter, optimizer=optimizer,
-      learning_rate=learning_rate)
+      learning_rate=learning_rate, initial_checkpoint_path=initial_checkpoint_path)
   if nonfinite_policy not in ("skip", "stop"):
     raise ValueError(f"train.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}")
   sigterm = _SigtermFlag()
@@ -143,15 +159,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if resume_step is not None:
     position = checkpoints.data_position(resume_step)
     start_batch, data_seed = int(position["batches_consumed"]), int(position["seed"])
+    if input_shards is None:  # checkpoints from before input shards were recorded: one process
+      input_shards = int(position.get("input_shards", 1))
+  input_shards = jax.process_count() if input_shards is None else input_shards
   # The pipeline's sizes and modalities follow the model (gin can still bind a DataConfig).
   data_config.set_data_config(data_config.data_config_for_model(model_config))
-  data = TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
-                    seed=data_seed, start_batch=start_batch)
-  first_local = next(data)
-  first = global_batch(first_local, mesh)
+  data = _process_input(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
+                        mesh, seed=data_seed, start_batch=start_batch, input_shards=input_shards)
+  first = global_batch(next(data), mesh, batch_size)
 
   init_rng = jax.random.PRNGKey(seed)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed, abstract = abstract_state(lambda: model.init(init_rng, first), opt)
     shardings = state_shardings(boxed, abstract, mesh, rules)
     _write(os.path.join(model_dir, "model-info.txt"),
@@ -204,7 +222,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         checkpoints.close()
         sys.exit(EXIT_PREEMPTED)
       if step < train_steps:
-        batch = global_batch(next(data), mesh)
+        batch = global_batch(next(data), mesh, batch_size)
     checkpoints.save(step, state, data.position(), force=True)
     checkpoints.wait()
     checkpoints.close()
