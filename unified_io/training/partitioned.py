@@ -5,9 +5,18 @@ state leaves shaped like their parameter (Adafactor's unfactored second moment, 
 parameter's sharding; factored row/column statistics and counters are replicated (they are a
 vector per matrix). Batches are split over `data` on their leading axis; each process contributes
 its own rows (`jax.make_array_from_process_local_data`).
+
+Which examples a global batch holds must not depend on how many processes feed it, or a run
+resumed (or repeated) on another topology would train on other data. So the input is cut into
+`input_shards` fixed slices of the batch: shard j is its own seqio pipeline (`TrainInput` with
+`ShardInfo(j, input_shards)` and seed `seed + j`) and supplies rows [j B/n, (j+1) B/n) of every
+global batch. A process opens only the shards whose rows its devices hold (`ProcessInput`), so one
+process with n shards and n processes with one each assemble the same global batches, row for row.
+The per-shard seed also keeps the shards' mixture sampling independent (with one seed every shard
+would draw the same task at the same position).
 """
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -56,8 +65,63 @@ def batch_shardings(batch, mesh: Mesh):
   return jax.tree_util.tree_map(lambda _: partitioning.batch_sharding(mesh), batch)
 
 
-def global_batch(local_batch: Dict, mesh: Mesh) -> Dict:
-  """This process's rows of the batch -> global arrays sharded over `data`."""
+def global_batch(local_batch: Dict, mesh: Mesh, batch_size: Optional[int] = None) -> Dict:
+  """This process's rows of the batch -> global arrays of `batch_size` rows sharded over `data`."""
   sharding = partitioning.batch_sharding(mesh)
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+  def to_global(x):
+    x = np.asarray(x)
+    shape = None if batch_size is None else (batch_size,) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+  return jax.tree_util.tree_map(to_global, local_batch)
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> range:
+  """The rows of a global batch held by this process's devices (a contiguous range)."""
+  index_map = partitioning.batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  rows = sorted({row for index in index_map.values()
+                 for row in range(*index[0].indices(batch_size))})
+  if rows != list(range(rows[0], rows[-1] + 1)):
+    raise ValueError(f"mesh {dict(mesh.shape)}: process {jax.process_index()} holds rows {rows} "
+                     "of the batch, not one contiguous block; order the mesh's devices by process")
+  return range(rows[0], rows[-1] + 1)
+
+
+def process_input_shards(rows: range, batch_size: int, input_shards: int) -> range:
+  """The input shards (see the module docstring) that supply exactly `rows` of the batch."""
+  if input_shards < 1 or batch_size % input_shards:
+    raise ValueError(f"train.input_shards={input_shards} must divide BATCH_SIZE={batch_size}")
+  per_shard = batch_size // input_shards
+  if rows.start % per_shard or len(rows) % per_shard:
+    raise ValueError(
+        f"train.input_shards={input_shards}: a shard is {per_shard} rows of the batch of "
+        f"{batch_size}, but process {jax.process_index()} holds rows [{rows.start}, {rows.stop}); "
+        f"use a multiple of {batch_size // len(rows)} input shards")
+  return range(rows.start // per_shard, rows.stop // per_shard)
+
+
+class ProcessInput:
+  """This process's rows of every global batch: its input shards' batches, concatenated.
+
+  `shards` are iterators (e.g. `TrainInput`s) in row order, each with `batches_consumed`.
+  """
+
+  def __init__(self, shards: Sequence[Iterator[Dict]], *, seed: int, input_shards: int):
+    if not shards:
+      raise ValueError("ProcessInput: no input shards")
+    self._shards = list(shards)
+    self.seed, self.input_shards = seed, input_shards
+
+  def __iter__(self) -> "ProcessInput":
+    return self
+
+  def __next__(self) -> Dict:
+    batches = [next(shard) for shard in self._shards]
+    if len(batches) == 1:
+      return batches[0]
+    return jax.tree_util.tree_map(lambda *rows: np.concatenate(rows, axis=0), *batches)
+
+  def position(self) -> Dict[str, int]:
+    """What a checkpoint stores to resume the stream (the same on every process)."""
+    return {"batches_consumed": self._shards[0].batches_consumed, "seed": self.seed,
+            "input_shards": self.input_shards}

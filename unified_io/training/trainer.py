@@ -89,6 +89,21 @@ def _process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, in
       seed=seed, input_shards=input_shards)
 
 
+def _input_position(checkpoints: ckpt_lib.TrainCheckpoints, resume_step: Optional[int],
+                    seed: int, input_shards: Optional[int]) -> Tuple[int, int, int]:
+  """(batches already consumed, data seed, input shards): fresh, or as the checkpoint saved them."""
+  if resume_step is None:
+    return 0, seed, jax.process_count() if input_shards is None else input_shards
+  position = checkpoints.data_position(resume_step)
+  # (positions saved before input shards were recorded come from one shard per process)
+  saved_shards = int(position.get("input_shards", jax.process_count()))
+  if input_shards is not None and input_shards != saved_shards:
+    print(f"note: train.input_shards={input_shards} differs from the checkpoint's {saved_shards}: "
+          "the resumed run reads other batches than the original would have", flush=True)
+  return (int(position["batches_consumed"]), int(position["seed"]),
+          saved_shards if input_shards is None else input_shards)
+
+
 class _SigtermFlag:
   """Set by SIGTERM; the loop checks it between steps and saves before exiting.
 
@@ -155,13 +170,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                           save_every=checkpoint_every, keep=keep_checkpoints,
                                           async_save=async_checkpoints)
   resume_step = checkpoints.latest_step()
-  start_batch, data_seed = 0, seed
-  if resume_step is not None:
-    position = checkpoints.data_position(resume_step)
-    start_batch, data_seed = int(position["batches_consumed"]), int(position["seed"])
-    if input_shards is None:  # checkpoints from before input shards were recorded: one process
-      input_shards = int(position.get("input_shards", 1))
-  input_shards = jax.process_count() if input_shards is None else input_shards
+  start_batch, data_seed, input_shards = _input_position(checkpoints, resume_step, seed,
+                                                         input_shards)
   # The pipeline's sizes and modalities follow the model (gin can still bind a DataConfig).
   data_config.set_data_config(data_config.data_config_for_model(model_config))
   data = _process_input(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
