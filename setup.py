@@ -60,5 +60,6 @@ setuptools.setup(
         "uio2-convert=unified_io.interop.convert:main",
         "uio2-train=unified_io.train:main",
         "uio2-merge=unified_io.merge:main",
+        "uio2-predict=unified_io.predict:main",
     ]},
 )

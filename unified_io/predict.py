@@ -296,15 +296,17 @@ def _options(args, run):
 _RUNS = {}  # (step dir, dtype, gin) -> Run: repeated in-process calls reuse the compiled model
 
 
-def _load(args):
+def load(checkpoint: str, step: Optional[int] = None, dtype: str = "float32",
+         gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
+  """`run_loader.load_run`, memoised per step directory, so that calling `main` again in one
+  process (a notebook, the tests) reuses the model object and with it the compiled decoder."""
   from unified_io.evaluation import run_loader  # pylint: disable=import-outside-toplevel
   try:
-    _, step_dir, _ = run_loader.resolve_checkpoint(args.checkpoint, args.step)
-    key = (step_dir, args.dtype, tuple(args.gin_file), tuple(args.gin_bindings))
+    _, step_dir, _ = run_loader.resolve_checkpoint(checkpoint, step)
+    key = (step_dir, dtype, tuple(gin_files), tuple(gin_bindings))
     if key not in _RUNS:
-      _RUNS[key] = run_loader.load_run(
-          args.checkpoint, args.step, None if args.dtype == "float32" else args.dtype,
-          gin_files=args.gin_file, gin_bindings=args.gin_bindings)
+      _RUNS[key] = run_loader.load_run(checkpoint, step, None if dtype == "float32" else dtype,
+                                       gin_files=gin_files, gin_bindings=gin_bindings)
     return _RUNS[key]
   except run_loader.RunLoadError as exc:
     raise PredictError(f"--checkpoint: {exc}") from exc
@@ -320,7 +322,7 @@ def predict(args) -> None:
     raise PredictError("--out writes a generated image / audio, or the boxes drawn on --image; "
                        "this prediction has neither (add --image, or --target image|audio)")
   files = read_files(args)  # before the (slow) checkpoint load: unreadable files fail at once
-  run = _load(args)
+  run = load(args.checkpoint, args.step, args.dtype, args.gin_file, args.gin_bindings)
   target = _checked_target(args, run)
   options = _options(args, run)
   lengths = example_lengths(run, len(run.vocabulary.encode(args.prompt)))
