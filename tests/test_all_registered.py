@@ -183,7 +183,7 @@ def _files(write: Callable) -> Callable:
   return setup
 
 
-# task -> setup(data_root, task) returning a context to pull the batch in; $UIO2_DATA_DIR = data_root.
+# task -> setup(data_root, task name): a context to pull the batch in. $UIO2_DATA_DIR = data_root.
 FIXTURES: Dict[str, Callable] = {
     "coco_captions": _tfds(num_examples=2),
     "coco_detection": _tfds(as_dataset_fn=hand_made([_coco_detection_example()])),
