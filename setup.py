@@ -61,5 +61,7 @@ setuptools.setup(
         "uio2-train=unified_io.train:main",
         "uio2-merge=unified_io.merge:main",
         "uio2-predict=unified_io.predict:main",
+        "uio2-eval=unified_io.eval:main",
+        "uio2-infer=unified_io.infer:main",
     ]},
 )

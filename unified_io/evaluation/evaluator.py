@@ -45,6 +45,11 @@ class TaskResult(NamedTuple):
   records: List[Dict[str, Any]]  # per example: prompt, prediction, reference (+ arrays, not saved)
 
 
+def to_json(value):
+  """numpy and bytes values -> what json.dumps takes."""
+  return _python(value)
+
+
 def _python(value):
   if isinstance(value, bytes):
     return value.decode("utf-8", "replace")
@@ -58,15 +63,16 @@ def _python(value):
 
 
 def load_examples(task_name: str, lengths: Mapping[str, int], split: str, batch_size: int,
-                  max_examples: int, seed: int = 0) -> TaskExamples:
-  """The first `max_examples` examples of a task's split as model batches plus their meta."""
+                  max_examples: int, seed: int = 0, start: int = 0,
+                  allow_empty: bool = False) -> TaskExamples:
+  """Examples start .. start + max_examples - 1 of a task's split as model batches + meta."""
   task = seqio.get_mixture_or_task(task_name)
   if not isinstance(task, seqio.Task):
     raise ValueError(f"{task_name!r} is a mixture; evaluate its tasks (registry.task_names)")
   if split not in task.splits:
     raise ValueError(f"task {task_name!r} has no split {split!r}; it has {list(task.splits)}")
   stage2 = task.get_dataset(dict(lengths), split=split, shuffle=False, use_cached=False,
-                            seed=seed, num_epochs=1).take(max_examples)
+                            seed=seed, num_epochs=1).skip(start).take(max_examples)
   converted = UnifiedIOFeatureConverter()(stage2, dict(lengths))
   meta = stage2.map(lambda ex: {k: v for k, v in ex.items() if k.startswith("meta/")})
   rows, metas = [], []
@@ -75,6 +81,8 @@ def load_examples(task_name: str, lengths: Mapping[str, int], split: str, batch_
     metas.append({k[len("meta/"):]: _python(v) for k, v in example_meta.items()})
   del converted, meta, stage2  # tf.data iterators alive at interpreter exit can hang it
   if not rows:
+    if allow_empty:
+      return TaskExamples([], [], 0)
     raise ValueError(f"task {task_name!r} split {split!r} gave no examples")
   batches = []
   for start in range(0, len(rows), batch_size):
@@ -110,7 +118,8 @@ class Evaluator:
   def __init__(self, model: UnifiedIOModel, task_names: Sequence[str],
                lengths: Mapping[str, int], *, split: str = "validation", batch_size: int = 8,
                max_examples: int = 64, decode_options: decoding.DecodeOptions =
-               decoding.DecodeOptions(), seed: int = 0, log=print):
+               decoding.DecodeOptions(), seed: int = 0, log=print, load: bool = True):
+    """`load=False` builds no examples (for `predict` on chunks the caller loads)."""
     self.model = model
     self.lengths = dict(lengths)
     self.split = split
@@ -127,6 +136,8 @@ class Evaluator:
       if spec.target not in targets:
         raise ValueError(f"task {name!r} generates {spec.target!r} but the model's targets are "
                          f"{sorted(targets)}")
+      if not load:
+        continue
       start = time.time()
       self.tasks[name] = load_examples(name, self.lengths, split, batch_size, max_examples, seed)
       log(f"eval data: {name} {split}: {self.tasks[name].count} examples "
@@ -146,7 +157,13 @@ class Evaluator:
     return dataclasses.replace(self.decode_options, **changes)
 
   def evaluate_task(self, params, name: str, rng: Optional[jax.Array] = None) -> TaskResult:
-    spec, data = spec_for(name), self.tasks[name]
+    records = self.predict(params, name, self.tasks[name], rng)
+    return TaskResult(self._score(spec_for(name), records), records)
+
+  def predict(self, params, name: str, data: TaskExamples,
+              rng: Optional[jax.Array] = None) -> List[Dict[str, Any]]:
+    """One record per example: prompt, prediction (and its reading), reference from meta."""
+    spec = spec_for(name)
     options = self._options(spec)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     records: List[Dict[str, Any]] = []
@@ -162,9 +179,12 @@ class Evaluator:
         index = i * tokens.shape[0] + row
         if index >= data.count:
           break
-        records.append(self._record(spec, batch, row, tokens[row], int(out.lengths[row]),
-                                    data.meta[index], references, rendered))
-    return TaskResult(self._score(spec, records), records)
+        record = self._record(spec, batch, row, tokens[row], int(out.lengths[row]),
+                              data.meta[index], references, rendered)
+        # The example's model inputs, for galleries (keys starting "_" are never saved).
+        record["_inputs"] = jax.tree_util.tree_map(lambda a, r=row: a[r], batch["inputs"])
+        records.append(record)
+    return records
 
   def _record(self, spec: EvalSpec, batch, row, tokens, length, meta, references, rendered):
     prompt_ids = batch["inputs"]["text"]["tokens"][row] if "text" in batch["inputs"] else []

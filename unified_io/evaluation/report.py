@@ -1,0 +1,200 @@
+"""A training run's report: loss curves, a metrics table against targets, and a gallery of
+predictions (report.html + gallery.html + PNGs), from the trainer's metrics.jsonl and evaluation
+results (unified_io.evaluation.evaluator).
+
+Gallery cards per task kind: text answers beside the input image (or spectrogram, or video frames),
+predicted boxes drawn in red beside the ground truth in green, generated images beside the
+reference image as the VQ tokenizer reproduces it, generated audio as spectrograms.
+"""
+
+import html
+import json
+import os
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from unified_io.data.ops.image import CLIP_MEAN, CLIP_STD
+from unified_io.evaluation import render
+from unified_io.evaluation.evaluator import TaskResult
+from unified_io.evaluation.specs import spec_for
+
+
+class Target(NamedTuple):
+  task: str
+  metric: str
+  threshold: float
+  label: str
+
+
+def unpatchify(patches_np: np.ndarray, pos_ids_n: np.ndarray, mask_n: np.ndarray,
+               grid_hw: Sequence[int], patch: int, channels: int) -> np.ndarray:
+  """Sampled patches [N, p*p*C] (row-major grid positions) -> [H, W, C], missing patches 0."""
+  gh, gw = grid_hw
+  out = np.zeros((gh, gw, patch, patch, channels), np.float32)
+  for p, pos, valid in zip(patches_np, pos_ids_n, mask_n):
+    if valid:
+      out[pos // gw, pos % gw] = p.reshape(patch, patch, channels)
+  return out.transpose(0, 2, 1, 3, 4).reshape(gh * patch, gw * patch, channels)
+
+
+def input_image(inputs: Mapping, data_config) -> Optional[np.ndarray]:
+  """The example's input image (uint8 [H, W, 3]) rebuilt from its CLIP-normalised patches."""
+  image = inputs.get("image")
+  if image is None or not np.any(image["mask"]):
+    return None
+  patch = data_config.image_patch_size
+  grid = data_config.grid("image")
+  pixels = unpatchify(np.asarray(image["input"]), np.asarray(image["pos_ids"]),
+                      np.asarray(image["mask"]), grid, patch, 3)
+  pixels = pixels * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)
+  return render.to_uint8(np.clip(pixels, 0, 1))
+
+
+def input_spectrogram(inputs: Mapping, data_config) -> Optional[np.ndarray]:
+  """The example's input log-mel spectrogram [time, mel] rebuilt from its patches."""
+  audio = inputs.get("audio")
+  if audio is None or not np.any(audio["mask"]):
+    return None
+  patch = data_config.audio_patch_size
+  grid = data_config.grid("audio")
+  return unpatchify(np.asarray(audio["input"]), np.asarray(audio["pos_ids"]),
+                    np.asarray(audio["mask"]), grid, patch, 1)[..., 0]
+
+
+def history_frames(inputs: Mapping, data_config) -> Optional[np.ndarray]:
+  """Video frames side by side (uint8 [H, F*W, 3]) from the image history's patches."""
+  history = inputs.get("image_history")
+  if history is None or not np.any(history["mask"]):
+    return None
+  patch = data_config.image_patch_size
+  grid = data_config.grid("image_history")
+  frames = [unpatchify(np.asarray(x), np.asarray(p), np.asarray(m), grid, patch, 3)
+            for x, p, m in zip(history["input"], history["pos_ids"], history["mask"])
+            if np.any(m)]
+  pixels = np.concatenate(frames, axis=1) * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)
+  return render.to_uint8(np.clip(pixels, 0, 1))
+
+
+def loss_curves_png(metrics_jsonl: str, path: str) -> str:
+  """The total and per-modality training losses against the step."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rows = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
+  fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+  for key in ["loss"] + sorted(k for k in rows[0] if k.startswith("loss/")):
+    points = [(r["step"], r[key]) for r in rows if key in r]
+    if points:
+      ax.plot(*zip(*points), label=key, linewidth=1.5 if key == "loss" else 1.0)
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss")
+  ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Dict:
+  spec = spec_for(task)
+  inputs = record.get("_inputs", {})
+  card = {"title": f"{task} #{index}", "prompt": record.get("prompt", "")}
+  image = input_image(inputs, data_config)
+  frames = history_frames(inputs, data_config)
+  spectrogram = input_spectrogram(inputs, data_config)
+  if spec.target == "text":
+    card["prediction"] = record.get("prediction", "")
+    card["reference"] = record.get("answer", "")
+    if spec.reads == "box" and image is not None:
+      boxes = [record["reference"]] + ([record["prediction_box"][0]]
+                                       if record.get("prediction_box") else [])
+      image = render.draw_boxes(image, np.asarray(boxes, np.float32).reshape(-1, 4),
+                                ["truth", "predicted"][:len(boxes)],
+                                [(0, 200, 0), (230, 0, 0)][:len(boxes)])
+    elif spec.reads == "boxes" and image is not None:
+      predicted = record.get("prediction_boxes") or {"boxes": [], "labels": []}
+      if predicted["labels"]:
+        image = render.draw_boxes(image, np.asarray(predicted["boxes"], np.float32).reshape(-1, 4),
+                                  predicted["labels"], [(230, 0, 0)])
+    if image is not None:
+      card["image"] = image
+    elif frames is not None:
+      card["image"] = frames
+    if spectrogram is not None:
+      card["spectrogram"] = render.spectrogram_png(
+          spectrogram, os.path.join(media, f"{task}-{index}-input.png"), title="input audio")
+    return card
+  generated = record["_rendered"]
+  reference = record["_reference_raw"]
+  if spec.target == "image":
+    side = np.concatenate([np.clip((generated + 1) / 2, 0, 1),
+                           np.clip((reference + 1) / 2, 0, 1)], axis=1)
+    card["image"] = render.to_uint8(side)
+    card["prediction"] = "left: generated (VQ tokens -> tokenizer decoder)"
+    card["reference"] = "right: the reference image"
+  else:
+    both = np.concatenate([np.squeeze(generated), np.squeeze(reference)], axis=0)
+    card["spectrogram"] = render.spectrogram_png(
+        both, os.path.join(media, f"{task}-{index}-audio.png"),
+        title="generated | reference")
+    card["prediction"] = "generated spectrogram (first half of the time axis)"
+  tokens, ref = np.asarray(record["prediction"]), np.asarray(record["reference"])
+  card["metrics"] = {"token accuracy": float(np.mean(tokens == ref))}
+  return card
+
+
+def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
+                 train_metrics_jsonl: Optional[str] = None, targets: Sequence[Target] = (),
+                 examples_per_task: int = 4, title: str = "unified-io run report",
+                 notes: Sequence[str] = ()) -> str:
+  """Writes out_dir/report.html (and gallery.html, PNGs); returns the report's path."""
+  os.makedirs(out_dir, exist_ok=True)
+  media = os.path.join(out_dir, "media")
+  os.makedirs(media, exist_ok=True)
+  parts = [f"<h1>{html.escape(title)}</h1>"]
+  parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+  if targets:
+    rows = []
+    for t in targets:
+      value = results[t.task].metrics.get(t.metric) if t.task in results else None
+      passed = value is not None and value >= t.threshold
+      shown = "—" if value is None else f"{value:.3f}"
+      rows.append(f"<tr><td>{html.escape(t.label)}</td><td>{html.escape(t.task)}</td>"
+                  f"<td>{html.escape(t.metric)}</td><td>{shown}</td><td>&ge; {t.threshold}</td>"
+                  f"<td class=\"{'ok' if passed else 'miss'}\">{'met' if passed else 'missed'}"
+                  f"</td></tr>")
+    parts.append("<h2>Targets</h2><table><tr><th>what</th><th>task</th><th>metric</th>"
+                 "<th>reached</th><th>target</th><th></th></tr>" + "".join(rows) + "</table>")
+  if train_metrics_jsonl and os.path.exists(train_metrics_jsonl):
+    loss_curves_png(train_metrics_jsonl, os.path.join(out_dir, "loss_curves.png"))
+    parts.append("<h2>Training loss</h2><img src=\"loss_curves.png\" alt=\"loss curves\">")
+  rows = []
+  for task, result in results.items():
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.metrics.items())
+                      if "/" not in k)
+    rows.append(f"<tr><td>{html.escape(task)}</td><td>{len(result.records)}</td>"
+                f"<td>{html.escape(shown)}</td></tr>")
+  parts.append("<h2>All metrics (held-out examples)</h2><table><tr><th>task</th><th>examples</th>"
+               "<th>metrics</th></tr>" + "".join(rows) + "</table>")
+  cards: List[Dict] = []
+  for task, result in results.items():
+    for i, record in enumerate(result.records[:examples_per_task]):
+      cards.append(_card(task, record, data_config, i, media))
+  render.gallery_html(cards, out_dir, title="Predictions on held-out examples")
+  parts.append("<h2>Gallery</h2><p><a href=\"gallery.html\">predictions on held-out examples"
+               "</a>: answers beside their inputs, boxes (green truth, red predicted), generated "
+               "images and audio beside their references.</p>")
+  style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:"
+           "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+           ".ok{color:#080;font-weight:bold}.miss{color:#b00;font-weight:bold}")
+  page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+          f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+  path = os.path.join(out_dir, "report.html")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(page)
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump({task: r.metrics for task, r in results.items()}, f, indent=1)
+  return path

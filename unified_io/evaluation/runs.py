@@ -1,0 +1,148 @@
+"""The gin entry points of `uio2-eval` and `uio2-infer` (run files gin/runs/eval.gin, infer.gin).
+
+evaluate: every checkpoint of a training MODEL_DIR (or one step directory) on a task or mixture;
+  checkpoints already evaluated are listed in EVAL_OUTPUT_DIR/evaluated.json and skipped, and with
+  `wait_seconds` it keeps polling for new ones (an evaluator beside a training job). Writes
+  TensorBoard scalars `<task>/<metric>`, `<task>-metrics.jsonl` and `<task>-<step>.jsonl`.
+infer: predictions of one checkpoint for a task's split, in chunks of `chunk_size` examples
+  (`<task>-<split>-<first>-<last>.jsonl`); a rerun skips the chunks already written.
+"""
+
+import json
+import os
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+import gin
+import jax
+
+from unified_io import decoding, gin_flags
+from unified_io.data import registry
+from unified_io.evaluation import evaluator as evaluator_lib
+from unified_io.evaluation import run_loader
+
+gin.external_configurable(decoding.DecodeOptions, module="decoding")
+DONE_FILE = "evaluated.json"
+
+
+def _steps_to_evaluate(checkpoint_path: str) -> Sequence[Optional[int]]:
+  """Every step of a MODEL_DIR, or [None] for a step directory / converted checkpoint."""
+  checkpoints = os.path.join(checkpoint_path, run_loader.CHECKPOINTS)
+  if os.path.isdir(checkpoints):
+    return sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+  return [None]
+
+
+def _read_done(path: str) -> Dict[str, Dict]:
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+@gin.configurable
+def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+             output_dir: str = gin.REQUIRED,
+             task_feature_lengths: Optional[Mapping[str, int]] = None,
+             split: str = "validation", batch_size: int = 8, max_examples: int = 64,
+             decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
+             wait_seconds: float = 0.0, poll_seconds: float = 30.0,
+             log=print) -> Dict[int, Dict[str, Dict[str, float]]]:
+  """Evaluates each new checkpoint; returns {step: {task: metrics}} of this call's evaluations.
+
+  `task_feature_lengths` default: the training run's. `wait_seconds` > 0: after the last new
+  checkpoint, keep polling every `poll_seconds` until that long passes with none.
+  """
+  gin_flags.check_required("evaluate", checkpoint_path=checkpoint_path,
+                           mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(checkpoint_path):
+    raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
+  tasks = registry.task_names(mixture_or_task_name)
+  os.makedirs(output_dir, exist_ok=True)
+  done_path = os.path.join(output_dir, DONE_FILE)
+  done = _read_done(done_path)
+  writer = metric_writers.create_default_writer(output_dir, asynchronous=False)
+  evaluator, results = None, {}
+  last_new = time.time()
+  while True:
+    steps = _steps_to_evaluate(checkpoint_path)
+    if not steps and not done and wait_seconds <= 0:
+      raise run_loader.RunLoadError(f"no checkpoints in {checkpoint_path}/{run_loader.CHECKPOINTS}"
+                                    " yet; train first, or pass --gin.evaluate.wait_seconds=N to "
+                                    "wait for them")
+    pending = [s for s in steps if str(s) not in done]
+    for step in pending:
+      run = run_loader.load_run(checkpoint_path, step)
+      if evaluator is None:
+        lengths = task_feature_lengths or run.task_feature_lengths
+        if not lengths:
+          raise gin_flags.GinRequiredError(
+              "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
+        evaluator = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
+                                            batch_size=batch_size, max_examples=max_examples,
+                                            decode_options=decode_options, log=log)
+      metrics = {name: r.metrics for name, r in
+                 evaluator.evaluate(run.params, run.step, output_dir, writer).items()}
+      results[run.step] = metrics
+      done[str(step)] = {"step": run.step, "time": time.time()}
+      with open(done_path, "w") as f:
+        json.dump(done, f, indent=1)
+      last_new = time.time()
+    if wait_seconds <= 0 or time.time() - last_new > wait_seconds:
+      break
+    time.sleep(poll_seconds)
+  writer.close()
+  if evaluator is None:
+    log(f"uio2-eval: nothing new to evaluate in {checkpoint_path} (see {done_path})")
+  return results
+
+
+@gin.configurable
+def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          output_dir: str = gin.REQUIRED, task_feature_lengths: Optional[Mapping[str, int]] = None,
+          split: str = "test", batch_size: int = 8, chunk_size: int = 256,
+          max_examples: Optional[int] = None, step: Optional[int] = None,
+          decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
+          log=print) -> Dict[str, int]:
+  """Writes predictions chunk by chunk; returns {task: examples predicted in this call}."""
+  gin_flags.check_required("infer", checkpoint_path=checkpoint_path,
+                           mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
+  run = run_loader.load_run(checkpoint_path, step)
+  lengths = task_feature_lengths or run.task_feature_lengths
+  if not lengths:
+    raise gin_flags.GinRequiredError(
+        "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
+  tasks = registry.task_names(mixture_or_task_name)
+  predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
+                                      batch_size=batch_size, decode_options=decode_options,
+                                      log=log, load=False)
+  os.makedirs(output_dir, exist_ok=True)
+  counts = {}
+  for name in tasks:
+    counts[name] = 0
+    start = 0
+    while max_examples is None or start < max_examples:
+      size = chunk_size if max_examples is None else min(chunk_size, max_examples - start)
+      path = os.path.join(output_dir, f"{name}-{split}-{start:07d}-{start + size - 1:07d}.jsonl")
+      if os.path.exists(path):
+        log(f"infer: {os.path.basename(path)} exists, skipped")
+        start += size
+        continue
+      data = evaluator_lib.load_examples(name, lengths, split, batch_size, size, start=start,
+                                         allow_empty=True)
+      if data.count == 0:
+        break
+      records = predictor.predict(run.params, name, data, jax.random.PRNGKey(start))
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        for i, record in enumerate(records):
+          saved = {k: evaluator_lib.to_json(v) for k, v in record.items() if not k.startswith("_")}
+          f.write(json.dumps({"index": start + i, **saved}) + "\n")
+      os.replace(tmp, path)  # a chunk exists only once complete: a rerun redoes a cut-off one
+      counts[name] += data.count
+      log(f"infer: {name} {split} examples {start}..{start + data.count - 1} -> {path}")
+      if data.count < size:
+        break
+      start += size
+  return counts
