@@ -55,7 +55,23 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
   """argv -> (args, bindings); every --gin.X=V and --gin_bindings value is in `bindings`."""
   rest, bindings = split_gin_dot_flags(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(rest)
+  _check_multihost_flags(parser, args)
   return args, list(args.gin_bindings) + bindings
+
+
+def _check_multihost_flags(parser: argparse.ArgumentParser, args) -> None:
+  """The three multi-host flags come together (exits with status 2 naming what is missing)."""
+  given = {"--coordinator_address": getattr(args, "coordinator_address", None),
+           "--num_processes": getattr(args, "num_processes", None),
+           "--process_id": getattr(args, "process_id", None)}
+  if all(v is None for v in given.values()):
+    return
+  missing = [name for name, value in given.items() if value is None]
+  if missing:
+    parser.error(f"multi-host flags: {', '.join(missing)} missing; give --coordinator_address, "
+                 "--num_processes and --process_id together")
+  if not 0 <= args.process_id < args.num_processes:
+    parser.error(f"--process_id={args.process_id} is not in [0, {args.num_processes})")
 
 
 class GinRequiredError(ValueError):
@@ -101,11 +117,15 @@ def check_required(configurable: str, **values) -> None:
 
 
 def initialize_distributed(args) -> None:
-  """jax.distributed from flags, or from the TPU environment when several TPU hosts run."""
+  """jax.distributed from flags, or from the TPU environment when several TPU hosts run.
+
+  Must run before anything touches a JAX backend (the collectives setting is read when the CPU
+  client is created).
+  """
   import jax
   if args.cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
-  if args.coordinator_address or args.num_processes:
+  if args.coordinator_address:
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
   elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:

@@ -80,7 +80,10 @@ def describe(boxed_tree, rules) -> str:
       logical_specs(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec))
   physical = jax.tree_util.tree_leaves(
       mesh_specs(boxed_tree, rules), is_leaf=lambda x: isinstance(x, PartitionSpec))
-  shapes = jax.tree_util.tree_leaves(nn.meta.unbox(boxed_tree))
+  # The boxes' values, not `nn.meta.unbox`: under `jax.set_mesh` unboxing applies a sharding
+  # constraint, which fails eagerly on the abstract (eval_shape) leaves this is given.
+  shapes = [getattr(leaf, "value", leaf) for leaf in jax.tree_util.tree_leaves(
+      boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))]
   lines = []
   for (path, names), spec, leaf in zip(logical, physical, shapes):
     name = "/".join(str(getattr(k, "key", k)) for k in path)

@@ -81,7 +81,11 @@ def _process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, in
                    batch_size: int, feature_converter: seqio.FeatureConverter, mesh, *,
                    seed: int, start_batch: int, input_shards: int) -> ProcessInput:
   """The input shards that feed this process's rows (see `unified_io.training.partitioned`)."""
-  shards = process_input_shards(process_rows(mesh, batch_size), batch_size, input_shards)
+  rows = process_rows(mesh, batch_size)
+  shards = process_input_shards(rows, batch_size, input_shards)
+  print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
+        f"{list(shards)} of {input_shards} (rows {rows.start}-{rows.stop - 1} of each batch of "
+        f"{batch_size})", flush=True)
   return ProcessInput(
       [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
                   seed=seed + j, start_batch=start_batch, process_index=j,
