@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
+from jax.experimental import multihost_utils
 
 from unified_io import gin_flags, partitioning
 from unified_io.config import UnifiedIOConfig
@@ -112,7 +113,9 @@ class _SigtermFlag:
   """Set by SIGTERM; the loop checks it between steps and saves before exiting.
 
   Installed when `train` starts (a preemption during set-up or compilation still ends in a
-  checkpoint at the first step boundary), restored when it returns.
+  checkpoint at the first step boundary), restored when it returns. With several processes the
+  signal may reach only some of them, and a save is collective: they agree (`agreed`) before
+  any saves, at steps where the host waits for the metrics anyway.
   """
 
   def __init__(self):
@@ -125,6 +128,15 @@ class _SigtermFlag:
   def _handle(self, signum, frame):
     del signum, frame
     self.raised = True
+
+  def agreed(self, step: int, every: int) -> bool:
+    """Whether any process was signalled; with several processes, decided every `every` steps."""
+    if jax.process_count() == 1:
+      return self.raised
+    if step % max(every, 1):
+      return False
+    flags = multihost_utils.process_allgather(np.asarray(self.raised, np.int32))
+    return bool(np.max(flags))
 
   def restore(self):
     if self._previous is not None:
@@ -228,7 +240,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                  "update was skipped and training stopped (nonfinite_policy="
                                  "'stop'); the state is checkpointed")
       checkpoints.save(step, state, data.position())
-      if sigterm.raised:
+      if sigterm.agreed(step, log_every):
         checkpoints.save(step, state, data.position(), force=True)
         checkpoints.wait()
         print(f"SIGTERM: checkpoint written at step {step}; exiting", flush=True)
