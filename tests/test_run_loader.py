@@ -108,7 +108,8 @@ def test_a_step_or_a_step_directory(text_run):
 def test_bfloat16_casts_every_float_parameter(text_run):
   model_dir, saved = text_run
   run = load_run(model_dir, dtype="bfloat16")
-  for got, expected in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(saved[5])):
+  for got, expected in zip(jax.tree_util.tree_leaves(run.params),
+                           jax.tree_util.tree_leaves(saved[5])):
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected), rtol=1e-2,
                                atol=1e-6)

@@ -23,6 +23,10 @@ Exit status 0, or 2 with one line on stderr for bad input (unknown checkpoint, u
 empty prompt, a target or input the model does not have, bad decoding options).
 """
 
+# TensorFlow, JAX and the model load inside the functions that need them: `--help` and argument
+# errors answer at once.
+# pylint: disable=import-outside-toplevel
+
 import argparse
 import os
 import re
@@ -65,8 +69,8 @@ def infer_target(prompt: str) -> str:
 # ------------------------------------------------------------------------------------------------
 def read_image(path: str) -> np.ndarray:
   """An image file -> uint8 [h, w, 3], decoded as the training pipeline decodes images."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from unified_io.data.ops import image as image_ops  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
+  from unified_io.data.ops import image as image_ops
   if not os.path.isfile(path):
     raise PredictError(f"--image {path}: no such file")
   try:
@@ -77,17 +81,18 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_audio(path: str) -> np.ndarray:
-  from unified_io.data.ops import audio as audio_ops  # pylint: disable=import-outside-toplevel
+  from unified_io.data.ops import audio as audio_ops
   if not os.path.isfile(path):
     raise PredictError(f"--audio {path}: no such file")
   try:
     return audio_ops.load_audio(path)[0]
   except ValueError as exc:
-    raise PredictError(f"--audio {path}: {exc}; give a WAV/FLAC/MP3 (anything FFmpeg reads)") from exc
+    raise PredictError(f"--audio {path}: {exc}; give a WAV/FLAC/MP3 (anything FFmpeg reads)"
+                       ) from exc
 
 
 def read_video(path: str, num_frames: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-  from unified_io.data.ops import video as video_ops  # pylint: disable=import-outside-toplevel
+  from unified_io.data.ops import video as video_ops
   if not os.path.isfile(path):
     raise PredictError(f"--video {path}: no such file")
   try:
@@ -148,10 +153,10 @@ def example_lengths(run, prompt_tokens: int) -> Dict[str, int]:
 
 def build_batch(run, raw: Dict[str, np.ndarray], lengths: Dict[str, int], seed: int = 0) -> Dict:
   """Raw fields -> a nested model batch of one example (numpy), exactly as training builds it."""
-  import seqio  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch  # pylint: disable=import-outside-toplevel
-  from unified_io.data.preprocess import unified_preprocessor  # pylint: disable=import-outside-toplevel
+  import seqio
+  import tensorflow as tf
+  from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
+  from unified_io.data.preprocess import unified_preprocessor
   ds = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in raw.items()})
   features = {"text_inputs": seqio.Feature(run.vocabulary), "text_targets":
               seqio.Feature(run.vocabulary)}
@@ -168,12 +173,12 @@ def build_batch(run, raw: Dict[str, np.ndarray], lengths: Dict[str, int], seed: 
 def boxes_in_image(text: str, run, image: Optional[np.ndarray]) -> np.ndarray:
   """The text's location tokens as boxes [n, 4] (y1, x1, y2, x2): in pixels of `image` when given
   (undoing the pipeline's resize and pad), else of the model's input image."""
-  from unified_io.data.ops import boxes as box_ops  # pylint: disable=import-outside-toplevel
+  from unified_io.data.ops import boxes as box_ops
   size = run.data_config.image_input_size
   boxes_n4 = box_ops.text_to_boxes_np(text, size)
   if image is None or not len(boxes_n4):
     return boxes_n4
-  from unified_io.data.ops import image as image_ops  # pylint: disable=import-outside-toplevel
+  from unified_io.data.ops import image as image_ops
   _, _, transform = image_ops.resize_and_pad(image, size)
   boxes_n4 = image_ops.untransform_boxes(boxes_n4, transform).numpy()
   h, w = image.shape[:2]
@@ -181,7 +186,7 @@ def boxes_in_image(text: str, run, image: Optional[np.ndarray]) -> np.ndarray:
 
 
 def _text_result(args, run, tokens: np.ndarray, raw) -> None:
-  from unified_io.evaluation import render  # pylint: disable=import-outside-toplevel
+  from unified_io.evaluation import render
   text = run.vocabulary.decode([int(t) for t in tokens])
   print(text, flush=True)
   image = raw.get("image_inputs")
@@ -197,8 +202,8 @@ def _text_result(args, run, tokens: np.ndarray, raw) -> None:
 
 
 def _image_result(args, run, tokens: np.ndarray) -> None:
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from unified_io.evaluation import render  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  from unified_io.evaluation import render
   pixels = np.asarray(run.model.render(run.params, "image", jnp.asarray(tokens)[None]),
                       np.float32)[0]
   out = args.out or "prediction.png"
@@ -209,8 +214,8 @@ def _image_result(args, run, tokens: np.ndarray) -> None:
 def _full_size_spectrogram(spec_tm: np.ndarray) -> np.ndarray:
   """A spectrogram of a model with a coarser [time, mel] layout back at the op's 256 x 128, the
   layout Griffin-Lim inverts (bilinear: undoes the pipeline's bilinear shrink up to blur)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from unified_io.data.ops import audio as audio_ops  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
+  from unified_io.data.ops import audio as audio_ops
   full = (audio_ops.NUM_FRAMES, audio_ops.NUM_MELS)
   if tuple(spec_tm.shape) == full:
     return spec_tm
@@ -218,9 +223,9 @@ def _full_size_spectrogram(spec_tm: np.ndarray) -> np.ndarray:
 
 
 def _audio_result(args, run, tokens: np.ndarray) -> None:
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from unified_io.data.ops import audio as audio_ops  # pylint: disable=import-outside-toplevel
-  from unified_io.evaluation import render  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  from unified_io.data.ops import audio as audio_ops
+  from unified_io.evaluation import render
   spec = np.asarray(run.model.render(run.params, "audio", jnp.asarray(tokens)[None]),
                     np.float32)[0, ..., 0]  # [time, mel], AudioSet-normalised
   out = args.out or "prediction.wav"
@@ -282,7 +287,7 @@ def _checked_target(args, run) -> str:
 
 
 def _options(args, run):
-  from unified_io import decoding  # pylint: disable=import-outside-toplevel
+  from unified_io import decoding
   max_length = args.max_length or (run.task_feature_lengths or {}).get("text_targets") or 32
   try:
     return decoding.DecodeOptions(
@@ -300,7 +305,7 @@ def load(checkpoint: str, step: Optional[int] = None, dtype: str = "float32",
          gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
   """`run_loader.load_run`, memoised per step directory, so that calling `main` again in one
   process (a notebook, the tests) reuses the model object and with it the compiled decoder."""
-  from unified_io.evaluation import run_loader  # pylint: disable=import-outside-toplevel
+  from unified_io.evaluation import run_loader
   try:
     _, step_dir, _ = run_loader.resolve_checkpoint(checkpoint, step)
     key = (step_dir, dtype, tuple(gin_files), tuple(gin_bindings))
@@ -329,8 +334,8 @@ def predict(args) -> None:
   raw = raw_example(args, run, target, files, lengths.get("num_frames", 1))
   batch = build_batch(run, raw, lengths, args.seed)
 
-  import jax  # pylint: disable=import-outside-toplevel
-  from unified_io import decoding  # pylint: disable=import-outside-toplevel
+  import jax
+  from unified_io import decoding
   try:
     generated = decoding.generate(run.model, run.params, batch["inputs"], target, options,
                                   jax.random.PRNGKey(args.seed),

@@ -5,7 +5,8 @@
   run = load_run("/tmp/uio2/checkpoints/300")        # a step directory
   run = load_run("/tmp/uio2", dtype="bfloat16")      # parameters cast for inference
 
-`uio2-train` writes MODEL_DIR/config.gin (the resolved gin config) and MODEL_DIR/checkpoints/<step>/.
+`uio2-train` writes MODEL_DIR/config.gin (the resolved gin config) and its checkpoints under
+MODEL_DIR/checkpoints/<step>/.
 `load_run` parses that config.gin in a private gin state (the caller's gin bindings are untouched
 before and after), rebuilds the model config with `make_config` as the run did (`train.model_config`
 when bound), and loads the parameters of the step, checking every parameter's path and shape
@@ -24,13 +25,15 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
 from unified_io import gin_flags
-from unified_io.gin_paths import gin_dir
 from unified_io.config import UnifiedIOConfig, make_config
 from unified_io.data import config as data_config_lib
 from unified_io.data import vocab as vocab_lib
+from unified_io.gin_paths import gin_dir
 from unified_io.model import UnifiedIOModel
+from unified_io.training import checkpoints as ckpt_lib
 
 CONFIG_FILE = "config.gin"
 CHECKPOINTS = "checkpoints"
@@ -60,26 +63,27 @@ def isolated_gin():
   gin keeps one global config; gin-config (pinned, 0.5.0) has no public snapshot, so the module
   state that parsing changes is saved and restored here.
   """
+  # pylint: disable=protected-access
   state = gin.config
-  saved_config = {key: dict(values) for key, values in state._CONFIG.items()}  # pylint: disable=protected-access
-  saved_imports = set(state._IMPORTS)  # pylint: disable=protected-access
-  with state._OPERATIVE_CONFIG_LOCK:  # pylint: disable=protected-access
-    saved_operative = dict(state._OPERATIVE_CONFIG)  # pylint: disable=protected-access
-  saved_singletons = dict(state._SINGLETONS)  # pylint: disable=protected-access
-  saved_prefixes = list(state._LOCATION_PREFIXES)  # pylint: disable=protected-access
+  saved_config = {key: dict(values) for key, values in state._CONFIG.items()}
+  saved_imports = set(state._IMPORTS)
+  with state._OPERATIVE_CONFIG_LOCK:
+    saved_operative = dict(state._OPERATIVE_CONFIG)
+  saved_singletons = dict(state._SINGLETONS)
+  saved_prefixes = list(state._LOCATION_PREFIXES)
   saved_locked = gin.config_is_locked()
   gin.clear_config()
   try:
     yield
   finally:
     gin.clear_config()
-    state._CONFIG.update(saved_config)  # pylint: disable=protected-access
-    state._IMPORTS.update(saved_imports)  # pylint: disable=protected-access
-    with state._OPERATIVE_CONFIG_LOCK:  # pylint: disable=protected-access
-      state._OPERATIVE_CONFIG.update(saved_operative)  # pylint: disable=protected-access
-    state._SINGLETONS.update(saved_singletons)  # pylint: disable=protected-access
-    state._LOCATION_PREFIXES[:] = saved_prefixes  # pylint: disable=protected-access
-    state._set_config_is_locked(saved_locked)  # pylint: disable=protected-access
+    state._CONFIG.update(saved_config)
+    state._IMPORTS.update(saved_imports)
+    with state._OPERATIVE_CONFIG_LOCK:
+      state._OPERATIVE_CONFIG.update(saved_operative)
+    state._SINGLETONS.update(saved_singletons)
+    state._LOCATION_PREFIXES[:] = saved_prefixes
+    state._set_config_is_locked(saved_locked)
 
 
 def _evaluated(value):
@@ -196,8 +200,6 @@ def _flat(tree, prefix: str = "") -> Dict[str, Any]:
 
 def _stored_shapes(step_dir: str) -> Dict[str, Tuple[int, ...]]:
   """Every parameter path -> shape in a checkpoint, read from its metadata (no arrays loaded)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from unified_io.training import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
   try:
     directory = ckpt_lib._params_dir(step_dir)  # pylint: disable=protected-access
   except ckpt_lib.CheckpointError as exc:
@@ -273,7 +275,6 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
   target = abstract_params(model)
   check_shapes({p: tuple(s.shape) for p, s in _flat(target).items()}, _stored_shapes(step_dir),
                f"checkpoint {step_dir}")
-  from unified_io.training import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
   params = ckpt_lib.load_params(step_dir, target, dtype=dtype)
   if found_step is None:
     found_step = _step_from_state(step_dir)
