@@ -22,9 +22,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+import seqio
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from unified_io import partitioning
+from unified_io.training.input import TrainInput
 from unified_io.training.train_state import TrainState
 
 
@@ -103,14 +105,17 @@ def process_input_shards(rows: range, batch_size: int, input_shards: int) -> ran
 class ProcessInput:
   """This process's rows of every global batch: its input shards' batches, concatenated.
 
-  `shards` are iterators (e.g. `TrainInput`s) in row order, each with `batches_consumed`.
+  `shards` are iterators (e.g. `TrainInput`s) in row order, each with `batches_consumed`;
+  `shard_indices` their numbers among the `input_shards`, `rows` the batch rows they fill.
   """
 
-  def __init__(self, shards: Sequence[Iterator[Dict]], *, seed: int, input_shards: int):
-    if not shards:
-      raise ValueError("ProcessInput: no input shards")
+  def __init__(self, shards: Sequence[Iterator[Dict]], *, seed: int, input_shards: int,
+               shard_indices: Sequence[int], rows: range):
+    if not shards or len(shards) != len(shard_indices):
+      raise ValueError(f"ProcessInput: {len(shards)} input shards for indices {shard_indices}")
     self._shards = list(shards)
     self.seed, self.input_shards = seed, input_shards
+    self.shard_indices, self.rows = list(shard_indices), rows
 
   def __iter__(self) -> "ProcessInput":
     return self
@@ -125,3 +130,16 @@ class ProcessInput:
     """What a checkpoint stores to resume the stream (the same on every process)."""
     return {"batches_consumed": self._shards[0].batches_consumed, "seed": self.seed,
             "input_shards": self.input_shards}
+
+
+def open_process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
+                       batch_size: int, feature_converter: seqio.FeatureConverter, mesh: Mesh, *,
+                       seed: int, input_shards: int, start_batch: int = 0) -> ProcessInput:
+  """The input shards that fill this process's rows of each global batch (module docstring)."""
+  rows = process_rows(mesh, batch_size)
+  shards = process_input_shards(rows, batch_size, input_shards)
+  return ProcessInput(
+      [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
+                  seed=seed + j, start_batch=start_batch, process_index=j,
+                  process_count=input_shards) for j in shards],
+      seed=seed, input_shards=input_shards, shard_indices=shards, rows=rows)

@@ -35,9 +35,8 @@ from unified_io.data import bad_input
 from unified_io.data import config as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
-from unified_io.training.input import TrainInput
-from unified_io.training.partitioned import (ProcessInput, abstract_state, global_batch,
-                                             process_input_shards, process_rows, state_shardings)
+from unified_io.training.partitioned import (abstract_state, global_batch, open_process_input,
+                                             state_shardings)
 from unified_io.training.progress import ProgressLog
 from unified_io.training.train_state import TrainState
 from unified_io.training.train_step import jit_train_step, make_train_step
@@ -76,22 +75,6 @@ def _write(path: str, text: str) -> None:
   if jax.process_index() == 0:
     with open(path, "w") as f:
       f.write(text)
-
-
-def _process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
-                   batch_size: int, feature_converter: seqio.FeatureConverter, mesh, *,
-                   seed: int, start_batch: int, input_shards: int) -> ProcessInput:
-  """The input shards that feed this process's rows (see `unified_io.training.partitioned`)."""
-  rows = process_rows(mesh, batch_size)
-  shards = process_input_shards(rows, batch_size, input_shards)
-  print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
-        f"{list(shards)} of {input_shards} (rows {rows.start}-{rows.stop - 1} of each batch of "
-        f"{batch_size})", flush=True)
-  return ProcessInput(
-      [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
-                  seed=seed + j, start_batch=start_batch, process_index=j,
-                  process_count=input_shards) for j in shards],
-      seed=seed, input_shards=input_shards)
 
 
 def _input_position(checkpoints: ckpt_lib.TrainCheckpoints, resume_step: Optional[int],
@@ -190,8 +173,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                                          input_shards)
   # The pipeline's sizes and modalities follow the model (gin can still bind a DataConfig).
   data_config.set_data_config(data_config.data_config_for_model(model_config))
-  data = _process_input(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
-                        mesh, seed=data_seed, start_batch=start_batch, input_shards=input_shards)
+  data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
+                            feature_converter, mesh, seed=data_seed, start_batch=start_batch,
+                            input_shards=input_shards)
+  print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
+        f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
+        f"of each batch of {batch_size})", flush=True)
   first = global_batch(next(data), mesh, batch_size)
 
   init_rng = jax.random.PRNGKey(seed)
