@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m unified_io.demo
+	$(PY) -m unified_io.main_job --out main_job_output
 
 test: install
 	$(PY) -m pytest -q tests

@@ -56,6 +56,7 @@ setuptools.setup(
     ],
     entry_points={"console_scripts": [
         "uio2-demo=unified_io.demo:main",
+        "uio2-main-job=unified_io.main_job:main",
         "uio2-check-reference=unified_io.interop.check_reference:main",
         "uio2-convert=unified_io.interop.convert:main",
         "uio2-train=unified_io.train:main",
