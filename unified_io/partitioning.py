@@ -3,7 +3,7 @@
 Every parameter carries logical axis names (see `model-info`); activations are constrained at block
 boundaries with ("batch", "length", "embed"). The rules below decide where each name lives:
 
-  batch -> data      vocab, mlp, heads -> model      embed, kv, length -> replicated
+  batch -> data      vocab, mlp, heads -> model      embed, kv, length, layers -> replicated
   FSDP adds embed -> data: parameters are also split over `data`. Activations keep their embed
   axis replicated because `batch` already took `data` (flax uses the first rule whose mesh axis is
   still free, so the later `("embed", None)` applies).
@@ -25,6 +25,10 @@ _BASE_RULES = (
     ("heads", MODEL),
     ("kv", None),
     ("length", None),
+    # The leading axis of scanned layers' stacked parameters (TrunkConfig.scan_layers) is never
+    # split: each device keeps its shard (by the other axes) of every layer, so a scan step reads
+    # its layer locally instead of gathering it from the devices holding that layer.
+    ("layers", None),
 )
 # The frozen ViTs, the resamplers and the VQ tokenizers are replicated: they are small beside the
 # trunk, and their head counts (2 in the tiny release config, 12 in the real resampler) do not
