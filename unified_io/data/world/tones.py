@@ -97,9 +97,13 @@ def hum(frequencies_hz: Sequence[float], timbre: str, cfg: WorldConfig, num_samp
   return _with_noise(_faded(waveform, cfg.sample_rate), cfg, noise_seed)
 
 
+# Even the noiseless difficulty gets a -80 dB floor: the release's spectrogram marks cells of zero
+# power invalid, so exact digital silence between beeps would drop out of inputs and targets (the
+# model would never be taught the gaps that make "three beeps" three).
+NOISE_FLOOR = 1e-4
+
+
 def _with_noise(waveform: np.ndarray, cfg: WorldConfig, noise_seed: int) -> np.ndarray:
-  if cfg.audio_noise > 0:
-    noise = np.random.default_rng(noise_seed).standard_normal(waveform.size, np.float32)
-    waveform += cfg.audio_noise * noise
-  return waveform
+  noise = np.random.default_rng(noise_seed).standard_normal(waveform.size, np.float32)
+  return np.clip(waveform + max(cfg.audio_noise, NOISE_FLOOR) * noise, -1.0, 1.0)
 
