@@ -1,12 +1,12 @@
-"""The main job: train a small all-modality model on the built-in world, evaluate it on held-out
-examples, and write a report (HTML + PNGs): loss curves, a metrics table against targets, and a
-gallery of predictions.
+"""The main job: train a small all-modality model on the built-in world (`world_main`), evaluate
+it on held-out examples, and write a report (HTML + PNGs): loss curves, a metrics table against
+targets, and a gallery of predictions.
 
   python -m unified_io.main_job                       # = make demo; about 15 min on 2 CPU cores
   python -m unified_io.main_job --steps 200 --out /tmp/quick --eval_examples 16
 
 It is the same code a user runs by hand: `uio2-train` with models/tiny_multimodal.gin and
-runs/pretrain.gin on the `world_default` mixture (the gin bindings are printed), then the evaluator
+runs/pretrain.gin on the `world_main` mixture (the gin bindings are printed), then the evaluator
 of `uio2-eval` on the test split, then `unified_io.evaluation.report`. Rerunning with the same
 --out resumes training from its newest checkpoint. Exit status 0 when the run completed (targets
 met or not: the table says), 1 if training or evaluation failed.
@@ -19,7 +19,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF (used by seqio for data) is chatty
 
-MIXTURE = "world_default"
+MIXTURE = "world_main"
 LENGTHS = {"text_inputs": 32, "text_targets": 32, "image_input_samples": 64,
            "audio_input_samples": 32, "image_history_input_samples": 64,
            "audio_history_input_samples": 32, "num_frames": 4}
@@ -93,13 +93,12 @@ def main(argv=None) -> int:
 
   print(f"== evaluate: {args.split} split of every {MIXTURE} task", flush=True)
   run = run_loader.load_run(model_dir)
-  results = {}
-  for task in registry.task_names(MIXTURE):
-    examples = args.eval_examples // 4 if task in GENERATION_TASKS else args.eval_examples
-    evaluator = evaluator_lib.Evaluator(run.model, [task], LENGTHS, split=args.split,
-                                        batch_size=args.eval_batch_size,
-                                        max_examples=max(examples, 1))
-    results.update(evaluator.evaluate(run.params, run.step, os.path.join(args.out, "eval")))
+  tasks = registry.task_names(MIXTURE)
+  counts = {t: max(args.eval_examples // 4 if t in GENERATION_TASKS else args.eval_examples, 1)
+            for t in tasks}
+  evaluator = evaluator_lib.Evaluator(run.model, tasks, LENGTHS, split=args.split,
+                                      batch_size=args.eval_batch_size, max_examples=counts)
+  results = evaluator.evaluate(run.params, run.step, os.path.join(args.out, "eval"))
   evaluated_at = time.time()
 
   targets = [report.Target(*t) for t in TARGETS]

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -117,9 +117,10 @@ class Evaluator:
 
   def __init__(self, model: UnifiedIOModel, task_names: Sequence[str],
                lengths: Mapping[str, int], *, split: str = "validation", batch_size: int = 8,
-               max_examples: int = 64, decode_options: decoding.DecodeOptions =
+               max_examples: Union[int, Mapping[str, int]] = 64, decode_options: decoding.DecodeOptions =
                decoding.DecodeOptions(), seed: int = 0, log=print, load: bool = True):
-    """`load=False` builds no examples (for `predict` on chunks the caller loads)."""
+    """`max_examples`: per task, or {task: count}; `load=False` builds no examples (for
+    `predict` on chunks the caller loads)."""
     self.model = model
     self.lengths = dict(lengths)
     self.split = split
@@ -139,7 +140,8 @@ class Evaluator:
       if not load:
         continue
       start = time.time()
-      self.tasks[name] = load_examples(name, self.lengths, split, batch_size, max_examples, seed)
+      count = max_examples if isinstance(max_examples, int) else max_examples[name]
+      self.tasks[name] = load_examples(name, self.lengths, split, batch_size, count, seed)
       log(f"eval data: {name} {split}: {self.tasks[name].count} examples "
           f"({time.time() - start:.1f} s)")
     self._reference = jax.jit(lambda p, b: {m: (o.targets, o.loss_mask)
