@@ -13,7 +13,9 @@ resumed (or repeated) on another topology would train on other data. So the inpu
 global batch. A process opens only the shards whose rows its devices hold (`ProcessInput`), so one
 process with n shards and n processes with one each assemble the same global batches, row for row.
 The per-shard seed also keeps the shards' mixture sampling independent (with one seed every shard
-would draw the same task at the same position).
+would draw the same task at the same position). The trainer's default is one shard per process
+(one pipeline each, the cheapest); pin `train.input_shards` to get the same batches on another
+number of processes (each extra pipeline in a process costs its own set-up and threads).
 """
 
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
