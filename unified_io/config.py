@@ -29,6 +29,17 @@ def _require(ok: bool, field: str, message: str) -> None:
     raise ConfigError(f"config field `{field}`: {message}")
 
 
+# What a rematerialised layer keeps for its backward pass (the names of `jax.checkpoint_policies`
+# in unified_io/transformer.py); everything else is recomputed. "none": no rematerialisation.
+REMAT_POLICIES = (
+    "none",
+    "full",  # nothing: only each layer's inputs (jax's nothing_saveable)
+    "dots",  # every matmul output (checkpoint_dots)
+    "dots_no_batch",  # matmul outputs without batch dimensions: the projections, not attention
+                      # scores (dots_with_no_batch_dims_saveable)
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrunkConfig:
   """The encoder-decoder transformer shared by every modality.
@@ -61,7 +72,13 @@ class TrunkConfig:
   norm_eps: float = 1e-6
   z_loss: float = 1e-4
   dtype: str = "float32"  # activation dtype; parameters are always float32
-  remat: bool = False  # rematerialise each layer in the backward pass (memory for compute)
+  # Rematerialisation of each layer in the backward pass (memory for compute): `remat_policy`
+  # names what a layer keeps (REMAT_POLICIES); `remat=True` is the older spelling of "full".
+  remat: bool = False
+  remat_policy: str = "none"
+  # Run the encoder and decoder layers under `nn.scan`: one compiled layer body, parameters (and
+  # decoding caches) stacked on a leading "layers" axis (`unified_io.layer_stacking` converts).
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("emb_dim", "num_heads", "head_dim", "num_encoder_layers", "num_decoder_layers",
@@ -79,6 +96,19 @@ class TrunkConfig:
              f"must be in [0, 1), got {self.dropout_rate}")
     _require(self.encoder_max_image_length > 0 and self.decoder_max_image_length > 0,
              "encoder_max_image_length", "image lengths must be positive")
+    _require(self.remat_policy in REMAT_POLICIES, "remat_policy",
+             f"unknown policy {self.remat_policy!r}; known: {list(REMAT_POLICIES)}")
+    _require(not self.remat or self.remat_policy in ("none", "full"), "remat",
+             f"remat=True means remat_policy='full' and contradicts remat_policy="
+             f"{self.remat_policy!r}; set remat_policy alone")
+    for name in ("remat", "scan_layers"):
+      _require(isinstance(getattr(self, name), bool), name,
+               f"must be a bool, got {getattr(self, name)!r}")
+
+  @property
+  def effective_remat_policy(self) -> str:
+    """The policy the layers run with: `remat_policy`, or "full" when only `remat` is set."""
+    return "full" if self.remat and self.remat_policy == "none" else self.remat_policy
 
   @property
   def joined_heads_dim(self) -> int:

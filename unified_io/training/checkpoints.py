@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unified_io import layer_stacking
+
 STATE, DATA = "state", "data"
 
 
@@ -116,7 +118,9 @@ def load_params(path: str, target_params, *, assignment_map: Sequence[Tuple[str,
   `assignment_map`: (regex on our parameter path, replacement or None) pairs, t5x style; the first
   pattern that matches renames the path to look up in the checkpoint (`re.sub` semantics, groups
   allowed), None keeps the target's own value (e.g. a freshly initialised head). Paths are
-  "/"-joined, e.g. "decoder/layers_0/mlp/wi/kernel". A training checkpoint's params live under
+  "/"-joined, e.g. "decoder/layers_0/mlp/wi/kernel" ("decoder/layers/mlp/wi/kernel" [N, ...] in a
+  scanned model: the checkpoint's trunk layers are first converted to the target's layout, see
+  `unified_io.layer_stacking`). A training checkpoint's params live under
   "params/". With `strict`, every target parameter must be found with the same shape.
   `dtype`: cast every restored float array (e.g. jnp.bfloat16 for inference).
   """
@@ -129,6 +133,8 @@ def load_params(path: str, target_params, *, assignment_map: Sequence[Tuple[str,
     stored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   if directory.endswith(os.sep + STATE) or os.path.basename(directory) == STATE:
     stored = stored["params"]
+  # A per-layer checkpoint (e.g. a converted release) loads into a scanned model and vice versa.
+  stored = layer_stacking.match_layout(stored, target_params)
   stored_flat = _flatten(stored)
   target_flat = _flatten(target_params)
   rules = [(re.compile(pattern), replacement) for pattern, replacement in assignment_map]
