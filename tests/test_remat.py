@@ -1,5 +1,5 @@
-"""Rematerialisation changes memory, never numbers: every `remat_policy` gives the plain model's loss
-and gradients, and each really keeps what it says (fewer saved residuals than no remat)."""
+"""Rematerialisation changes memory, never numbers: every `remat_policy` gives the plain model's
+loss and gradients, and each really keeps what it says (fewer saved residuals than no remat)."""
 
 import contextlib
 import io

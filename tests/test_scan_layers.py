@@ -51,7 +51,7 @@ def _batch(model, seed=0, image=False):
 
 
 def _loss_logits_grads(model, params, batch):
-  """(loss, {modality: logits}, grads) from one jitted pass (the loss as `model.loss_fn` sums it)."""
+  """(loss, {modality: logits}, grads) from one jitted pass; the loss as `model.loss_fn` sums it."""
   def loss(p):
     outputs = model.outputs(p, batch)
     total = sum(modality_loss(o.logits, o.targets, o.loss_mask, model.cfg.trunk.z_loss)

@@ -125,6 +125,7 @@ def _scan_stack(body_cls, cfg: TrunkConfig, num_layers: int, num_scanned_args: i
                 num_broadcast_args: int):
   """`body_cls` scanned `num_layers` times over its carry; its other arguments are the scanned
   ones (leading axis = layer) then the broadcast ones."""
+  # (intermediates too, so that `sow` and `capture_intermediates` see every layer)
   return nn.scan(_maybe_remat(body_cls, cfg, prevent_cse=False),
                  variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                  split_rngs={"params": True, "dropout": True},
@@ -148,8 +149,8 @@ def _cache_to_batch_layout(batch: int, variables):
     if x.ndim == 1:  # a per-layer scalar
       return jnp.broadcast_to(x[None], (batch,) + x.shape)
     if x.ndim == 2 or x.shape[1] != batch:
-      raise ValueError(f"a scanned decoder's cache variable of shape {x.shape} is neither a "
-                       f"per-layer scalar nor batch-major [layers, {batch}, ...]")
+      raise ValueError(f"a scanned decoder's cache variable, stacked {x.shape}, is neither a "
+                       f"per-layer scalar nor a per-layer array with the batch ({batch}) first")
     return jnp.swapaxes(x, 0, 1)
   return jax.tree_util.tree_map(convert, variables)
 
