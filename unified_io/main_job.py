@@ -2,7 +2,7 @@
 it on held-out examples, and write a report (HTML + PNGs): loss curves, a metrics table against
 targets, and a gallery of predictions.
 
-  python -m unified_io.main_job                       # = make demo; about 15 min on 2 CPU cores
+  python -m unified_io.main_job                       # = make demo; about 20 min on 2 CPU cores
   python -m unified_io.main_job --steps 200 --out /tmp/quick --eval_examples 16
 
 It is the same code a user runs by hand: `uio2-train` with models/tiny_multimodal.gin and
@@ -44,7 +44,7 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", default="main_job_output",
                       help="folder for the model (checkpoints, logs) and the report")
-  parser.add_argument("--steps", type=int, default=1500)
+  parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--learning_rate", type=float, default=0.02,
                       help="Adafactor's relative step size after a linear warmup")

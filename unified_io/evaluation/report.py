@@ -84,7 +84,8 @@ def loss_curves_png(metrics_jsonl: str, path: str) -> str:
   rows = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
   fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
   for key in ["loss"] + sorted(k for k in rows[0] if k.startswith("loss/")):
-    points = [(r["step"], r[key]) for r in rows if key in r]
+    # A per-modality loss is 0 at a step whose batch had no such target: not a point.
+    points = [(r["step"], r[key]) for r in rows if r.get(key, 0) > 0]
     if points:
       ax.plot(*zip(*points), label=key, linewidth=1.5 if key == "loss" else 1.0)
   ax.set_xlabel("step")
