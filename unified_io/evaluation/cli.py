@@ -6,6 +6,11 @@ from typing import Callable, Optional, Sequence
 from unified_io import gin_flags
 
 
+def _without_gin_context(exc: BaseException) -> str:
+  """The message without the "In call to configurable ..." line gin appends."""
+  return str(exc).split("\n  In call to configurable")[0]
+
+
 def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
                    argv: Optional[Sequence[str]] = None) -> int:
   """Parses the gin flags, registers every task, then calls the gin-configured `entry()()`.
@@ -24,9 +29,9 @@ def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
     manifest.register_configured_manifests()
     entry()()
   except (FileNotFoundError, gin_flags.GinRequiredError, run_loader.RunLoadError) as exc:
-    print(f"{prog}: {exc}", file=sys.stderr)
+    print(f"{prog}: {_without_gin_context(exc)}", file=sys.stderr)
     return 2
   except ValueError as exc:  # unknown task, a split the task lacks, a model without the target
-    print(f"{prog}: {exc}", file=sys.stderr)
+    print(f"{prog}: {_without_gin_context(exc)}", file=sys.stderr)
     return 2
   return 0

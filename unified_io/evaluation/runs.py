@@ -33,6 +33,18 @@ def _steps_to_evaluate(checkpoint_path: str) -> Sequence[Optional[int]]:
   return [None]
 
 
+def _task_names(name: str) -> Sequence[str]:
+  """The tasks of a registered mixture or task; an unknown name says what is registered."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  if name not in known:
+    prefix = name.split("_")[0]
+    close = [k for k in known if k.startswith(prefix)] or known
+    raise ValueError(f"unknown task or mixture {name!r}; registered ones include "
+                     f"{', '.join(close[:12])} (set MIXTURE_OR_TASK_NAME to one of them)")
+  return registry.task_names(name)
+
+
 def _read_done(path: str) -> Dict[str, Dict]:
   if os.path.exists(path):
     with open(path) as f:
@@ -58,7 +70,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   if not os.path.exists(checkpoint_path):
     raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
-  tasks = registry.task_names(mixture_or_task_name)
+  tasks = _task_names(mixture_or_task_name)
   os.makedirs(output_dir, exist_ok=True)
   done_path = os.path.join(output_dir, DONE_FILE)
   done = _read_done(done_path)
@@ -113,7 +125,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   if not lengths:
     raise gin_flags.GinRequiredError(
         "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
-  tasks = registry.task_names(mixture_or_task_name)
+  tasks = _task_names(mixture_or_task_name)
   predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                       batch_size=batch_size, decode_options=decode_options,
                                       log=log, load=False)
