@@ -259,6 +259,18 @@ def _check_contract(batch: Dict, spec: Dict, *, exact: bool) -> None:
       assert np.isfinite(value).all(), key
 
 
+def _restore_tfds_dirs_after(monkeypatch) -> None:
+  """Reading a TFDS task points its (process-wide, shared) source at this test's tmp dir and
+  memoizes builders (with this test's one-split dataset_info); put every source's data_dir
+  override and seqio's builder memo back afterwards so later tests do not read this one's."""
+  loader_cls = seqio.utils.LazyTfdsLoader
+  monkeypatch.setattr(loader_cls, "_MEMOIZED_BUILDERS", dict(loader_cls._MEMOIZED_BUILDERS))
+  for task in seqio.TaskRegistry.names():
+    loader = getattr(seqio.TaskRegistry.get(task).source, "tfds_dataset", None)
+    if loader is not None:
+      monkeypatch.setattr(loader, "_data_dir_override", loader._data_dir_override)
+
+
 @pytest.mark.parametrize("name", TASKS + [MANIFEST_STAND_IN] + MIXTURES)
 def test_one_converted_batch_matches_the_model_contract(name, tmp_path, monkeypatch):
   is_mixture = name in MIXTURES
@@ -266,6 +278,7 @@ def test_one_converted_batch_matches_the_model_contract(name, tmp_path, monkeypa
     pytest.fail(f"task {name!r} is registered but this test has no fixture data for it: add one "
                 f"to FIXTURES (and its modalities to CARRIES)")
   monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+  _restore_tfds_dirs_after(monkeypatch)
   text_to_text = name == "uio2_synthetic_reverse"
   with FIXTURES.get(name, _files(lambda root: None))(tmp_path, name):
     _small_shuffle_buffers(name, monkeypatch)

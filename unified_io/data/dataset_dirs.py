@@ -67,6 +67,8 @@ class TfdsSource(seqio.TfdsDataSource):
 
   def num_input_examples(self, split: str) -> Optional[int]:
     # Unknown (None) when the split sizes are not recorded, e.g. under tfds.testing.mock_data.
+    if tfds_data_dir() is not None:  # as get_dataset does: read the directory in effect now
+      self.tfds_dataset.override_data_dir(tfds_data_dir())
     try:
       return super().num_input_examples(split)
     except KeyError:
