@@ -349,12 +349,14 @@ def generate(model: UnifiedIOModel, params, inputs: Mapping[str, Mapping[str, An
 def example_losses(model: UnifiedIOModel, params, batch) -> jax.Array:
   """[B]: each example's own loss, exactly `model.loss_fn` on a batch of that example alone."""
   outputs = model.outputs(params, batch)
-  total_b = 0.0
-  for out in outputs.values():
-    per_example = jax.vmap(lambda l, t, m: modality_loss(l[None], t[None], m[None],
-                                                         model.cfg.trunk.z_loss))
-    total_b = total_b + per_example(out.logits, out.targets, out.loss_mask)
-  return total_b
+  return sum(_per_example_loss(model, out) for out in outputs.values())
+
+
+def _per_example_loss(model: UnifiedIOModel, out) -> jax.Array:
+  """[B]: `modality_loss` of each example of one target's output on its own."""
+  return jax.vmap(lambda l, t, m: modality_loss(l[None], t[None], m[None],
+                                                model.cfg.trunk.z_loss))(
+      out.logits, out.targets, out.loss_mask)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -375,10 +377,7 @@ def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax
     return module.decode({Modality.TEXT.value: text}, tiled)[Modality.TEXT.value]
 
   out = model.module.apply({"params": params}, method=run)
-  losses_x = jax.vmap(lambda l, t, m: modality_loss(l[None], t[None], m[None],
-                                                    model.cfg.trunk.z_loss))(
-      out.logits, out.targets, out.loss_mask)
-  return losses_x.reshape(batch, num_options)
+  return _per_example_loss(model, out).reshape(batch, num_options)
 
 
 __all__ = ["DecodeOptions", "Generated", "allowed_tokens", "generate", "example_losses",

@@ -76,6 +76,7 @@ def train_bindings(args, model_dir: str):
 def main(argv=None) -> int:
   args, extra_bindings = parse_args(sys.argv[1:] if argv is None else argv)
   import unified_io.tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  import jax  # pylint: disable=import-outside-toplevel
   from unified_io import gin_flags  # pylint: disable=import-outside-toplevel
   from unified_io.evaluation import evaluator as evaluator_lib  # pylint: disable=import-outside-toplevel
   from unified_io.evaluation import report, run_loader  # pylint: disable=import-outside-toplevel
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
            f"({trained_at - started:.0f} s), evaluation on {args.split} examples "
            f"({evaluated_at - trained_at:.0f} s); the world: {', '.join(WORLD_BINDINGS)}. "
            "Model: models/tiny_multimodal.gin "
-           f"({sum(x.size for x in __import__('jax').tree_util.tree_leaves(run.params)):,} "
+           f"({sum(x.size for x in jax.tree_util.tree_leaves(run.params)):,} "
            "parameters). The VQ tokenizers are randomly initialised (no pretrained VQGAN is "
            "available offline), so rendered images and spectrograms show what the tokens encode "
            "through an untrained decoder: compare generated with reference, not with the data."]

@@ -10,6 +10,7 @@ cached decoder (unified_io.decoding) and scored by the spec's metrics. With `out
 prediction goes to `<task>-<step>.jsonl` and the metrics are appended to `<task>-metrics.jsonl`.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -47,15 +48,11 @@ class TaskResult(NamedTuple):
 
 def to_json(value):
   """numpy and bytes values -> what json.dumps takes."""
-  return _python(value)
-
-
-def _python(value):
   if isinstance(value, bytes):
     return value.decode("utf-8", "replace")
   if isinstance(value, np.ndarray):
     if value.dtype.kind in "SO":
-      return [_python(v) for v in value.tolist()]
+      return [to_json(v) for v in value.tolist()]
     return value.tolist()
   if isinstance(value, np.generic):
     return value.item()
@@ -78,7 +75,7 @@ def load_examples(task_name: str, lengths: Mapping[str, int], split: str, batch_
   rows, metas = [], []
   for features, example_meta in zip(converted.as_numpy_iterator(), meta.as_numpy_iterator()):
     rows.append(features)
-    metas.append({k[len("meta/"):]: _python(v) for k, v in example_meta.items()})
+    metas.append({k[len("meta/"):]: to_json(v) for k, v in example_meta.items()})
   del converted, meta, stage2  # tf.data iterators alive at interpreter exit can hang it
   if not rows:
     if allow_empty:
@@ -149,7 +146,6 @@ class Evaluator:
     self._render = jax.jit(model.render, static_argnums=(1,))
 
   def _options(self, spec: EvalSpec) -> decoding.DecodeOptions:
-    import dataclasses  # pylint: disable=import-outside-toplevel
     max_length = spec.max_length or self.lengths.get("text_targets", 32)
     changes = dict(max_length=max_length)
     if spec.target != "text" and spec.guidance_scale != 1.0:
@@ -272,9 +268,14 @@ class Evaluator:
 
 def write_results(out_dir: str, task: str, step: int, result: TaskResult) -> None:
   tf.io.gfile.makedirs(out_dir)
-  with open(os.path.join(out_dir, f"{task}-{step}.jsonl"), "w") as f:
-    for i, record in enumerate(result.records):
-      saved = {k: _python(v) for k, v in record.items() if not k.startswith("_")}
-      f.write(json.dumps({"index": i, **saved}) + "\n")
+  write_records(os.path.join(out_dir, f"{task}-{step}.jsonl"), result.records)
   with open(os.path.join(out_dir, f"{task}-metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": int(step), **result.metrics}) + "\n")
+
+
+def write_records(path: str, records: Sequence[Mapping[str, Any]], first_index: int = 0) -> None:
+  """One JSON line per record, numbered from `first_index`; keys starting "_" are not saved."""
+  with open(path, "w") as f:
+    for i, record in enumerate(records):
+      saved = {k: to_json(v) for k, v in record.items() if not k.startswith("_")}
+      f.write(json.dumps({"index": first_index + i, **saved}) + "\n")

@@ -147,10 +147,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
         break
       records = predictor.predict(run.params, name, data, jax.random.PRNGKey(start))
       tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        for i, record in enumerate(records):
-          saved = {k: evaluator_lib.to_json(v) for k, v in record.items() if not k.startswith("_")}
-          f.write(json.dumps({"index": start + i, **saved}) + "\n")
+      evaluator_lib.write_records(tmp, records, first_index=start)
       os.replace(tmp, path)  # a chunk exists only once complete: a rerun redoes a cut-off one
       counts[name] += data.count
       log(f"infer: {name} {split} examples {start}..{start + data.count - 1} -> {path}")
