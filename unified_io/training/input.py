@@ -5,12 +5,27 @@ Each process reads its own shard (`seqio.ShardInfo(process_index, process_count)
 pure function of the seed, so the position in the stream is one number, the batches handed out;
 a resumed run skips that many batches and sees exactly what it would have seen (skipping re-runs
 the pipeline for those batches, which costs input time, never different data).
+
+Grouped batches (`group_batches=True`): the model skips a modality that is absent from the whole
+batch and the loss ignores text-target padding, but a mixed batch has almost every modality in some
+row and some long text target, so every step pays for every encoder, tokenizer and target, and for
+the full text-target length (on the 33k-entry output table the largest matmul of a small model).
+Grouping fills each batch with examples of one modality set and one text-target length bucket
+(8, 16, 32, ... up to the full length), with `tf.data` `group_by_window` over the mixed stream: the
+task rates are kept and the order is still a pure function of the seed. `trim_batch` then drops
+the absent modalities and cuts the text target to its bucket; outputs and loss are those of the
+full batch (an absent input is masked out of attention, an absent target has no loss tokens, and
+causal attention keeps padding after the targets out of them). A step costs only what its examples
+use, one compiled step per (modality set, bucket). The text input is always kept (an empty prompt,
+e.g. the null prompt of guidance, is still a text input).
 """
 
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import jax
+import numpy as np
 import seqio
+import tensorflow as tf
 
 from unified_io.data.converter import nest_batch
 
@@ -21,7 +36,8 @@ class TrainInput:
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                batch_size: int, feature_converter: seqio.FeatureConverter, *, seed: int = 0,
                split: str = "train", shuffle: bool = True, start_batch: int = 0,
-               process_index: Optional[int] = None, process_count: Optional[int] = None):
+               process_index: Optional[int] = None, process_count: Optional[int] = None,
+               group_batches: bool = False):
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if batch_size % process_count:
@@ -32,8 +48,13 @@ class TrainInput:
     dataset = seqio.get_dataset(
         mixture_or_task_name, dict(task_feature_lengths), feature_converter,
         dataset_split=split, shuffle=shuffle, num_epochs=None, seed=seed,
-        shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
-        batch_size=self.local_batch_size)
+        shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count))
+    if group_batches:
+      dataset = dataset.group_by_window(
+          batch_group_key, lambda _, group: group.batch(self.local_batch_size, drop_remainder=True),
+          window_size=self.local_batch_size)
+    else:
+      dataset = dataset.batch(self.local_batch_size, drop_remainder=True)
     if start_batch:
       dataset = dataset.skip(start_batch)
     self._iterator = dataset.as_numpy_iterator()
@@ -49,3 +70,60 @@ class TrainInput:
   def position(self) -> Dict[str, int]:
     """What a checkpoint stores to resume this stream."""
     return {"batches_consumed": self.batches_consumed, "seed": self.seed}
+
+
+def _is_optional(key: str) -> bool:
+  """A modality's mask feature that grouping and trimming look at (all but the text input)."""
+  return key.endswith("/mask") and key.count("/") == 2 and key != "inputs/text/mask"
+
+
+def text_target_buckets(full_length: int, smallest: int = 8) -> Tuple[int, ...]:
+  """Text-target lengths a grouped batch is cut to: powers of two from `smallest`, then the full."""
+  buckets, n = [], smallest
+  while n < full_length:
+    buckets.append(n)
+    n *= 2
+  return tuple(buckets) + (full_length,)
+
+
+def batch_group_key(example: Mapping[str, tf.Tensor]) -> tf.Tensor:
+  """One converted example -> an int64: a bit per optional modality present, and above them the
+  bucket of its text target's length (`text_target_buckets`)."""
+  names = sorted(k for k in example if _is_optional(k))
+  key = tf.constant(0, tf.int64)
+  for bit, name in enumerate(names):
+    present = tf.reduce_any(tf.not_equal(example[name], 0))
+    key += tf.cast(present, tf.int64) * (1 << bit)
+  if "targets/text/mask" in example:
+    mask = example["targets/text/mask"]
+    buckets = tf.constant(text_target_buckets(int(mask.shape[-1])), tf.int64)
+    bucket = tf.reduce_sum(tf.cast(buckets < _used_length(mask), tf.int64))
+    key += bucket * (1 << len(names))
+  return key
+
+
+def _used_length(mask: tf.Tensor) -> tf.Tensor:
+  """1 + the index of the last nonzero entry of a [T] mask (0 if none)."""
+  positions = tf.range(1, int(mask.shape[0]) + 1, dtype=tf.int64)
+  return tf.reduce_max(tf.where(tf.not_equal(mask, 0), positions, tf.zeros_like(positions)))
+
+
+def trim_batch(batch: Dict) -> Dict:
+  """A nested numpy batch without the modalities whose mask is zero in every row (the text input
+  stays), and its text target cut to the smallest bucket holding every row's tokens. Same outputs
+  and loss as the full batch (see the module docstring)."""
+  kept = {}
+  for side, modalities in batch.items():
+    if side not in ("inputs", "targets"):
+      kept[side] = modalities
+      continue
+    kept[side] = {m: f for m, f in modalities.items()
+                  if not _is_optional(f"{side}/{m}/mask") or np.any(f["mask"])}
+  text = kept.get("targets", {}).get("text")
+  if text is not None:
+    full = text["mask"].shape[-1]
+    nonzero = np.nonzero(np.any(text["mask"] != 0, axis=0))[0]
+    used = int(nonzero[-1]) + 1 if nonzero.size else 0
+    length = next(n for n in text_target_buckets(full) if n >= used)
+    kept["targets"] = {**kept["targets"], "text": {k: v[:, :length] for k, v in text.items()}}
+  return kept

@@ -136,12 +136,14 @@ class ProcessInput:
 
 def open_process_input(mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
                        batch_size: int, feature_converter: seqio.FeatureConverter, mesh: Mesh, *,
-                       seed: int, input_shards: int, start_batch: int = 0) -> ProcessInput:
+                       seed: int, input_shards: int, start_batch: int = 0,
+                       group_batches: bool = False) -> ProcessInput:
   """The input shards that fill this process's rows of each global batch (module docstring)."""
   rows = process_rows(mesh, batch_size)
   shards = process_input_shards(rows, batch_size, input_shards)
   return ProcessInput(
       [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
                   seed=seed + j, start_batch=start_batch, process_index=j,
-                  process_count=input_shards) for j in shards],
+                  process_count=input_shards, group_batches=group_batches)
+       for j in shards],
       seed=seed, input_shards=input_shards, shard_indices=shards, rows=rows)

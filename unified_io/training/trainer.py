@@ -35,6 +35,7 @@ from unified_io.data import bad_input
 from unified_io.data import config as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
+from unified_io.training.input import trim_batch
 from unified_io.training.partitioned import (abstract_state, global_batch, open_process_input,
                                              state_shardings)
 from unified_io.training.progress import ProgressLog
@@ -138,7 +139,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           async_checkpoints: bool = True,
           initial_checkpoint_path: Optional[str] = None,
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
-          log_every: int = 10, nonfinite_policy: str = "skip",
+          log_every: int = 10, nonfinite_policy: str = "skip", group_batches: bool = False,
           extra_metrics: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
   """Trains to step `train_steps`; returns the last logged metrics. See the module docstring.
 
@@ -148,6 +149,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `input_shards`: how many fixed slices of each batch are read by separate pipelines (default:
   the process count; a resumed run keeps its checkpoint's number). The batches are a function of
   (seed, input_shards) only: pin it to see the same data on another topology.
+  `group_batches`: fill each batch with examples of one modality set and text-target length
+  bucket, and run the step without what the batch does not use (`unified_io.training.input`):
+  much faster steps on mixtures, one compiled step per group; one process only (processes would
+  disagree on a batch's shapes).
   """
   gin_flags.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
@@ -156,6 +161,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       learning_rate=learning_rate, initial_checkpoint_path=initial_checkpoint_path)
   if nonfinite_policy not in ("skip", "stop"):
     raise ValueError(f"train.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}")
+  if group_batches and jax.process_count() > 1:
+    raise ValueError("train.group_batches=True needs one process (each process would pick "
+                     f"its own batches' modalities); this run has {jax.process_count()}")
   sigterm = _SigtermFlag()
   os.makedirs(model_dir, exist_ok=True)
   _write(os.path.join(model_dir, "config.gin"), gin.config_str())
@@ -175,11 +183,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   data_config.set_data_config(data_config.data_config_for_model(model_config))
   data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
                             feature_converter, mesh, seed=data_seed, start_batch=start_batch,
-                            input_shards=input_shards)
+                            input_shards=input_shards, group_batches=group_batches)
   print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
         f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
         f"of each batch of {batch_size})", flush=True)
+  # (parameters are created from a batch with every modality of the data: `first`)
   first = global_batch(next(data), mesh, batch_size)
+  to_step = trim_batch if group_batches else (lambda b: b)
 
   init_rng = jax.random.PRNGKey(seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -208,12 +218,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         make_train_step(model.loss_fn, opt, learning_rate, num_microbatches=num_microbatches,
                         use_dropout=use_dropout),
         state_shardings=shardings,
-        batch_sharding=jax.tree_util.tree_map(lambda _: partitioning.batch_sharding(mesh), first))
+        batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix: every leaf alike)
 
     step = int(state.step)
     log = ProgressLog(model_dir, start_step=step, total_steps=train_steps, log_every=log_every)
     rng = jax.random.PRNGKey(seed + 1)
-    batch, last_nonfinite = first, int(state.nonfinite_steps)
+    batch, last_nonfinite = to_step(first), int(state.nonfinite_steps)
     while step < train_steps:
       state, metrics = step_fn(state, batch, rng)
       step += 1
@@ -235,7 +245,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         checkpoints.close()
         sys.exit(EXIT_PREEMPTED)
       if step < train_steps:
-        batch = global_batch(next(data), mesh, batch_size)
+        batch = global_batch(to_step(next(data)), mesh, batch_size)
     checkpoints.save(step, state, data.position(), force=True)
     checkpoints.wait()
     checkpoints.close()
