@@ -136,10 +136,10 @@ MIXTURES = {"world_default": DEFAULT_RATES,
 for _mixture, _rates in MIXTURES.items():
   registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
 
-# The main job's mixture (unified_io/main_job.py): the same tasks, weighted towards the ones its
-# targets measure, so a CPU-sized run of a few hundred steps sees each of those often enough.
-MAIN_RATES = {**{name: 0.25 for name in TASKS},
-              "vqa_colour": 1.5, "vqa_shape": 1.5, "refexp": 2.0, "caption": 1.5,
-              "audio_qa": 1.5, "text_to_image": 1.0}
+# The main job's mixture (unified_io/main_job.py): the tasks its targets and gallery use, weighted
+# towards the measured ones. It trains with grouped batches (`train.group_batches`), where every
+# (modality set, text-target length) group costs one compile; these tasks make five groups.
+MAIN_RATES = {"vqa_colour": 2.5, "vqa_shape": 1.0, "vqa_count": 0.5, "vqa_position": 0.5,
+              "refexp": 1.5, "caption": 1.5, "audio_qa": 2.0, "text_to_image": 1.0}
 registry.add_mixture("world_main", [(f"world_{n}", r) for n, r in MAIN_RATES.items()],
                      replace=True)

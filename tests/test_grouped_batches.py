@@ -109,3 +109,11 @@ def test_trimmed_loss_and_gradients_equal_the_full_batch():
     np.testing.assert_allclose(cut_loss, full_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(cut_grads), jax.tree_util.tree_leaves(full_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_a_batch_without_any_target_the_model_writes_is_refused():
+  batch = {"inputs": {"text": {"tokens": np.ones((2, 4), np.int32), "mask": np.ones((2, 4))}},
+           "targets": {"text": {"targets": np.zeros((2, 8), np.int32),
+                                "mask": np.zeros((2, 8), np.int32)}}}
+  with pytest.raises(ValueError, match="no target this model writes"):
+    trim_batch(batch)

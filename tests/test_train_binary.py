@@ -106,6 +106,25 @@ def test_kill_9_and_resume_gives_the_uninterrupted_losses(tmp_path):
     assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
 
 
+def test_grouped_batches_train_and_resume_exactly(tmp_path):
+  """train.group_batches (grouped tf.data stream, trimmed batches): a run stopped at step 8 and
+  continued to 16 logs the losses of a straight 16-step run (several groups: test_grouped_batches)."""
+  grouped = ("--gin.train.group_batches=True", "--gin.train.checkpoint_every=8")
+  straight = tmp_path / "straight"
+  result = subprocess.run(command(straight, 16, *grouped), cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = tmp_path / "resumed"
+  for steps in (8, 16):
+    subprocess.run(command(resumed, steps, *grouped), cwd=REPO, env=env(), check=True,
+                   capture_output=True, timeout=600)
+  expected, got = losses(straight), losses(resumed)
+  assert sorted(got) == sorted(expected) == list(range(1, 17))
+  for step in expected:
+    assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+  assert all(0 < loss < 20 for loss in expected.values())
+
+
 def test_sigterm_checkpoints_the_current_step(tmp_path):
   model_dir = tmp_path / "run"
   run = subprocess.Popen(command(model_dir, 400, "--gin.train.checkpoint_every=1000"), cwd=REPO,

@@ -83,7 +83,7 @@ def loss_curves_png(metrics_jsonl: str, path: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   rows = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
   fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-  for key in ["loss"] + sorted(k for k in rows[0] if k.startswith("loss/")):
+  for key in ["loss"] + sorted({k for r in rows for k in r if k.startswith("loss/")}):
     # A per-modality loss is 0 at a step whose batch had no such target: not a point.
     points = [(r["step"], r[key]) for r in rows if r.get(key, 0) > 0]
     if points:

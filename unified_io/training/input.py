@@ -119,6 +119,11 @@ def trim_batch(batch: Dict) -> Dict:
       continue
     kept[side] = {m: f for m, f in modalities.items()
                   if not _is_optional(f"{side}/{m}/mask") or np.any(f["mask"])}
+  if "targets" in kept and not kept["targets"]:
+    raise ValueError(
+        "a grouped batch has no target this model writes: the mixture has tasks whose targets "
+        f"the model lacks (it writes {sorted(batch['targets'])}); remove those tasks or add their "
+        "target modality to make_config.target_modalities")
   text = kept.get("targets", {}).get("text")
   if text is not None:
     full = text["mask"].shape[-1]

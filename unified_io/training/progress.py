@@ -1,7 +1,9 @@
 """Training metrics out: TensorBoard, a jsonl file, and a readable console line with rate and ETA.
 
-Every `log_every` steps (and at the last step) the step's metrics are fetched from the device and
-written with their t5x names plus `timing/steps_per_second`, `timing/seqs_per_second` (when the
+Every `log_every` steps (and at the last step) the metrics of the steps since the last log are
+fetched from the device and written as their means (each over the steps that had it: with grouped
+batches `loss/image` exists only at steps whose batch had an image target; `learning_rate` and
+`nonfinite_steps` are the last step's), with their t5x names plus `timing/steps_per_second`, `timing/seqs_per_second` (when the
 batch size is known), `timing/target_tokens_per_second`. In a terminal a progress bar is redrawn
 after every step; in a log file only the periodic lines appear.
 """
@@ -10,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -20,6 +22,18 @@ from clu import metric_writers
 def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+_LAST_STEP_ONLY = ("learning_rate", "nonfinite_steps")
+
+
+def _interval_means(steps: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, float]:
+  """Per metric, the mean over the steps that reported it (the last value for counters)."""
+  values: Dict[str, list] = {}
+  for metrics in steps:
+    for key, value in metrics.items():
+      values.setdefault(key, []).append(float(np.asarray(value)))
+  return {k: v[-1] if k in _LAST_STEP_ONLY else float(np.mean(v)) for k, v in values.items()}
 
 
 class ProgressLog:
@@ -37,6 +51,7 @@ class ProgressLog:
     self._tokens = 0.0
     self._start_step = start_step
     self._start_time = self._last_time
+    self._pending = []  # the metrics (device arrays) of the steps since the last log
     self.last: Dict[str, float] = {}
 
   def step_done(self, step: int, metrics: Mapping[str, jax.Array],
@@ -46,9 +61,11 @@ class ProgressLog:
       bar = "#" * int(30 * done)
       sys.stderr.write(f"\r[{bar:30s}] {step}/{self.total_steps}")
       sys.stderr.flush()
+    self._pending.append(dict(metrics))
     if step % self.log_every and step != self.total_steps:
       return
-    values = {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+    values = _interval_means(jax.device_get(self._pending))
+    self._pending = []
     now = time.perf_counter()
     steps = step - self._last_step
     elapsed = max(now - self._last_time, 1e-9)
