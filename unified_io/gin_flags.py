@@ -12,6 +12,7 @@ Multi-host (see `initialize_distributed`):
 """
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -96,7 +97,18 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: s
   for folder in folders:  # for `include` lines inside the files
     gin.add_config_file_search_path(folder)
   files = [resolve_gin_file(name, folders) for name in gin_files]
-  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  # gin first tries an `include` as a Python package path and logs "ERROR ... Path not found" when
+  # it is not one, before finding the file on the search path: a false alarm, kept off the console.
+  root = logging.getLogger()
+  root.addFilter(_drop_gin_package_probe)
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  finally:
+    root.removeFilter(_drop_gin_package_probe)
+
+
+def _drop_gin_package_probe(record: logging.LogRecord) -> bool:
+  return record.msg != "Path not found: %s"
 
 
 def check_required(configurable: str, **values) -> None:
