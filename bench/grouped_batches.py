@@ -4,8 +4,9 @@
   python bench/grouped_batches.py --mixture world_default --steps 100
 
 The model is the tiny all-modality one (models/tiny_multimodal.gin, random parameters), the input
-the trainer's (`partitioned.open_process_input`, the main job's feature lengths), the step the
-trainer's jitted donated Adafactor step with the batch sharded over `data`. Per mode, after the
+the trainer's (`partitioned.open_process_input`, pretrain.gin's feature lengths, which the main job
+uses too), the step the trainer's jitted donated Adafactor step with the batch sharded over `data`
+(all from `train_throughput.py`). Per mode, after the
 input's first batch:
   groups        distinct batch shapes met (each one compile of the step)
   compile       seconds of the steps that met a new shape (compile + that step)
@@ -23,9 +24,8 @@ import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-LENGTHS = {"text_inputs": 32, "text_targets": 32, "image_input_samples": 64,
-           "audio_input_samples": 32, "image_history_input_samples": 64,
-           "audio_history_input_samples": 32, "num_frames": 4}
+# (run as a script, this folder is on the path)
+from train_throughput import CPU_LENGTHS, build_trainer_step, cpu_config  # noqa: E402
 
 
 def run(mode_grouped: bool, args) -> float:
@@ -35,41 +35,26 @@ def run(mode_grouped: bool, args) -> float:
 
   import unified_io.tasks  # noqa: F401  (registers the world tasks and mixtures)
   from unified_io import partitioning
-  from unified_io.config import make_config
   from unified_io.data import config as data_config
   from unified_io.data.converter import UnifiedIOFeatureConverter
   from unified_io.model import UnifiedIOModel
   from unified_io.training.input import trim_batch
-  from unified_io.training.optim import adafactor, learning_rate_schedule
-  from unified_io.training.partitioned import (abstract_state, global_batch, open_process_input,
-                                               state_shardings)
-  from unified_io.training.train_state import TrainState
-  from unified_io.training.train_step import jit_train_step, make_train_step
+  from unified_io.training.partitioned import global_batch, open_process_input
 
-  cfg = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
-                                              "audio_history"),
-                    target_modalities=("text", "image", "audio"))
+  cfg = cpu_config("tiny")
   model = UnifiedIOModel(cfg)
   data_config.set_data_config(data_config.data_config_for_model(cfg))
-  mesh = partitioning.make_mesh()
-  rules = partitioning.axis_rules(False)
-  data = open_process_input(args.mixture, LENGTHS, args.batch, UnifiedIOFeatureConverter(), mesh,
-                            seed=0, input_shards=1, group_batches=mode_grouped)
+  data = open_process_input(args.mixture, CPU_LENGTHS, args.batch, UnifiedIOFeatureConverter(),
+                            partitioning.make_mesh(), seed=0, input_shards=1,
+                            group_batches=mode_grouped)
   to_step = trim_batch if mode_grouped else (lambda b: b)
-  first = global_batch(next(data), mesh, args.batch)
-  lr = learning_rate_schedule("constant", base_learning_rate=0.01)
-  opt = adafactor(lr)
-  rng = jax.random.PRNGKey(0)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed, abstract = abstract_state(lambda: model.init(rng, first), opt)
-    shardings = state_shardings(boxed, abstract, mesh, rules)
-    state = jax.jit(lambda: TrainState.create(nn.meta.unbox(model.init(rng, first)), opt),
-                    out_shardings=shardings)()
-    step = jit_train_step(make_train_step(model.loss_fn, opt, lr, use_dropout=False),
-                          state_shardings=shardings,
-                          batch_sharding=partitioning.batch_sharding(mesh))
-    seen, compile_s, steady = set(), 0.0, []
-    batch = to_step(first)
+  # (parameters are created from the full first batch, as the trainer does)
+  state, step, mesh, first = build_trainer_step(model, next(data))
+  rng = jax.random.PRNGKey(1)
+  seen, compile_s, steady = set(), 0.0, []
+  batch = to_step(first)
+  # (new batch shapes are traced here, inside the trainer's mesh and logical axis rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.axis_rules(False)):
     for _ in range(args.steps):
       shape = tuple((jax.tree_util.keystr(p), x.shape)
                     for p, x in jax.tree_util.tree_leaves_with_path(batch))

@@ -92,7 +92,7 @@ def build_trainer_step(model, batch, learning_rate: float = 0.01):
                     out_shardings=shardings)()
     step = jit_train_step(make_train_step(model.loss_fn, opt, lr, use_dropout=False),
                           state_shardings=shardings,
-                          batch_sharding=jax.tree_util.tree_map(lambda x: x.sharding, batch))
+                          batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix)
   return state, step, mesh, batch
 
 

@@ -3,8 +3,8 @@
 Every `log_every` steps (and at the last step) the metrics of the steps since the last log are
 fetched from the device and written as their means (each over the steps that had it: with grouped
 batches `loss/image` exists only at steps whose batch had an image target; `learning_rate` and
-`nonfinite_steps` are the last step's), with their t5x names plus `timing/steps_per_second`, `timing/seqs_per_second` (when the
-batch size is known), `timing/target_tokens_per_second`. In a terminal a progress bar is redrawn
+`nonfinite_steps` are the last step's), with their t5x names plus `timing/steps_per_second`,
+`timing/seqs_per_second` (when the batch size is known), `timing/target_tokens_per_second`. In a terminal a progress bar is redrawn
 after every step; in a log file only the periodic lines appear.
 """
 
