@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m unified_io.main_job --out main_job_output
+	$(PY) -m unified_io.experiments.main_job --out main_job_output
 
 test: install
 	$(PY) -m pytest -q -n 2 tests

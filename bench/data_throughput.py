@@ -102,7 +102,7 @@ def time_steps(step, state, batches, rng, iters: int):
 
 def run(args) -> None:
   import jax
-  from unified_io.data.config import data_config_for_model, set_data_config
+  from unified_io.contract import data_config_for_model, set_data_config
   from unified_io.training.partitioned import global_batch
 
   cfg = model_config()

@@ -43,7 +43,7 @@ from unified_io import decoding
 from unified_io.config import make_config
 from unified_io.evaluation.run_loader import abstract_params
 from unified_io.model import UnifiedIOModel
-from unified_io.network import UnifiedIONetwork
+from unified_io.network.encoder_decoder import UnifiedIONetwork
 
 
 def tiny_multimodal_config():

@@ -35,7 +35,7 @@ def run(mode_grouped: bool, args) -> float:
 
   import unified_io.tasks  # noqa: F401  (registers the world tasks and mixtures)
   from unified_io import partitioning
-  from unified_io.data import config as data_config
+  from unified_io import contract as data_config
   from unified_io.data.converter import UnifiedIOFeatureConverter
   from unified_io.model import UnifiedIOModel
   from unified_io.training.input import trim_batch

@@ -108,7 +108,7 @@ def compile_step(step, state, batch, mesh) -> Tuple[object, float]:
 def trunk_lengths(model, params, batch) -> Tuple[int, Dict[str, int]]:
   """(encoder positions, {target modality: decoder positions}) of `batch`, by shape inference."""
   import jax
-  from unified_io.network import UnifiedIONetwork
+  from unified_io.network.encoder_decoder import UnifiedIONetwork
   encoded = jax.eval_shape(lambda p, b: model.module.apply(
       {"params": p}, b["inputs"], method=UnifiedIONetwork.encode), params, batch)
   outputs = jax.eval_shape(model.outputs, params, batch)
@@ -144,7 +144,7 @@ def run_cpu_config(size: str, args) -> float:
 
   import unified_io.tasks  # noqa: F401  (registers the world tasks and mixtures)
   from unified_io import partitioning
-  from unified_io.data import config as data_config
+  from unified_io import contract as data_config
   from unified_io.data.converter import UnifiedIOFeatureConverter
   from unified_io.model import UnifiedIOModel
   from unified_io.training.partitioned import global_batch, open_process_input

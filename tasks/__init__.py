@@ -3,9 +3,8 @@
 Installed as `unified_io.tasks`: `import unified_io.tasks`.
 """
 
-from unified_io.tasks import synthetic_text  # noqa: F401  (registers tasks)
 # Real datasets: registered always, read only when used, from the directories the user configures
-# (unified_io.data.dataset_dirs); nothing is downloaded.
+# (unified_io.datasets.directories); nothing is downloaded.
 from unified_io.tasks import audio_captions  # noqa: F401
 from unified_io.tasks import coco  # noqa: F401
 from unified_io.tasks import manifest  # noqa: F401  (user JSONL manifests from $UIO2_MANIFEST_TASKS)

@@ -1,10 +1,10 @@
 """Clotho (v2) audio captioning from its caption CSVs and audio files in a folder.
 
 Clotho ships as CSV + WAV/FLAC (zenodo.org/record/4783391), no TFDS builder, so it is read through
-the record machinery of `unified_io.data.manifest`: audio decoded with PyAV to 16 kHz mono, bad
+the record machinery of `unified_io.datasets.manifest`: audio decoded with PyAV to 16 kHz mono, bad
 files skipped and counted (or raised on in strict mode). Nothing is downloaded.
 
-Layout of `dataset_dir("clotho")` (gin `dataset_dir.root`, see `unified_io.data.dataset_dirs`):
+Layout of `dataset_dir("clotho")` (gin `dataset_dir.root`, see `unified_io.datasets.directories`):
   clotho_captions_development.csv   header: file_name,caption_1,caption_2,...,caption_5
   clotho_captions_validation.csv
   clotho_captions_evaluation.csv
@@ -23,9 +23,9 @@ from typing import Iterator
 import seqio
 import tensorflow as tf
 
-from unified_io.data import manifest
+from unified_io.datasets import manifest
 from unified_io.data import prompts
-from unified_io.data.dataset_dirs import dataset_dir, require_file
+from unified_io.datasets.directories import dataset_dir, require_file
 
 NAME = "clotho"
 SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}

@@ -2,7 +2,7 @@
 
 Data: TFDS `coco_captions` (2014 images, Karpathy splits: train / val / test / restval) and
 `coco/2017` (train / validation), prepared beforehand in the TFDS data_dir (gin
-`tfds_data_dir.path`, or seqio's `--tfds_data_dir` override; see `unified_io.data.dataset_dirs`).
+`tfds_data_dir.path`, or seqio's `--tfds_data_dir` override; see `unified_io.datasets.directories`).
 
 Tasks:
   coco_captions     image -> one of its captions (drawn per example); meta/captions holds all of
@@ -21,8 +21,8 @@ import seqio
 from unified_io.data import bad_input
 from unified_io.data import prompts
 from unified_io.data import registry
-from unified_io.data.config import get_data_config
-from unified_io.data.dataset_dirs import TfdsSource
+from unified_io.contract import get_data_config
+from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
 

@@ -8,14 +8,14 @@ imported:
                  "task_kind": "audio_caption"}}
 
 or bind them in gin and call `register_configured_manifests()` after gin is parsed (the binaries
-do; from python, `unified_io.data.manifest.add_manifest_task` is the direct route):
+do; from python, `unified_io.datasets.manifest.add_manifest_task` is the direct route):
 
   register_configured_manifests.tasks = {"my_sounds": {"splits": {"train": "/data/train.jsonl"}}}
 
 Per task: "splits" ({split: path or [paths]}), optional "media" (list of image / audio / video /
 target_image / target_audio; default: those of the first line), "meta_fields" ({name: 0 or 1}),
 "task_kind", "num_video_frames", "video_audio". The line format is in
-`unified_io.data.manifest`'s docstring.
+`unified_io.datasets.manifest`'s docstring.
 """
 
 import json
@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import gin
 import seqio
 
-from unified_io.data import manifest
+from unified_io.datasets import manifest
 
 SPEC_ENV = "UIO2_MANIFEST_TASKS"
 _OPTIONS = ("media", "meta_fields", "task_kind", "num_video_frames", "video_audio")

@@ -4,7 +4,7 @@ Each item is {"instruction": ..., "input": ..., "output": ...} (Stanford Alpaca'
 `alpaca_data.json`; FLAN-style exports with "inputs"/"targets" are accepted too). The prompt is
 the instruction, followed by the input after a blank line when there is one, in a
 "text_instruction" template; the target is the output. Pure text, read through the record
-machinery of `unified_io.data.manifest`, so empty instructions or outputs are skipped and counted
+machinery of `unified_io.datasets.manifest`, so empty instructions or outputs are skipped and counted
 like any other bad input.
 
 Files: gin `instruction_files.paths = {"train": "/data/alpaca/alpaca_data.json", ...}`; by default
@@ -19,8 +19,8 @@ from typing import Dict, Iterator, Mapping, Optional
 import gin
 import tensorflow as tf
 
-from unified_io.data import manifest
-from unified_io.data.dataset_dirs import dataset_dir, require_file
+from unified_io.datasets import manifest
+from unified_io.datasets.directories import dataset_dir, require_file
 
 NAME = "alpaca"
 SPLITS = ("train", "validation")

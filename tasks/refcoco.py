@@ -2,7 +2,7 @@
 
 Data: TFDS `ref_coco` builder configs `refcoco_unc`, `refcocoplus_unc`, `refcocog_umd` (COCO
 train2014 images + the expressions; TFDS needs the files placed by hand before `tfds build`),
-prepared in the TFDS data_dir (see `unified_io.data.dataset_dirs`). Nothing is downloaded.
+prepared in the TFDS data_dir (see `unified_io.datasets.directories`). Nothing is downloaded.
 
 One TFDS example is an image with its annotated objects, each with several expressions. Every
 expression becomes one example: image (resized + padded here, because the target is geometry) +
@@ -19,8 +19,8 @@ import seqio
 from unified_io.data import bad_input
 from unified_io.data import prompts
 from unified_io.data import registry
-from unified_io.data.config import get_data_config
-from unified_io.data.dataset_dirs import TfdsSource
+from unified_io.contract import get_data_config
+from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
 

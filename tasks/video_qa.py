@@ -1,11 +1,11 @@
 """MSR-VTT video captioning and MSRVTT-QA from their JSON files and the MP4s in a folder.
 
 No TFDS builder exists for either; they are read through the record machinery of
-`unified_io.data.manifest`: PyAV decodes evenly spaced frames (image_history) and the matching
+`unified_io.datasets.manifest`: PyAV decodes evenly spaced frames (image_history) and the matching
 audio segments (audio_history; silence for a silent clip), bad videos are skipped and counted (or
 raised on in strict mode). Nothing is downloaded.
 
-Layout of `dataset_dir("msrvtt")` (gin `dataset_dir.root`, see `unified_io.data.dataset_dirs`):
+Layout of `dataset_dir("msrvtt")` (gin `dataset_dir.root`, see `unified_io.datasets.directories`):
   videos/video0.mp4 ... videos/video9999.mp4
   train_val_videodatainfo.json   {"videos": [{"video_id": "video0", "split": "train"}, ...],
                                   "sentences": [{"video_id": "video0", "caption": ...}, ...]}
@@ -28,9 +28,9 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import bad_input
-from unified_io.data import manifest
+from unified_io.datasets import manifest
 from unified_io.data import prompts
-from unified_io.data.dataset_dirs import dataset_dir, require_file
+from unified_io.datasets.directories import dataset_dir, require_file
 
 NAME = "msrvtt"
 NUM_FRAMES = 8  # the release's history length

@@ -1,10 +1,10 @@
 """VQAv2 from the official question/annotation JSON files and COCO images in a folder.
 
 TFDS has no maintained VQAv2 builder, so this reads the files as released (visualqa.org), through
-the same record machinery as JSONL manifests (`unified_io.data.manifest`): python reads the JSON,
+the same record machinery as JSONL manifests (`unified_io.datasets.manifest`): python reads the JSON,
 media are decoded in tf.data, bad records are skipped and counted (or raise in strict mode).
 
-Layout of `dataset_dir("vqav2")` (gin `dataset_dir.root`, see `unified_io.data.dataset_dirs`):
+Layout of `dataset_dir("vqav2")` (gin `dataset_dir.root`, see `unified_io.datasets.directories`):
   v2_OpenEnded_mscoco_train2014_questions.json   {"questions": [{"image_id", "question",
   v2_OpenEnded_mscoco_val2014_questions.json                      "question_id"}, ...]}
   v2_mscoco_train2014_annotations.json           {"annotations": [{"question_id",
@@ -26,9 +26,9 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import bad_input
-from unified_io.data import manifest
+from unified_io.datasets import manifest
 from unified_io.data import prompts
-from unified_io.data.dataset_dirs import dataset_dir, require_file
+from unified_io.datasets.directories import dataset_dir, require_file
 
 NAME = "vqav2"
 SPLITS = {"train": "train2014", "validation": "val2014"}

@@ -1,6 +1,6 @@
 """The built-in world's seqio tasks (`world_<name>`) and mixtures (`world_default`, ...).
 
-Each task = a `WorldDataSource` (unified_io/data/world: example i of a split is a pure function of
+Each task = a `WorldDataSource` (unified_io/datasets/world: example i of a split is a pure function of
 the seed, the split and i) + one stage-1 preprocessor that words the prompt
 (`unified_io.data.prompts`) and writes boxes as location tokens (`unified_io.data.ops.boxes`),
 + the unified stage 2 (registry.add_task). The world is drawn at the DataConfig's sizes unless
@@ -33,12 +33,12 @@ import tensorflow as tf
 
 from unified_io.data import prompts, registry
 from unified_io.data.ops import boxes as box_ops
-from unified_io.data.world import GENERATORS, WorldDataSource, make_world_config
+from unified_io.datasets.world import GENERATORS, WorldDataSource, make_world_config
 
 
 @dataclasses.dataclass(frozen=True)
 class WorldTask:
-  generator: str                 # key of unified_io.data.world.GENERATORS
+  generator: str                 # key of unified_io.datasets.world.GENERATORS
   prompt_kind: str               # key of prompts.PROMPTS
   modalities: Tuple[str, ...]    # what the examples use (for curricula)
   null_prompt: bool = False      # generation tasks: drop the prompt 10% of the time (CFG)
@@ -136,7 +136,7 @@ MIXTURES = {"world_default": DEFAULT_RATES,
 for _mixture, _rates in MIXTURES.items():
   registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
 
-# The main job's mixture (unified_io/main_job.py): the tasks its targets and gallery use, weighted
+# The main job's mixture (unified_io/experiments/main_job.py): the tasks its targets and gallery use, weighted
 # towards the measured ones. It trains with grouped batches (`train.group_batches`), where every
 # (modality set, text-target length) group costs one compile; these tasks make five groups.
 MAIN_RATES = {"vqa_colour": 2.5, "vqa_shape": 1.0, "vqa_count": 0.5, "vqa_position": 0.5,

@@ -33,11 +33,11 @@ import tensorflow_datasets as tfds
 from fixture_media import write_image, write_jsonl, write_video, write_wav
 from test_real_datasets import _refcoco_example, hand_made, picture
 from unified_io.config import make_config
-from unified_io.data import bad_input, manifest
-from unified_io.data.config import data_config_for_model, get_data_config, set_data_config
+from unified_io.data import bad_input
+from unified_io.datasets import manifest
+from unified_io.contract import data_config_for_model, get_data_config, set_data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter
-from unified_io.data.dataset_dirs import DATA_DIR_ENV
-from unified_io.data.text_converter import TextToTextFeatureConverter
+from unified_io.datasets.directories import DATA_DIR_ENV
 from unified_io.model import UnifiedIOModel
 from unified_io.tasks import manifest as manifest_tasks  # (importing any task registers all)
 from unified_io.training.input import TrainInput
@@ -56,9 +56,6 @@ MULTIMODAL = make_config("tiny", input_modalities=("text", "image", "audio", "im
 LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_input_samples": 16, "image_history_input_samples": 8,
            "audio_history_input_samples": 8, "num_frames": 2}
-# The text-to-text task (uio2_synthetic_reverse) feeds the text-only tiny model (unified_io.demo).
-TEXT_ONLY = make_config("tiny")
-TEXT_LENGTHS = {"inputs": 16, "targets": 16}
 # Features the contract marks optional (unified_io/features.py): the text-to-text converter leaves
 # out loss_mask (the model uses mask).
 OPTIONAL_FEATURES = {"targets/text/loss_mask"}
@@ -85,7 +82,7 @@ CARRIES = {
     # The fixture clip is silent: silence has no mel power, so audio_history masks stay 0.
     "msrvtt_captions": {(_I, "image_history"), (_T, "text")},
     "msrvtt_qa": {(_I, "image_history"), (_T, "text")},
-    "nlp_instructions": _TEXT_TO_TEXT, "uio2_synthetic_reverse": _TEXT_TO_TEXT,
+    "nlp_instructions": _TEXT_TO_TEXT,
     MANIFEST_STAND_IN: {(_I, m) for m in ("image", "audio", "image_history")}
                        | {(_T, m) for m in ("text", "image", "audio")},
 }
@@ -206,7 +203,7 @@ def user_manifests() -> set:
 
 
 def brings_own_data(name: str) -> bool:
-  return name.startswith("world_") or name == "uio2_synthetic_reverse" or name in user_manifests()
+  return name.startswith("world_") or name in user_manifests()
 
 
 # ------------------------------------------------------------------------- the test
@@ -230,10 +227,8 @@ def _small_shuffle_buffers(name: str, monkeypatch) -> None:
       monkeypatch.setattr(task, "_shuffle_buffer_size", min(8, task._shuffle_buffer_size))
 
 
-def _pull(name: str, text_to_text: bool) -> Dict:
-  lengths, converter = ((TEXT_LENGTHS, TextToTextFeatureConverter()) if text_to_text
-                        else (LENGTHS, UnifiedIOFeatureConverter()))
-  data = TrainInput(name, lengths, BATCH_SIZE, converter, seed=0, process_index=0,
+def _pull(name: str) -> Dict:
+  data = TrainInput(name, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(), seed=0, process_index=0,
                     process_count=1)
   return next(data)
 
@@ -279,15 +274,12 @@ def test_one_converted_batch_matches_the_model_contract(name, tmp_path, monkeypa
                 f"to FIXTURES (and its modalities to CARRIES)")
   monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
   _restore_tfds_dirs_after(monkeypatch)
-  text_to_text = name == "uio2_synthetic_reverse"
   with FIXTURES.get(name, _files(lambda root: None))(tmp_path, name):
     _small_shuffle_buffers(name, monkeypatch)
-    batch = _pull(name, text_to_text)
+    batch = _pull(name)
 
-  model = UnifiedIOModel(TEXT_ONLY if text_to_text else MULTIMODAL)
-  lengths = ({"text_inputs": TEXT_LENGTHS["inputs"], "text_targets": TEXT_LENGTHS["targets"]}
-             if text_to_text else LENGTHS)
-  _check_contract(batch, model.batch_spec(BATCH_SIZE, lengths), exact=not text_to_text)
+  model = UnifiedIOModel(MULTIMODAL)
+  _check_contract(batch, model.batch_spec(BATCH_SIZE, LENGTHS), exact=True)
 
   flat = _flat(batch)
   assert flat["inputs/text/mask"].sum(axis=1).min() >= 2, "every row has a prompt (+ EOS)"

@@ -19,7 +19,7 @@ from unified_io import partitioning
 from unified_io.config import AudioVQGANConfig
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release
-from unified_io.tokenizers.audio_vqgan import (AudioViTVQGAN, grid_to_target_order,
+from unified_io.network.vq.audio_vqgan import (AudioViTVQGAN, grid_to_target_order,
                                                sincos_table_2d, target_to_grid_order)
 
 PREFIX = "target_embedders.audio.vqgan"

@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from fixture_media import write_garbage, write_image, write_jsonl, write_video, write_wav
 from test_manifest import fresh_name, small_sizes, stage1  # noqa: F401  (fixture)
 from test_real_datasets import hand_made, picture
-from unified_io.data import bad_input, manifest
+from unified_io.data import bad_input
+from unified_io.datasets import manifest
 import unified_io.tasks  # noqa: F401  (registers coco_detection)
 
 

@@ -108,7 +108,7 @@ def test_unknown_trunk_field():
 def test_size_gin_files_select_their_preset(size):
   import gin
 
-  from unified_io.gin_paths import gin_dir
+  from unified_io.cli.gin_paths import gin_dir
   gin.clear_config()
   gin.add_config_file_search_path(gin_dir())
   try:

@@ -18,7 +18,7 @@ from unified_io import features
 from unified_io.config import make_config
 from unified_io.data import registry
 from unified_io.data import vocab as V
-from unified_io.data.config import DataConfig, set_data_config
+from unified_io.contract import DataConfig, set_data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
 from unified_io.data.preprocess import unified_preprocessor
 from unified_io.interop.release import config_from_release

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from unified_io.data import denoising
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.config import DataConfig
+from unified_io.contract import DataConfig
 
 SENTINELS = {vocab_lib.sentinel_id(i): i for i in range(vocab_lib.NUM_SENTINELS)}
 PREFIX = vocab_lib.PREFIX_TOKENS

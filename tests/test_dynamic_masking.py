@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unified_io import masks
+from unified_io.network import masks
 from unified_io.config import trunk_config
-from unified_io.transformer import Decoder
+from unified_io.network.trunk import Decoder
 
 GRID_H, GRID_W = 4, 6
 T = GRID_H * GRID_W

@@ -27,7 +27,7 @@ def _run(module, *flags, check=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run") / "model"
-  _run("unified_io.train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
+  _run("unified_io.cli.train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
        f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='world_text'",
        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4",
        "--gin.train.checkpoint_every=1")
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
 
 
 def _eval(model_dir, out_dir, task="world_text", check=True):
-  return _run("unified_io.eval", "--gin_file=runs/eval.gin",
+  return _run("unified_io.cli.eval", "--gin_file=runs/eval.gin",
               f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
               f"--gin.EVAL_OUTPUT_DIR='{out_dir}'", "--gin.evaluate.max_examples=5",
               "--gin.evaluate.batch_size=4", check=check)
@@ -67,7 +67,7 @@ def test_infer_writes_chunks_and_resumes(trained, tmp_path):
   flags = ["--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{trained}'",
            "--gin.MIXTURE_OR_TASK_NAME='world_arithmetic'", f"--gin.INFER_OUTPUT_DIR='{out}'",
            "--gin.infer.chunk_size=3", "--gin.infer.max_examples=7", "--gin.infer.batch_size=4"]
-  _run("unified_io.infer", *flags)
+  _run("unified_io.cli.infer", *flags)
   chunks = sorted(os.listdir(out))
   assert chunks == ["world_arithmetic-test-0000000-0000002.jsonl",
                     "world_arithmetic-test-0000003-0000005.jsonl",
@@ -75,7 +75,7 @@ def test_infer_writes_chunks_and_resumes(trained, tmp_path):
   indices = [json.loads(l)["index"] for c in chunks for l in open(out / c)]
   assert indices == list(range(7))
   os.remove(out / chunks[1])
-  rerun = _run("unified_io.infer", *flags)
+  rerun = _run("unified_io.cli.infer", *flags)
   assert rerun.stdout.count("exists, skipped") == 2
   assert sorted(os.listdir(out)) == chunks
 
@@ -89,5 +89,5 @@ def test_bad_input_is_one_clear_line(trained, tmp_path):
   missing = _eval(tmp_path / "no_such_run", tmp_path / "e2", check=False)
   assert missing.returncode == 2 and "does not exist" in missing.stderr
   assert "Traceback" not in missing.stderr
-  required = _run("unified_io.eval", "--gin_file=runs/eval.gin", check=False)
+  required = _run("unified_io.cli.eval", "--gin_file=runs/eval.gin", check=False)
   assert required.returncode == 2 and "CHECKPOINT_PATH" in required.stderr

@@ -1,7 +1,7 @@
 """gin/runs/finetune.gin from the command line: start from a pretraining run's or a converted
 release's parameters, with a fresh optimizer state.
 
-The runs are `python -m unified_io.train` subprocesses on the text part of the built-in world, as
+The runs are `python -m unified_io.cli.train` subprocesses on the text part of the built-in world, as
 in tests/test_train_binary.py; the converted release is the text golden file's tiny model written
 as a safetensors release and converted with `unified_io.interop.convert`.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from unified_io.config import make_config
-from unified_io.data import config as data_config
+from unified_io import contract as data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.interop import convert
 from unified_io.model import UnifiedIOModel
@@ -32,7 +32,7 @@ LENGTHS = {"text_inputs": 32, "text_targets": 16}
 
 def _train(run_gin, model_dir, steps, *extra):
   """Runs the binary; returns (exit status, stdout, stderr)."""
-  cmd = [sys.executable, "-m", "unified_io.train", "--gin_file=models/tiny.gin",
+  cmd = [sys.executable, "-m", "unified_io.cli.train", "--gin_file=models/tiny.gin",
          f"--gin_file=runs/{run_gin}", f"--gin.MODEL_DIR='{model_dir}'",
          f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
          f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={BATCH}", "--gin.train.log_every=1",

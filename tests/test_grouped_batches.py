@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from unified_io.config import make_config
-from unified_io.data.config import data_config_for_model, get_data_config, set_data_config
+from unified_io.contract import data_config_for_model, get_data_config, set_data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.model import UnifiedIOModel
 import unified_io.tasks  # noqa: F401  (registers world_default)

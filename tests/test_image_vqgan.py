@@ -16,7 +16,7 @@ import pytest
 from unified_io.config import ImageVQGANConfig
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release
-from unified_io.tokenizers.vqgan import ImageVQGAN, VectorQuantizer, attention_levels
+from unified_io.network.vq.vqgan import ImageVQGAN, VectorQuantizer, attention_levels
 
 PREFIX = "target_embedders.image.vqgan"
 LATENT_RTOL = 1e-4  # of max |reference|

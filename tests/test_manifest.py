@@ -11,8 +11,9 @@ import seqio
 import tensorflow as tf
 
 from fixture_media import write_image, write_jsonl, write_video, write_wav
-from unified_io.data import bad_input, manifest, prompts
-from unified_io.data.config import DataConfig, set_data_config
+from unified_io.data import bad_input, prompts
+from unified_io.datasets import manifest
+from unified_io.contract import DataConfig, set_data_config
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.data.ops import audio as audio_ops
 from unified_io.tasks import manifest as manifest_tasks

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unified_io.merge import MergeError, main, parse_weights, run
+from unified_io.cli.merge import MergeError, main, parse_weights, run
 from unified_io.training.checkpoints import TrainCheckpoints, load_params
 from unified_io.training.optim import adafactor, learning_rate_schedule
 from unified_io.training.train_state import TrainState

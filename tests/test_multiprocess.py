@@ -27,7 +27,7 @@ RUN_TIMEOUT_S = 600  # a hung collective fails the test instead of stalling it
 
 
 def command(model_dir, *extra):
-  return [sys.executable, "-m", "unified_io.train",
+  return [sys.executable, "-m", "unified_io.cli.train",
           "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
           f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='world_text'",
           f"--gin.TASK_FEATURE_LENGTHS={TEXT_LENGTHS}",

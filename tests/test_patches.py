@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unified_io.encoders.patches import patchify, sample_patches
+from unified_io.network.embedders.patches import patchify, sample_patches
 
 
 def test_patchify_is_row_major_and_dh_dw_c_inside():

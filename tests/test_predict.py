@@ -18,7 +18,8 @@ from scipy.io import wavfile
 
 from fixture_media import write_garbage, write_wav
 from test_run_loader import write_run
-from unified_io import decoding, predict
+from unified_io import decoding
+from unified_io.cli import predict
 from unified_io.data import vocab as vocab_lib
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
@@ -113,7 +114,7 @@ def test_text_to_image_in_a_subprocess_writes_a_png(mm_dir, tmp_path):
   env.pop("XLA_FLAGS", None)
   out_png = tmp_path / "circle.png"
   result = subprocess.run(
-      [sys.executable, "-m", "unified_io.predict", "--checkpoint", mm_dir,
+      [sys.executable, "-m", "unified_io.cli.predict", "--checkpoint", mm_dir,
        "--prompt", "Generate an image of a red circle", "--out", str(out_png)],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

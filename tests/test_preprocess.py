@@ -6,7 +6,7 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import vocab as V
-from unified_io.data.config import DataConfig
+from unified_io.contract import DataConfig
 from unified_io.data.ops import audio as audio_ops
 from unified_io.data.ops import image as image_ops
 from unified_io.data.preprocess import STAGE2_FIELDS, unified_preprocessor

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unified_io import masks
+from unified_io.network import masks
 from unified_io.config import make_config
-from unified_io.layers.rope import apply_rope, rope_table_1d, rope_table_2d
+from unified_io.network.layers.rope import apply_rope, rope_table_1d, rope_table_2d
 from unified_io.model import UnifiedIOModel
 
 CFG = make_config("tiny", text_vocab_size=512)

@@ -21,8 +21,8 @@ import tensorflow_datasets as tfds
 from fixture_media import write_image, write_video, write_wav
 from test_manifest import converted_batch, small_sizes, stage1  # noqa: F401  (fixture)
 from unified_io.data import bad_input, prompts
-from unified_io.data.config import get_data_config
-from unified_io.data.dataset_dirs import DATA_DIR_ENV, DatasetMissingError
+from unified_io.contract import get_data_config
+from unified_io.datasets.directories import DATA_DIR_ENV, DatasetMissingError
 from unified_io.data.ops import boxes as box_ops
 import unified_io.tasks  # noqa: F401  (registers the tasks)
 from unified_io.tasks import coco

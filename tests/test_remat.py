@@ -13,7 +13,7 @@ import pytest
 
 from unified_io.config import REMAT_POLICIES, ConfigError, TrunkConfig, make_config
 from unified_io.model import UnifiedIOModel
-from unified_io.transformer import REMAT_POLICIES as POLICY_FUNCTIONS
+from unified_io.network.trunk import REMAT_POLICIES as POLICY_FUNCTIONS
 
 
 def _model(**overrides):

@@ -9,7 +9,7 @@ from unified_io.interop.check_reference import nest_inputs
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release
 from unified_io.model import UnifiedIOModel
-from unified_io.tokenizers.vqgan import ImageVQGAN
+from unified_io.network.vq.vqgan import ImageVQGAN
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unified_io.encoders import INPUT_EMBEDDERS
-from unified_io.encoders.history import AudioHistoryEmbedder, ImageHistoryEmbedder
-from unified_io.encoders.resampler import LOGIT_SCALE_MAX, PerceiverResampler
+from unified_io.network.embedders import INPUT_EMBEDDERS
+from unified_io.network.embedders.history import AudioHistoryEmbedder, ImageHistoryEmbedder
+from unified_io.network.embedders.resampler import LOGIT_SCALE_MAX, PerceiverResampler
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release
 from unified_io.modalities import Modality
@@ -204,13 +204,13 @@ def test_no_gradient_into_the_vit(golden, release, cfg, modality):
 
 
 # ------------------------------------------------------------------------------------------------
-# the history embedders with the real shared ViT (unified_io/encoders/vit.py)
+# the history embedders with the real shared ViT (unified_io/network/embedders/vit.py)
 # ------------------------------------------------------------------------------------------------
 VIT_PREFIX = "input_embedders.{}.image_encoder.vision_transformer"
 
 
 def _real_vit(cfg, vit_modality):
-  vit_lib = pytest.importorskip("unified_io.encoders.vit")
+  vit_lib = pytest.importorskip("unified_io.network.embedders.vit")
   return {"image": vit_lib.ImageViT, "audio": vit_lib.AudioViT}[vit_modality](
       getattr(cfg, f"{vit_modality}_vit"))
 

@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from unified_io import gin_flags
+from unified_io.cli import gin_flags
 from unified_io.config import make_config
-from unified_io.data.config import DataConfig
+from unified_io.contract import DataConfig
 from unified_io.evaluation import run_loader
 from unified_io.evaluation.run_loader import RunLoadError, load_run
 from unified_io.model import UnifiedIOModel

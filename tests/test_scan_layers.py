@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from unified_io import decoding, layer_stacking, masks, merge, partitioning, transformer
+from unified_io import decoding, partitioning
+
+from unified_io.network import layer_stacking, masks, trunk as transformer
+
+from unified_io.cli import merge
 from unified_io.config import make_config, trunk_config
 from unified_io.model import UnifiedIOModel, modality_loss
 from unified_io.training.checkpoints import load_params

@@ -199,7 +199,7 @@ def test_sync_for_real_sends_the_working_tree(fake_gcloud, tmp_path):
   [tarball] = os.listdir(copies)
   with tarfile.open(copies / tarball) as tar:
     names = set(tar.getnames())
-  assert {"setup.py", "tpu_scripts/lib.sh", "unified_io/merge.py"} <= names
+  assert {"setup.py", "tpu_scripts/lib.sh", "unified_io/cli/merge.py"} <= names
   assert not any(n.startswith((".venv/", ".git/")) or "__pycache__" in n for n in names)
   assert not os.path.exists(scp[4]), "the local tarball is removed after the copy"
   # The workers' step, run here: unpack into the remote dir under a home directory.

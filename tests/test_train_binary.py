@@ -1,4 +1,4 @@
-"""`python -m unified_io.train` end to end: a short run, resume after kill -9, SIGTERM, gin errors.
+"""`python -m unified_io.cli.train` end to end: a short run, resume after kill -9, SIGTERM, gin errors.
 
 Each test runs the binary in a subprocess on the built-in world, exactly as a user would from the
 command line: the first on `world_default` with the tiny all-modality model, the others on the
@@ -25,7 +25,7 @@ ALL_LENGTHS = ("{'text_inputs': 32, 'text_targets': 32, 'image_input_samples': 6
 
 def command(model_dir, steps, *extra, model="models/tiny.gin", mixture="world_text",
             lengths=TEXT_LENGTHS):
-  return [sys.executable, "-m", "unified_io.train",
+  return [sys.executable, "-m", "unified_io.cli.train",
           f"--gin_file={model}", "--gin_file=runs/pretrain.gin",
           f"--gin.MODEL_DIR='{model_dir}'",
           f"--gin.MIXTURE_OR_TASK_NAME='{mixture}'",

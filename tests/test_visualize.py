@@ -14,7 +14,7 @@ from PIL import Image
 
 from unified_io.data import prompts, registry, visualize
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.config import DataConfig, set_data_config
+from unified_io.contract import DataConfig, set_data_config
 from unified_io.data.ops import audio as audio_ops
 from unified_io.data.ops import boxes as boxes_ops
 from unified_io.data.ops import image as image_ops

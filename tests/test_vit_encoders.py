@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from unified_io.config import TrunkConfig, UnifiedIOConfig, VitConfig
-from unified_io.encoders.vit import AudioViT, ImageViT, resize_positions
+from unified_io.network.embedders.vit import AudioViT, ImageViT, resize_positions
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release
 from unified_io.modalities import Modality
-from unified_io.network import UnifiedIONetwork
+from unified_io.network.encoder_decoder import UnifiedIONetwork
 
 # Relative to max|reference|. We measure ~1e-6 on CPU; 1e-4 would not notice the image ViT using the
 # tanh GELU instead of the exact one (6e-5).

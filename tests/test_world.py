@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from unified_io.data import world
-from unified_io.data.world import generators, language, lexicon, scenes, shapes, tones, video
-from unified_io.data.world.config import WorldConfig, WorldConfigError, make_world_config
+from unified_io.datasets import world
+from unified_io.datasets.world import generators, language, lexicon, scenes, shapes, tones, video
+from unified_io.datasets.world.config import WorldConfig, WorldConfigError, make_world_config
 
 # Small sizes keep the tests fast; the logic does not depend on them.
 SMALL = make_world_config(image_size=96, target_size=64, frame_size=48, num_frames=3,
@@ -340,7 +340,7 @@ def test_data_source_yields_declared_fields_deterministically_and_shards():
 @pytest.fixture(scope="module")
 def small_data_config():
   """Registered tasks draw at the DataConfig's sizes: small ones keep stage 2 fast."""
-  from unified_io.data import config as data_config
+  from unified_io import contract as data_config
   import unified_io.tasks.world  # noqa: F401  (registers world_*)
   previous = data_config.get_data_config()
   small = data_config.DataConfig(image_input_size=(64, 64), image_history_size=(32, 32),
@@ -441,7 +441,7 @@ def test_gin_bindings_apply_when_the_dataset_is_built(small_data_config):
 def test_exit_guard_refuses_calls_once_draining_and_waits_for_running_ones():
   import threading
   import time
-  from unified_io.data.world.source import _ExitGuard
+  from unified_io.datasets.world.source import _ExitGuard
   guard = _ExitGuard(drain_seconds=5.0)
   assert guard.enter()
   finished = []

@@ -30,7 +30,7 @@ def _require(ok: bool, field: str, message: str) -> None:
 
 
 # What a rematerialised layer keeps for its backward pass (the names of `jax.checkpoint_policies`
-# in unified_io/transformer.py); everything else is recomputed. "none": no rematerialisation.
+# in unified_io/network/trunk.py); everything else is recomputed. "none": no rematerialisation.
 REMAT_POLICIES = (
     "none",
     "full",  # nothing: only each layer's inputs (jax's nothing_saveable)
@@ -77,7 +77,7 @@ class TrunkConfig:
   remat: bool = False
   remat_policy: str = "none"
   # Run the encoder and decoder layers under `nn.scan`: one compiled layer body, parameters (and
-  # decoding caches) stacked on a leading "layers" axis (`unified_io.layer_stacking` converts).
+  # decoding caches) stacked on a leading "layers" axis (`unified_io.network.layer_stacking` converts).
   scan_layers: bool = False
 
   def __post_init__(self):

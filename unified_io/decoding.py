@@ -26,7 +26,7 @@ import numpy as np
 
 from unified_io.model import UnifiedIOModel, modality_loss
 from unified_io.modalities import Modality
-from unified_io.network import Encoded, UnifiedIONetwork
+from unified_io.network.encoder_decoder import Encoded, UnifiedIONetwork
 
 BOS_ID = 0
 EOS_ID = 1

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from unified_io import features
 from unified_io.config import UnifiedIOConfig
-from unified_io.network import TargetOutput, UnifiedIONetwork
+from unified_io.network.encoder_decoder import TargetOutput, UnifiedIONetwork
 
 def modality_loss(logits_btv: jax.Array, targets_bt: jax.Array, loss_mask_bt: jax.Array,
                   z_loss: float) -> jax.Array:

@@ -29,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from unified_io.data.config import DataConfig, get_data_config
+from unified_io.contract import DataConfig, get_data_config
 from unified_io.data.preprocess import STAGE2_FIELDS
 
 _SPEC = seqio.FeatureConverter.FeatureSpec

@@ -31,7 +31,7 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.config import DataConfig, get_data_config
+from unified_io.contract import DataConfig, get_data_config
 
 MODES = ("S", "R", "X")
 _TARGET_MODES = {"text": ("S", "R", "X"), "image": ("S", "R"), "audio": ("S", "R")}

@@ -46,7 +46,7 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.config import DataConfig, get_data_config
+from unified_io.contract import DataConfig, get_data_config
 
 # Raw fields: name -> (allowed dtypes, rank, what it is). Checked when the dataset is built.
 RAW_FIELDS = {

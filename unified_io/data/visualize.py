@@ -9,7 +9,7 @@ image rebuilt from its (possibly sampled) patches with the boxes decoded from th
 of the prompt (red) and of the target text (green), the image target, the video frames as a strip,
 the input / history / target spectrograms, and the prompt and target text decoded by the
 vocabulary. Patches the sampling left out show as grey. Sizes come from the DataConfig in effect
-(`unified_io.data.config.get_data_config`).
+(`unified_io.contract.get_data_config`).
 """
 
 import argparse
@@ -234,7 +234,7 @@ def visualize(task: str, n: int, out_dir: str, split: str = "train",
               seed: Optional[int] = 0) -> str:
   """Render `n` examples of `task` into `out_dir`; returns the index.html path."""
   from unified_io.data import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
-  from unified_io.data.config import get_data_config  # pylint: disable=import-outside-toplevel
+  from unified_io.contract import get_data_config  # pylint: disable=import-outside-toplevel
   cfg = get_data_config()
   examples = load_examples(task, n, split, seed, cfg)
   if not examples:

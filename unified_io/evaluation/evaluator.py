@@ -23,7 +23,7 @@ import seqio
 import tensorflow as tf
 
 from unified_io import decoding
-from unified_io.data import config as data_config
+from unified_io import contract as data_config
 from unified_io.data import vocab as vocab_lib
 from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
 from unified_io.data.ops import boxes as box_ops

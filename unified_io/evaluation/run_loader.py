@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from unified_io import gin_flags
+from unified_io.cli import gin_flags
 from unified_io.config import UnifiedIOConfig, make_config
-from unified_io.data import config as data_config_lib
+from unified_io import contract as data_config_lib
 from unified_io.data import vocab as vocab_lib
-from unified_io.gin_paths import gin_dir
+from unified_io.cli.gin_paths import gin_dir
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 

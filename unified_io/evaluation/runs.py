@@ -16,7 +16,9 @@ from typing import Dict, Mapping, Optional, Sequence
 import gin
 import jax
 
-from unified_io import decoding, gin_flags
+from unified_io import decoding
+
+from unified_io.cli import gin_flags
 from unified_io.data import registry
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import run_loader

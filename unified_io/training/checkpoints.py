@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unified_io import layer_stacking
+from unified_io.network import layer_stacking
 
 STATE, DATA = "state", "data"
 
@@ -120,7 +120,7 @@ def load_params(path: str, target_params, *, assignment_map: Sequence[Tuple[str,
   allowed), None keeps the target's own value (e.g. a freshly initialised head). Paths are
   "/"-joined, e.g. "decoder/layers_0/mlp/wi/kernel" ("decoder/layers/mlp/wi/kernel" [N, ...] in a
   scanned model: the checkpoint's trunk layers are first converted to the target's layout, see
-  `unified_io.layer_stacking`). A training checkpoint's params live under
+  `unified_io.network.layer_stacking`). A training checkpoint's params live under
   "params/". With `strict`, every target parameter must be found with the same shape.
   `dtype`: cast every restored float array (e.g. jnp.bfloat16 for inference).
   """

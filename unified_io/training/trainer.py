@@ -29,10 +29,12 @@ import numpy as np
 import seqio
 from jax.experimental import multihost_utils
 
-from unified_io import gin_flags, partitioning
+from unified_io.cli import gin_flags
+
+from unified_io import partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
-from unified_io.data import config as data_config
+from unified_io import contract as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.input import trim_batch

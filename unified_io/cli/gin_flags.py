@@ -1,0 +1,144 @@
+"""Command-line gin for our binaries, the way t5x users write it.
+
+  --gin_file=runs/pretrain.gin        repeatable; found in --gin_search_paths, the package's gin/
+                                      folder (always searched) or as a path
+  --gin.MODEL_DIR="'/tmp/run'"        one binding; the value is a gin literal (strings quoted)
+  --gin_bindings="TRAIN_STEPS=100"    repeatable, same effect
+  --gin_search_paths=dir1,dir2
+  --tfds_data_dir=DIR                 where TFDS datasets live (nothing is downloaded)
+Multi-host (see `initialize_distributed`):
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+  --cpu_collectives=gloo               collectives for CPU processes (tests, two-process runs)
+"""
+
+import argparse
+import logging
+import os
+import re
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+
+from unified_io.cli.gin_paths import gin_dir
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+  parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="one gin binding NAME=VALUE (repeatable)")
+  parser.add_argument("--gin_search_paths", default="",
+                      help="comma-separated folders to find --gin_file in")
+  parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory (no downloads)")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="multi-host: address of process 0, HOST:PORT")
+  parser.add_argument("--num_processes", type=int, default=None, help="multi-host: processes")
+  parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process")
+  parser.add_argument("--cpu_collectives", default=None, choices=("gloo", "mpi"),
+                      help="collectives implementation for CPU devices across processes")
+  return parser
+
+
+def split_gin_dot_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """Pulls `--gin.NAME=VALUE` out of argv: (other args, bindings)."""
+  rest, bindings = [], []
+  for arg in argv:
+    match = re.fullmatch(r"--gin\.([^=]+)=(.*)", arg, flags=re.S)
+    if match:
+      bindings.append(f"{match.group(1)}={match.group(2)}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+  """argv -> (args, bindings); every --gin.X=V and --gin_bindings value is in `bindings`."""
+  rest, bindings = split_gin_dot_flags(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
+  _check_multihost_flags(parser, args)
+  return args, list(args.gin_bindings) + bindings
+
+
+def _check_multihost_flags(parser: argparse.ArgumentParser, args) -> None:
+  """The three multi-host flags come together (exits with status 2 naming what is missing)."""
+  given = {"--coordinator_address": getattr(args, "coordinator_address", None),
+           "--num_processes": getattr(args, "num_processes", None),
+           "--process_id": getattr(args, "process_id", None)}
+  if all(v is None for v in given.values()):
+    return
+  missing = [name for name, value in given.items() if value is None]
+  if missing:
+    parser.error(f"multi-host flags: {', '.join(missing)} missing; give --coordinator_address, "
+                 "--num_processes and --process_id together")
+  if not 0 <= args.process_id < args.num_processes:
+    parser.error(f"--process_id={args.process_id} is not in [0, {args.num_processes})")
+
+
+class GinRequiredError(ValueError):
+  """A %gin.REQUIRED macro or argument was not given."""
+
+
+def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
+  """The first of <search path>/name, or name itself, that exists."""
+  for folder in search_paths:
+    candidate = os.path.join(folder, name)
+    if os.path.isfile(candidate):
+      return candidate
+  if os.path.isfile(name):
+    return name
+  raise FileNotFoundError(f"--gin_file={name}: not found in {', '.join(search_paths)} nor as a "
+                          "path; add its folder with --gin_search_paths")
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str = "") -> None:
+  """Parses files and bindings with the package's gin/ folder always searchable."""
+  folders = [p for p in search_paths.split(",") if p] + [gin_dir()]
+  for folder in folders:  # for `include` lines inside the files
+    gin.add_config_file_search_path(folder)
+  files = [resolve_gin_file(name, folders) for name in gin_files]
+  # gin first tries an `include` as a Python package path and logs "ERROR ... Path not found" when
+  # it is not one, before finding the file on the search path: a false alarm, kept off the console.
+  root = logging.getLogger()
+  root.addFilter(_drop_gin_package_probe)
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  finally:
+    root.removeFilter(_drop_gin_package_probe)
+
+
+def _drop_gin_package_probe(record: logging.LogRecord) -> bool:
+  return record.msg != "Path not found: %s"
+
+
+def check_required(configurable: str, **values) -> None:
+  """Raises `GinRequiredError` naming every argument still bound to gin.REQUIRED.
+
+  gin hands a `%gin.REQUIRED` macro's sentinel to the function instead of failing, so each binary
+  checks its arguments; the run gins name each macro after its argument in upper case.
+  """
+  missing = [name for name, value in values.items() if value is gin.REQUIRED]
+  if missing:
+    macros = ", ".join(name.upper() for name in missing)
+    example = missing[0].upper()
+    raise GinRequiredError(
+        f"required gin values missing for `{configurable}`: {macros} "
+        f"({', '.join(f'{configurable}.{m}' for m in missing)}). Bind them on the command line, "
+        f"e.g. --gin.{example}=..., or in a --gin_file (the run gins list their %gin.REQUIRED "
+        "macros in their header).")
+
+
+def initialize_distributed(args) -> None:
+  """jax.distributed from flags, or from the TPU environment when several TPU hosts run.
+
+  Must run before anything touches a JAX backend (the collectives setting is read when the CPU
+  client is created).
+  """
+  import jax
+  if args.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
+  if args.coordinator_address:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:
+    jax.distributed.initialize()  # a multi-host TPU slice: everything comes from the environment

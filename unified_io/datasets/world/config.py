@@ -1,0 +1,130 @@
+"""WorldConfig: everything that shapes the built-in world (sizes, difficulty, split sizes).
+
+The world is drawn directly at the sizes the model uses (input images at `image_size`, image
+targets at `target_size`, video frames at `frame_size`), so boxes are already in model pixels and
+stage 2 has nothing to resize. Sizes left None are taken from the `DataConfig` in effect when a
+dataset is built (`resolved()`), so a tiny model's 128 px images are drawn at 128 px, not drawn at
+384 and shrunk. Scenes are resolution-free: the same seed draws the same scene at every size.
+Difficulty presets set the object count, sizes, overlap,
+distractors and noise together; any field can still be overridden (in Python or gin):
+
+  make_world_config.difficulty = "hard"
+  make_world_config.image_size = 256
+"""
+
+import dataclasses
+from typing import Mapping, Optional
+
+import gin
+
+from unified_io.contract import DataConfig, get_data_config
+
+SPLITS = ("train", "validation", "test")
+# WorldConfig size field -> the DataConfig field it follows when left None.
+_SIZE_FIELDS = {"image_size": "image_input_size", "target_size": "image_target_size",
+                "frame_size": "image_history_size"}
+
+
+class WorldConfigError(ValueError):
+  """A WorldConfig field has a value the world cannot be drawn with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """The world's knobs. Sizes are in pixels; object sizes are fractions of the image side."""
+  seed: int = 0
+  # Sizes (None: the DataConfig's image_input_size / image_target_size / image_history_size).
+  image_size: Optional[int] = None     # input images
+  target_size: Optional[int] = None    # image targets: text -> image, object masks
+  frame_size: Optional[int] = None     # video frames
+  num_frames: int = 4              # video frames per clip
+  sample_rate: int = 16000
+  audio_seconds: float = 4.08      # length of every waveform (audio inputs/targets, video segments)
+  # Difficulty.
+  min_objects: int = 1
+  max_objects: int = 4
+  min_object_size: float = 0.10    # object diameter / image side
+  max_object_size: float = 0.28
+  max_overlap: float = 0.0         # largest allowed box intersection / smaller box area
+  max_distractors: int = 0         # thin grey strokes that are not objects (never counted or asked)
+  texture: float = 0.04            # amplitude of the smooth background texture, fraction of 255
+  pixel_noise: float = 0.0         # std of per-pixel noise, fraction of 255
+  audio_noise: float = 0.0         # std of white noise added to waveforms (tone amplitude is 0.5)
+  # Split sizes (examples are generated on demand; the train split is effectively endless).
+  train_examples: int = 1_000_000
+  validation_examples: int = 1000
+  test_examples: int = 1000
+
+  def __post_init__(self):
+    def check(ok: bool, field: str, expected: str):
+      if not ok:
+        raise WorldConfigError(
+            f"WorldConfig.{field} = {getattr(self, field)!r}: expected {expected}")
+    for field in _SIZE_FIELDS:
+      check(getattr(self, field) is None or getattr(self, field) >= 16, field,
+            "None (the DataConfig's size) or an image side of at least 16 pixels")
+    check(self.num_frames >= 2, "num_frames", "at least 2 frames (motion needs two)")
+    check(1 <= self.min_objects <= self.max_objects <= 8, "max_objects",
+          f"1 <= min_objects ({self.min_objects}) <= max_objects <= 8")
+    check(0.02 <= self.min_object_size <= self.max_object_size <= 0.5, "max_object_size",
+          f"0.02 <= min_object_size ({self.min_object_size}) <= max_object_size <= 0.5")
+    check(0.0 <= self.max_overlap <= 0.5, "max_overlap", "a fraction in [0, 0.5]")
+    check(self.audio_seconds >= 1.0, "audio_seconds", "at least 1 second (room for beeps)")
+    for split in SPLITS:
+      check(self.split_sizes[split] >= 1, f"{split}_examples", "at least one example")
+
+  def resolved(self, data_config: Optional[DataConfig] = None) -> "WorldConfig":
+    """This config with every size set; sizes left None come from `data_config` (default: the
+    DataConfig in effect, `get_data_config()`). The world draws squares, so those must be square."""
+    if self.is_resolved:
+      return self
+    data_config = data_config or get_data_config()
+    sizes = {}
+    for field, data_field in _SIZE_FIELDS.items():
+      size = getattr(data_config, data_field)
+      if getattr(self, field) is None and size[0] != size[1]:
+        raise WorldConfigError(f"WorldConfig.{field} is None, so it follows DataConfig.{data_field}"
+                               f" = {size}, which is not square; set WorldConfig.{field}")
+      sizes[field] = getattr(self, field) or size[0]
+    return dataclasses.replace(self, **sizes)
+
+  @property
+  def is_resolved(self) -> bool:
+    return all(getattr(self, f) is not None for f in _SIZE_FIELDS)
+
+  @property
+  def audio_samples(self) -> int:
+    return int(round(self.audio_seconds * self.sample_rate))
+
+  @property
+  def split_sizes(self) -> Mapping[str, int]:
+    return {"train": self.train_examples, "validation": self.validation_examples,
+            "test": self.test_examples}
+
+
+DIFFICULTIES = {
+    "easy": dict(min_objects=1, max_objects=4, min_object_size=0.10, max_object_size=0.28,
+                 max_overlap=0.0, max_distractors=0, texture=0.04, pixel_noise=0.0,
+                 audio_noise=0.0),
+    "medium": dict(min_objects=2, max_objects=6, min_object_size=0.08, max_object_size=0.24,
+                   max_overlap=0.1, max_distractors=2, texture=0.08, pixel_noise=0.02,
+                   audio_noise=0.02),
+    "hard": dict(min_objects=3, max_objects=8, min_object_size=0.05, max_object_size=0.22,
+                 max_overlap=0.25, max_distractors=5, texture=0.12, pixel_noise=0.05,
+                 audio_noise=0.06),
+}
+
+
+@gin.configurable
+def make_world_config(difficulty: str = "easy", **overrides) -> WorldConfig:
+  """A difficulty preset with any field overridden; the gin entry point."""
+  if difficulty not in DIFFICULTIES:
+    raise WorldConfigError(f"make_world_config: unknown difficulty {difficulty!r}; "
+                           f"known: {list(DIFFICULTIES)}")
+  known = {f.name for f in dataclasses.fields(WorldConfig)}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise WorldConfigError(f"make_world_config: {unknown} are not WorldConfig fields; "
+                           f"known: {sorted(known)}")
+  return WorldConfig(**{**DIFFICULTIES[difficulty], **overrides})
+

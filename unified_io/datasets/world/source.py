@@ -1,0 +1,178 @@
+"""The world as seqio data: example i of split s of task t is a pure function of (seed, s, t, i).
+
+`generate_example` draws one example in numpy; `WorldDataSource` is the seqio DataSource of one
+generator: a range of indices (sharded and shuffled as indices, which is free) mapped through
+`generate_example` in parallel. Examples are independent draws, so index order carries no
+structure; seqio's example shuffle comes on top.
+"""
+
+import atexit
+import threading
+import time
+import zlib
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from unified_io.datasets.world.config import SPLITS, WorldConfig
+from unified_io.datasets.world.generators import GENERATORS, Example, Generator
+
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+_MAX_CONTENT_TRIES = 1000
+_INDEX_SHUFFLE_BUFFER = 1 << 16
+_TF_DTYPES = {np.uint8: tf.uint8, np.float32: tf.float32, np.int32: tf.int32, np.bytes_: tf.string}
+
+
+class _ExitGuard:
+  """Keeps tf.data's worker threads out of our Python once the interpreter starts exiting.
+
+  A pipeline still prefetching at exit would otherwise call `generate_example` from a TF thread
+  while Python finalises: the thread blocks forever on the GIL and the iterator's destructor waits
+  for it, so the process hangs (seen 1 run in 3 without this). At exit we refuse new calls (the
+  pipeline sees its input end) and wait, sleeping without the GIL, for running ones.
+  """
+
+  def __init__(self, drain_seconds: float = 10.0):
+    self._lock = threading.Lock()
+    self._exiting = False
+    self._running = 0
+    self._drain_seconds = drain_seconds
+    atexit.register(self.drain)
+
+  def enter(self) -> bool:
+    """Counts a call in; False once exiting (the caller then raises StopIteration, which tf.data
+    takes as an end of input without logging a traceback per refused call)."""
+    with self._lock:
+      if self._exiting:
+        return False
+      self._running += 1
+      return True
+
+  def leave(self):
+    with self._lock:
+      self._running -= 1
+
+  def drain(self):
+    with self._lock:
+      self._exiting = True
+    deadline, idle_since = time.monotonic() + self._drain_seconds, None
+    while time.monotonic() < deadline:
+      with self._lock:
+        running = self._running
+      now = time.monotonic()
+      if running:
+        idle_since = None
+      elif idle_since is None:
+        idle_since = now
+      elif now - idle_since > 0.3:  # workers (and autotuned new ones) have taken their refusal
+        return
+      time.sleep(0.005)
+
+
+_EXIT_GUARD = _ExitGuard()
+
+
+def example_rng(cfg: WorldConfig, task: str, split: str, index: int) -> np.random.Generator:
+  if split not in SPLIT_CODES:
+    raise ValueError(f"world: unknown split {split!r}; known: {SPLITS}")
+  return np.random.default_rng([cfg.seed, SPLIT_CODES[split], zlib.crc32(task.encode()), index])
+
+
+def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: int) -> Example:
+  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2].
+
+  Sizes left None in `cfg` follow the DataConfig in effect (WorldConfig.resolved)."""
+  cfg = cfg.resolved()
+  rng = example_rng(cfg, generator.name, split, index)
+  for _ in range(_MAX_CONTENT_TRIES):
+    example = generator.generate(rng, cfg)
+    if generator.content_split is None or generator.content_split(example) == split:
+      break
+  else:
+    raise RuntimeError(f"world task {generator.name}: no {split} example in "
+                       f"{_MAX_CONTENT_TRIES} draws")
+  example["meta/task"] = np.array(generator.name.encode(), dtype=object)
+  example["prompt_seed"] = rng.integers(0, 2**31 - 1, size=2, dtype=np.int32)
+  return example
+
+
+def field_specs(generator: Generator, cfg: WorldConfig) -> Dict[str, tf.TensorSpec]:
+  cfg = cfg.resolved()
+  specs = {name: tf.TensorSpec(shape, _TF_DTYPES[dtype], name=None)
+           for name, (dtype, shape) in generator.field_specs(cfg).items()}
+  specs["prompt_seed"] = tf.TensorSpec((2,), tf.int32)
+  return specs
+
+
+class WorldDataSource(seqio.DataSource):
+  """seqio source of one world generator; sharding and shuffling act on example indices."""
+
+  def __init__(self, generator_name: str,
+               config: Union[WorldConfig, Callable[[], WorldConfig]]):
+    """`config` is a WorldConfig, or a function returning one when a dataset is built (e.g. the
+    gin-configurable `make_world_config`, so gin bindings parsed after registration apply)."""
+    if generator_name not in GENERATORS:
+      raise ValueError(f"world: unknown generator {generator_name!r}; known: {list(GENERATORS)}")
+    self._generator = GENERATORS[generator_name]
+    self._config = config
+    sizes = dict(config.split_sizes) if isinstance(config, WorldConfig) else None
+    super().__init__(splits=SPLITS, num_input_examples=sizes, caching_permitted=False)
+
+  @property
+  def config(self) -> WorldConfig:
+    """The config now: sizes resolved against the DataConfig in effect."""
+    config = self._config if isinstance(self._config, WorldConfig) else self._config()
+    if not isinstance(config, WorldConfig):
+      raise TypeError(f"world task {self._generator.name}: the config function returned "
+                      f"{type(config).__name__}, expected a WorldConfig")
+    return config.resolved()
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  @property
+  def generator(self) -> Generator:
+    return self._generator
+
+  def _generate(self, cfg: WorldConfig, split: str, index: tf.Tensor) -> Mapping[str, tf.Tensor]:
+    specs = field_specs(self._generator, cfg)
+    names = list(specs)
+
+    def generate(i):
+      if not _EXIT_GUARD.enter():
+        raise StopIteration("world: not generating examples, the interpreter is exiting")
+      try:
+        example = generate_example(self._generator, cfg, split, int(i))
+        missing = set(names) - set(example)
+        if missing:
+          raise KeyError(f"world task {self._generator.name}: fields {sorted(missing)} missing")
+        return [np.asarray(example[n]) for n in names]
+      finally:
+        _EXIT_GUARD.leave()
+
+    values = tf.numpy_function(generate, [index], [specs[n].dtype for n in names], stateful=False)
+    for value, name in zip(values, names):
+      value.set_shape(specs[name].shape)
+    return dict(zip(names, values))
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # generated on demand; seqio repeats if asked
+    if split not in self.splits:
+      raise ValueError(f"world task {self._generator.name}: unknown split {split!r}; "
+                       f"known: {self.splits}")
+    cfg = self.config  # read now, after gin parsing
+    indices = tf.data.Dataset.range(cfg.split_sizes[split])
+    if shard_info is not None and shard_info.num_shards > 1:
+      indices = indices.shard(shard_info.num_shards, shard_info.index)
+    if shuffle:
+      indices = indices.shuffle(_INDEX_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return indices.map(lambda i: self._generate(cfg, split, i),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,1 @@
+"""Runnable experiments built on the library, each with its targets beside it."""
