@@ -16,6 +16,21 @@ class Modality(str, enum.Enum):
   AUDIO_HISTORY = "audio_history"
 
   @property
+  def is_history(self) -> bool:
+    """A sequence of frames (video frames or audio segments) read through the resampler."""
+    return self in (Modality.IMAGE_HISTORY, Modality.AUDIO_HISTORY)
+
+  @property
+  def is_visual(self) -> bool:
+    """Pixels (RGB patches), as opposed to spectrograms or text."""
+    return self in (Modality.IMAGE, Modality.IMAGE_HISTORY)
+
+  @property
+  def has_patches(self) -> bool:
+    """Read as ViT patches (everything but text)."""
+    return self != Modality.TEXT
+
+  @property
   def can_be_target(self) -> bool:
     return self in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)
 

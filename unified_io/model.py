@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from unified_io import features
+from unified_io import contract, features
 from unified_io.config import UnifiedIOConfig
 from unified_io.network.encoder_decoder import TargetOutput, UnifiedIONetwork
 
@@ -32,7 +32,19 @@ class UnifiedIOModel:
     self.cfg = cfg
     self.module = UnifiedIONetwork(cfg)
 
-  # -- the feature contract (unified_io/features.py) ----------------------------------------
+  # -- the data contract (unified_io/contract.py) --------------------------------------------
+  @property
+  def data_config(self) -> contract.DataConfig:
+    """The sizes and modalities this model reads and writes: what the data pipeline produces."""
+    return contract.DataConfig.from_model(self.cfg)
+
+  def feature_converter(self, **options):
+    """The seqio feature converter to this model's batches (t5x: `FEATURE_CONVERTER_CLS`);
+    `options` (e.g. `task_masks=True`) and gin bindings of `UnifiedIOFeatureConverter` apply."""
+    # Imported here: the converter brings TensorFlow, which the network and loss never need.
+    from unified_io.data.converter import UnifiedIOFeatureConverter  # pylint: disable=import-outside-toplevel
+    return UnifiedIOFeatureConverter(data_config=self.data_config, **options)
+
   def batch_spec(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
     """Shapes and dtypes of a batch for this config (for init, eval_shape and shardings)."""
     return features.batch_spec(self.cfg, batch_size, lengths)

@@ -26,7 +26,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 from jax.experimental import multihost_utils
 
 from unified_io.cli import gin_flags
@@ -34,7 +33,6 @@ from unified_io.cli import gin_flags
 from unified_io import partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
-from unified_io import contract as data_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.input import trim_batch
@@ -133,7 +131,6 @@ class _SigtermFlag:
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
-          feature_converter: seqio.FeatureConverter = gin.REQUIRED,
           optimizer: Callable = gin.REQUIRED, learning_rate: Callable = gin.REQUIRED,
           num_microbatches: int = 1, seed: int = 0, use_dropout: bool = True,
           model_parallel: int = 1, fsdp: bool = False, input_shards: Optional[int] = None,
@@ -159,7 +156,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   gin_flags.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
-      model_config=model_config, feature_converter=feature_converter, optimizer=optimizer,
+      model_config=model_config, optimizer=optimizer,
       learning_rate=learning_rate, initial_checkpoint_path=initial_checkpoint_path)
   if nonfinite_policy not in ("skip", "stop"):
     raise ValueError(f"train.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}")
@@ -181,10 +178,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   resume_step = checkpoints.latest_step()
   start_batch, data_seed, input_shards = _input_position(checkpoints, resume_step, seed,
                                                          input_shards)
-  # The pipeline's sizes and modalities follow the model (gin can still bind a DataConfig).
-  data_config.set_data_config(data_config.data_config_for_model(model_config))
+  # The model owns its data contract: the converter it makes sizes stage 2 and the batches.
   data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
-                            feature_converter, mesh, seed=data_seed, start_batch=start_batch,
+                            model.feature_converter(), mesh, seed=data_seed, start_batch=start_batch,
                             input_shards=input_shards, group_batches=group_batches)
   print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
         f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
