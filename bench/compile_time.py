@@ -26,7 +26,7 @@ def abstract_step_inputs(size: str, scan: bool, remat_policy: str, batch: int, e
   import flax.linen as nn
   import jax
 
-  from unified_io.config import make_config
+  from unified_io.presets import make_config
   from unified_io.model import UnifiedIOModel
 
   model = UnifiedIOModel(make_config(size, scan_layers=scan, remat_policy=remat_policy))

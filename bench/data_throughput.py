@@ -7,8 +7,9 @@ Three figures, each after warm-up, on the same machine, with the sizes of the ti
 model (gin/models/tiny_multimodal.gin, its DataConfig) and the pretrain.gin feature lengths:
   pipeline   `TrainInput` (the trainer's input: stage 1 + 2 + 3, shuffled, mixed, batched, nested
              numpy) pulled as fast as it goes, nothing else running;
-  train step the trainer's jitted, donated `train_step` (Adafactor, dropout on) on the mesh of all
-             local devices, fed one batch from that pipeline over and over (the step's own rate);
+  train step the trainer's set-up (`train_setup.build_train_setup`: the jitted, donated train step,
+             Adafactor, dropout on) on the mesh of all local devices, fed one batch from that
+             pipeline over and over (the step's own rate);
   fed loop   the training loop as `uio2-train` runs it: pipeline batches -> global arrays -> step
              (both compete for the same cores; close to the step's rate when input keeps up).
 The acceptance target of the data issue is pipeline >= 3 x train step. Prints labelled figures
@@ -32,16 +33,16 @@ MODALITIES = dict(input_modalities=("text", "image", "audio", "image_history", "
                   target_modalities=("text", "image", "audio"))
 
 
-def model_config():
-  from unified_io.config import make_config
-  return make_config("tiny", components="tiny", **MODALITIES)
+def make_model():
+  from unified_io.presets import make_config
+  from unified_io.model import UnifiedIOModel
+  return UnifiedIOModel(make_config("tiny", components="tiny", **MODALITIES))
 
 
-def make_input(mixture: str, batch_size: int, seed: int = 0):
+def make_input(model, mixture: str, batch_size: int, seed: int = 0):
   import unified_io.tasks  # noqa: F401  (registers the tasks and mixtures)
-  from unified_io.data.converter import UnifiedIOFeatureConverter
   from unified_io.training.input import TrainInput
-  return TrainInput(mixture, LENGTHS, batch_size, UnifiedIOFeatureConverter(), seed=seed)
+  return TrainInput(mixture, LENGTHS, batch_size, model.feature_converter(), seed=seed)
 
 
 def time_pipeline(data, warmup: int, batches: int):
@@ -55,35 +56,6 @@ def time_pipeline(data, warmup: int, batches: int):
   for _ in range(batches):
     next(data)
   return first, first_s, batches * data.local_batch_size / (time.perf_counter() - start)
-
-
-def build_step(cfg, batch):
-  """The trainer's pieces: mesh, sharded state from `model.init`, the jitted donated step."""
-  import flax.linen as nn
-  import jax
-
-  from unified_io import partitioning
-  from unified_io.model import UnifiedIOModel
-  from unified_io.training.optim import adafactor, learning_rate_schedule
-  from unified_io.training.partitioned import abstract_state, global_batch, state_shardings
-  from unified_io.training.train_state import TrainState
-  from unified_io.training.train_step import jit_train_step, make_train_step
-
-  mesh, rules = partitioning.make_mesh(), partitioning.axis_rules()
-  model, learning_rate = UnifiedIOModel(cfg), learning_rate_schedule()
-  opt = adafactor(learning_rate)
-  first = global_batch(batch, mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed, abstract = abstract_state(lambda: model.init(jax.random.PRNGKey(0), first), opt)
-    shardings = state_shardings(boxed, abstract, mesh, rules)
-    state = jax.jit(lambda: TrainState.create(nn.meta.unbox(model.init(jax.random.PRNGKey(0),
-                                                                       first)), opt),
-                    out_shardings=shardings)()
-    step = jit_train_step(make_train_step(model.loss_fn, opt, learning_rate),
-                          state_shardings=shardings,
-                          batch_sharding=jax.tree_util.tree_map(
-                              lambda _: partitioning.batch_sharding(mesh), first))
-  return mesh, state, step, first
 
 
 def time_steps(step, state, batches, rng, iters: int):
@@ -102,34 +74,38 @@ def time_steps(step, state, batches, rng, iters: int):
 
 def run(args) -> None:
   import jax
-  from unified_io.contract import data_config_for_model, set_data_config
-  from unified_io.training.partitioned import global_batch
+  from unified_io import partitioning
+  from unified_io.training.optim import adafactor, learning_rate_schedule
+  from unified_io.training.train_setup import build_train_setup
 
-  cfg = model_config()
-  set_data_config(data_config_for_model(cfg))  # what the trainer does
-  trunk = cfg.trunk
+  model = make_model()
+  trunk = model.cfg.trunk
   print(f"model: tiny all-modality ({trunk.num_encoder_layers}+{trunk.num_decoder_layers} layers, "
         f"emb {trunk.emb_dim}, dtype {trunk.dtype}); lengths {LENGTHS}")
   print(f"host: {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, jax {jax.__version__} "
         f"{jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
-  data = make_input(args.mixture, args.batch)
+  data = make_input(model, args.mixture, args.batch)
   batch, first_s, pipeline_eps = time_pipeline(data, args.warmup, args.batches)
   print(f"pipeline: {args.mixture}, batch {args.batch}: first batch after {first_s:.1f} s; "
         f"{args.batches} batches after {args.warmup} warm-up: {pipeline_eps:.1f} examples/s")
 
-  mesh, state, step, first = build_step(cfg, batch)
-  rng = jax.random.PRNGKey(1)
+  mesh = partitioning.make_mesh()
+  first = partitioning.global_batch(batch, mesh)
+  learning_rate = learning_rate_schedule()
+  setup = build_train_setup(model, adafactor(learning_rate), learning_rate, first, mesh=mesh)
+  state, step, rng = setup.state, setup.step, jax.random.PRNGKey(1)
   start = time.perf_counter()
-  with jax.set_mesh(mesh):
+  with setup.activated():
     state, _ = time_steps(step, state, lambda: first, rng, 1)
     print(f"train step: compile + first step {time.perf_counter() - start:.1f} s")
     state, _ = time_steps(step, state, lambda: first, rng, args.warmup)
     state, step_eps = time_steps(step, state, lambda: first, rng, args.steps)
     print(f"train step: {args.steps} steps after {args.warmup} warm-up: {step_eps:.1f} examples/s "
           f"({1e3 * args.batch / step_eps:.1f} ms per step of {args.batch})")
-    state, fed_eps = time_steps(step, state, lambda: global_batch(next(data), mesh), rng,
+    state, fed_eps = time_steps(step, state,
+                                lambda: partitioning.global_batch(next(data), mesh), rng,
                                 args.steps)
   print(f"fed loop: pipeline -> step, {args.steps} steps: {fed_eps:.1f} examples/s "
         f"({fed_eps / step_eps:.2f} of the step's own rate)")

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from unified_io import decoding
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.evaluation.run_loader import abstract_params
 from unified_io.model import UnifiedIOModel
 from unified_io.network.encoder_decoder import UnifiedIONetwork

@@ -6,11 +6,12 @@
 
 CPU mode (the default), per config: the model (`make_config(size, components="tiny")` reading
 text, image, audio, image and audio history, writing text, image and audio, float32), the trainer's
-input (`partitioned.open_process_input` on `world_default`: stages 1-3, shuffled, mixed, batched,
-the model's DataConfig, pretrain.gin's feature lengths), Adafactor with the t5x defaults, the
-trainer's `make_train_step` jitted with donation and the state/batch shardings on the mesh of all
-local devices. Timed: `--steps` iterations of exactly the trainer's loop body (next batch ->
-`global_batch` -> step), after the compile (reported apart) and `--warmup` steps. Figures:
+input (`input.open_process_input` on `world_default`: stages 1-3, shuffled, mixed, batched,
+the model's feature converter, pretrain.gin's feature lengths), and the trainer's set-up
+(`train_setup.build_train_setup`: Adafactor with the t5x defaults, the jitted, donated train step
+with the state/batch shardings on the mesh of all local devices, dropout off). Timed: `--steps`
+iterations of exactly the trainer's loop body (next batch -> `global_batch` -> step), after the
+compile (reported apart) and `--warmup` steps. Figures:
   examples/s           batch rows trained per second
   trunk tokens/s       examples/s x (encoder + decoder positions per example, padding included:
                        what the trunk computes on)
@@ -68,40 +69,21 @@ class BenchError(Exception):
 # ------------------------------------------------------------------------------------------------
 # the trainer's pieces
 # ------------------------------------------------------------------------------------------------
-def build_trainer_step(model, batch, learning_rate: float = 0.01):
-  """(state, jitted donated step, mesh) exactly as `trainer.train` builds them (one process)."""
-  import flax.linen as nn
-  import jax
-
-  from unified_io import partitioning
+def trainer_setup(model, first_batch, mesh=None, learning_rate: float = 0.01):
+  """`trainer.train`'s set-up (`build_train_setup`) with Adafactor at a constant rate, no dropout;
+  `first_batch` (global arrays) creates the parameters."""
   from unified_io.training.optim import adafactor, learning_rate_schedule
-  from unified_io.training.partitioned import abstract_state, global_batch, state_shardings
-  from unified_io.training.train_state import TrainState
-  from unified_io.training.train_step import jit_train_step, make_train_step
-
-  mesh = partitioning.make_mesh()
-  rules = partitioning.axis_rules(False)
+  from unified_io.training.train_setup import build_train_setup
   lr = learning_rate_schedule("constant", base_learning_rate=learning_rate)
-  opt = adafactor(lr)
-  batch = global_batch(batch, mesh)
-  rng = jax.random.PRNGKey(0)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed, abstract = abstract_state(lambda: model.init(rng, batch), opt)
-    shardings = state_shardings(boxed, abstract, mesh, rules)
-    state = jax.jit(lambda: TrainState.create(nn.meta.unbox(model.init(rng, batch)), opt),
-                    out_shardings=shardings)()
-    step = jit_train_step(make_train_step(model.loss_fn, opt, lr, use_dropout=False),
-                          state_shardings=shardings,
-                          batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix)
-  return state, step, mesh, batch
+  return build_train_setup(model, adafactor(lr), lr, first_batch, mesh=mesh, use_dropout=False)
 
 
-def compile_step(step, state, batch, mesh) -> Tuple[object, float]:
-  """The compiled step and the seconds lower + compile took."""
+def compile_step(setup, batch) -> Tuple[object, float]:
+  """The set-up's step compiled for `batch`, and the seconds lower + compile took."""
   import jax
   start = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = step.lower(state, batch, jax.random.PRNGKey(1)).compile()
+  with setup.activated():
+    compiled = setup.step.lower(setup.state, batch, jax.random.PRNGKey(1)).compile()
   return compiled, time.perf_counter() - start
 
 
@@ -134,7 +116,7 @@ def describe(model, params, lengths: Tuple[int, Dict[str, int]]) -> str:
 # CPU: the trainer's loop with its input
 # ------------------------------------------------------------------------------------------------
 def cpu_config(size: str):
-  from unified_io.config import make_config
+  from unified_io.presets import make_config
   return make_config(size, components="tiny", **ALL_MODALITIES)
 
 
@@ -144,26 +126,24 @@ def run_cpu_config(size: str, args) -> float:
 
   import unified_io.tasks  # noqa: F401  (registers the world tasks and mixtures)
   from unified_io import partitioning
-  from unified_io import contract as data_config
-  from unified_io.data.converter import UnifiedIOFeatureConverter
   from unified_io.model import UnifiedIOModel
-  from unified_io.training.partitioned import global_batch, open_process_input
+  from unified_io.training.input import open_process_input
 
   start = time.perf_counter()
-  cfg = cpu_config(size)
-  model = UnifiedIOModel(cfg)
-  data_config.set_data_config(data_config.data_config_for_model(cfg))
-  data = open_process_input(args.mixture, CPU_LENGTHS, args.batch, UnifiedIOFeatureConverter(),
-                            partitioning.make_mesh(), seed=0, input_shards=1)
-  first = next(data)
+  model = UnifiedIOModel(cpu_config(size))
+  mesh = partitioning.make_mesh()
+  data = open_process_input(args.mixture, CPU_LENGTHS, args.batch, model.feature_converter(),
+                            mesh, seed=0, input_shards=1)
+  first = partitioning.global_batch(next(data), mesh)
   input_s = time.perf_counter() - start
-  state, step, mesh, first = build_trainer_step(model, first)
+  setup = trainer_setup(model, first, mesh)
+  state = setup.state
   lengths = trunk_lengths(model, state.params, first)
   print(f"== {size}")
   print(describe(model, state.params, lengths))
   print(f"setup: model, input pipeline to its first batch {input_s:.1f} s, state "
         f"{time.perf_counter() - start - input_s:.1f} s")
-  compiled, compile_s = compile_step(step, state, first, mesh)
+  compiled, compile_s = compile_step(setup, first)
   print(f"compile: lower+compile of the jitted train step {compile_s:.1f} s")
 
   rng = jax.random.PRNGKey(1)
@@ -176,7 +156,7 @@ def run_cpu_config(size: str, args) -> float:
     nonlocal state
     tokens = []
     for _ in range(steps):  # the trainer's loop body
-      batch = global_batch(next(data), mesh, args.batch)
+      batch = partitioning.global_batch(next(data), mesh, args.batch)
       state, metrics = compiled(state, batch, rng)
       tokens.append(metrics["target_tokens"])
     jax.block_until_ready(state)
@@ -269,7 +249,8 @@ def random_text_batch(model, batch_size: int, lengths: Mapping[str, int], seed: 
 def run_gpu_size(size: str, args) -> float:
   """Prints one size's step time and MFU; returns the MFU."""
   import jax
-  from unified_io.config import make_config
+  from unified_io import partitioning
+  from unified_io.presets import make_config
   from unified_io.model import UnifiedIOModel
 
   devices = require_gpu(args.allow_cpu)
@@ -278,13 +259,15 @@ def run_gpu_size(size: str, args) -> float:
   model = UnifiedIOModel(cfg)
   lengths = {"text_inputs": args.gpu_lengths[0], "text_targets": args.gpu_lengths[1]}
   start = time.perf_counter()
-  state, step, mesh, batch = build_trainer_step(
-      model, random_text_batch(model, args.gpu_batch, lengths))
+  mesh = partitioning.make_mesh()
+  batch = partitioning.global_batch(random_text_batch(model, args.gpu_batch, lengths), mesh)
+  setup = trainer_setup(model, batch, mesh)
+  state = setup.state
   encoder_len, decoder_lens = trunk_lengths(model, state.params, batch)
   print(f"== {size} ({args.gpu_dtype} activations, float32 parameters)")
   print(describe(model, state.params, (encoder_len, decoder_lens)))
   print(f"setup: {time.perf_counter() - start:.1f} s")
-  compiled, compile_s = compile_step(step, state, batch, mesh)
+  compiled, compile_s = compile_step(setup, batch)
   print(f"compile: lower+compile of the jitted train step {compile_s:.1f} s")
   flops = model_flops_per_step(state.params, cfg, args.gpu_batch, encoder_len, decoder_lens)
   print(f"model FLOPs/step: 6 * B * (N_enc * L + N_dec * T) + 12 * B * H * K * "

@@ -21,7 +21,6 @@ import seqio
 from unified_io.data import bad_input
 from unified_io.data import prompts
 from unified_io.data import registry
-from unified_io.contract import get_data_config
 from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
@@ -91,7 +90,7 @@ def boxes_problem(boxes_n4, labels_n, file):
 @seqio.map_over_dataset(num_seeds=1)
 def detection_to_raw(ex, seed):
   """TFDS coco/2017 example -> resized+padded image, detection target text, gt in meta."""
-  size = get_data_config().image_input_size
+  size = image_ops.CANVAS_SIZE
   objects = ex["objects"]
   n = tf.minimum(tf.shape(objects["bbox"])[0], tf.shape(objects["label"])[0])
   norm_boxes_n4, labels_n = objects["bbox"][:n], objects["label"][:n]

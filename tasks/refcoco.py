@@ -19,7 +19,6 @@ import seqio
 from unified_io.data import bad_input
 from unified_io.data import prompts
 from unified_io.data import registry
-from unified_io.contract import get_data_config
 from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
@@ -58,7 +57,7 @@ def expressions(ex) -> tf.data.Dataset:
 @seqio.map_over_dataset(num_seeds=1)
 def expression_to_raw(ex, seed):
   """(image, expression, normalised box) -> raw fields with the box as location tokens."""
-  size = get_data_config().image_input_size
+  size = image_ops.CANVAS_SIZE
   image_id = ex["image_id"]
   problem = bad_input.first_problem(
       bad_input.problem_if(bad_input.nonempty_text(ex["expression"]), bad_input.EMPTY_TEXT,

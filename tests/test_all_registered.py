@@ -32,10 +32,10 @@ import tensorflow_datasets as tfds
 
 from fixture_media import write_image, write_jsonl, write_video, write_wav
 from test_real_datasets import _refcoco_example, hand_made, picture
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.data import bad_input
 from unified_io.datasets import manifest
-from unified_io.contract import data_config_for_model, get_data_config, set_data_config
+from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.datasets.directories import DATA_DIR_ENV
 from unified_io.model import UnifiedIOModel
@@ -210,11 +210,8 @@ def brings_own_data(name: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def multimodal_sizes():
-  previous = get_data_config()
-  set_data_config(data_config_for_model(MULTIMODAL))
   bad_input.reset_counts()
   yield
-  set_data_config(previous)
 
 
 def _small_shuffle_buffers(name: str, monkeypatch) -> None:
@@ -228,7 +225,8 @@ def _small_shuffle_buffers(name: str, monkeypatch) -> None:
 
 
 def _pull(name: str) -> Dict:
-  data = TrainInput(name, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(), seed=0, process_index=0,
+  data = TrainInput(name, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(DataConfig.from_model(MULTIMODAL)),
+                    seed=0, process_index=0,
                     process_count=1)
   return next(data)
 

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from unified_io.config import SIZES, ConfigError, TrunkConfig, make_config, trunk_config
+from unified_io.config import ConfigError, TrunkConfig
+
+from unified_io.presets import SIZES, make_config, trunk_config
 from unified_io.interop.release import config_from_release
 
 
@@ -120,7 +122,8 @@ def test_size_gin_files_select_their_preset(size):
 
 
 def test_make_config_supplies_components_for_the_chosen_modalities():
-  from unified_io.config import ConfigError, make_config
+  from unified_io.config import ConfigError
+  from unified_io.presets import make_config
   cfg = make_config("tiny", input_modalities=("text", "image", "audio_history"),
                     target_modalities=("text", "image"))
   assert cfg.image_vit is not None and cfg.audio_vit is not None and cfg.audio_history is not None

@@ -14,14 +14,16 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from unified_io import features
-from unified_io.config import make_config
+from unified_io import contract
+from unified_io.presets import make_config
 from unified_io.data import registry
 from unified_io.data import vocab as V
-from unified_io.contract import DataConfig, set_data_config
-from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
+from unified_io.contract import DataConfig, nest_batch
+from unified_io.data import pipeline
+from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.data.preprocess import unified_preprocessor
 from unified_io.interop.release import config_from_release
+from unified_io.modalities import Modality
 from unified_io.model import UnifiedIOModel
 
 BATCH = 2
@@ -39,8 +41,8 @@ def data_cfg(model_cfg):
 
 
 @pytest.fixture(scope="module")
-def lengths(model_cfg):
-  return {**features.default_lengths(model_cfg), "text_inputs": 24, "text_targets": 12,
+def lengths(data_cfg):
+  return {**data_cfg.default_lengths(), "text_inputs": 24, "text_targets": 12,
           "image_input_samples": 48, "audio_input_samples": 20, "num_frames": 2}
 
 
@@ -83,7 +85,7 @@ def _batch(rows):
 
 def test_converted_batch_is_exactly_the_batch_spec(model_cfg, lengths, rows):
   flat = _batch(rows[:BATCH])
-  spec = features.batch_spec(model_cfg, BATCH, lengths)
+  spec = contract.batch_spec(model_cfg, BATCH, lengths)
   flat_spec = {"/".join(k.key for k in path): s
                for path, s in jax.tree_util.tree_leaves_with_path(spec)}
   assert sorted(flat) == sorted(flat_spec)
@@ -151,7 +153,7 @@ def test_model_loss_runs_on_a_converted_text_batch():
 
 
 # ------------------------------------------------------------------------------------------------
-# Registry: a task pulled through seqio.get_dataset with the converter
+# Registry: a task pulled through the pipeline with the model's converter
 # ------------------------------------------------------------------------------------------------
 def _register(name, data_cfg, after_stage2=()):
   def dataset_fn(split, shuffle_files, seed=None):
@@ -171,37 +173,34 @@ def _register(name, data_cfg, after_stage2=()):
                            after_stage2=after_stage2, replace=True)
 
 
-def test_registered_task_and_mixture_through_seqio_get_dataset(model_cfg, data_cfg, lengths):
-  set_data_config(data_cfg)
-  try:
-    _register("test_converter_vqa_a", data_cfg)
-    # A step after stage 2 (as the denoising objective is): swap the prefix [Text] [S] -> [R].
-    swap = seqio.map_over_dataset(lambda ex: {**ex, "text_inputs": tf.concat(
-        [[V.PREFIX_TOKENS["[Text] [R]"]], ex["text_inputs"][1:]], 0)})
-    _register("test_converter_vqa_b", data_cfg, after_stage2=[swap])
-    registry.add_mixture("test_converter_mix", [("test_converter_vqa_a", 1.0),
-                                                ("test_converter_vqa_b", 2.0)],
-                         curriculum={"stages": "any object"}, replace=True)
-    assert registry.task_modalities("test_converter_vqa_a") == ("text", "image")
-    assert registry.mixture_curriculum("test_converter_mix") == {"stages": "any object"}
-    assert registry.rates("test_converter_mix") == {"test_converter_vqa_a": 1.0,
-                                                   "test_converter_vqa_b": 2.0}
-    spec = features.batch_spec(model_cfg, 3, lengths)
-    for name in ("test_converter_vqa_a", "test_converter_mix"):
-      ds = seqio.get_dataset(name, lengths, UnifiedIOFeatureConverter(), shuffle=False,
-                             seed=5, batch_size=3, num_epochs=1 if name.endswith("_a") else None)
-      batch = nest_batch({k: v.numpy() for k, v in next(iter(ds)).items()})
-      assert jax.tree_util.tree_map(np.shape, batch) == jax.tree_util.tree_map(
-          lambda s: s.shape, spec)
-      assert batch["inputs"]["image"]["mask"].sum() > 0
-      first = batch["inputs"]["text"]["tokens"][:, 0]
-      assert set(first) <= {V.PREFIX_TOKENS["[Text] [S]"], V.PREFIX_TOKENS["[Text] [R]"]}
-    b = seqio.get_dataset("test_converter_vqa_b", lengths, UnifiedIOFeatureConverter(),
-                          shuffle=False, batch_size=2)
-    first = next(iter(b))["inputs/text/tokens"][:, 0].numpy()
-    assert (first == V.PREFIX_TOKENS["[Text] [R]"]).all()
-  finally:
-    set_data_config(None)
+def test_registered_task_and_mixture_through_the_pipeline(model_cfg, data_cfg, lengths):
+  converter = UnifiedIOModel(model_cfg).feature_converter()
+  assert converter.data_config == data_cfg
+  _register("test_converter_vqa_a", data_cfg)
+  # A step after stage 2 (as the denoising objective is): swap the prefix [Text] [S] -> [R].
+  swap = seqio.map_over_dataset(lambda ex: {**ex, "text_inputs": tf.concat(
+      [[V.PREFIX_TOKENS["[Text] [R]"]], ex["text_inputs"][1:]], 0)})
+  _register("test_converter_vqa_b", data_cfg, after_stage2=[swap])
+  registry.add_mixture("test_converter_mix", [("test_converter_vqa_a", 1.0),
+                                              ("test_converter_vqa_b", 2.0)],
+                       curriculum={"stages": "any object"}, replace=True)
+  assert registry.task_modalities("test_converter_vqa_a") == (Modality.TEXT, Modality.IMAGE)
+  assert registry.mixture_curriculum("test_converter_mix") == {"stages": "any object"}
+  assert registry.rates("test_converter_mix") == {"test_converter_vqa_a": 1.0,
+                                                 "test_converter_vqa_b": 2.0}
+  spec = contract.batch_spec(model_cfg, 3, lengths)
+  for name in ("test_converter_vqa_a", "test_converter_mix"):
+    ds = pipeline.get_dataset(name, converter, lengths, shuffle=False, seed=5,
+                              num_epochs=1 if name.endswith("_a") else None).batch(3)
+    batch = nest_batch({k: v.numpy() for k, v in next(iter(ds)).items()})
+    assert jax.tree_util.tree_map(np.shape, batch) == jax.tree_util.tree_map(
+        lambda s: s.shape, spec)
+    assert batch["inputs"]["image"]["mask"].sum() > 0
+    first = batch["inputs"]["text"]["tokens"][:, 0]
+    assert set(first) <= {V.PREFIX_TOKENS["[Text] [S]"], V.PREFIX_TOKENS["[Text] [R]"]}
+  b = pipeline.get_dataset("test_converter_vqa_b", converter, lengths, shuffle=False).batch(2)
+  first = next(iter(b))["inputs/text/tokens"][:, 0].numpy()
+  assert (first == V.PREFIX_TOKENS["[Text] [R]"]).all()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,7 +208,7 @@ def test_registered_task_and_mixture_through_seqio_get_dataset(model_cfg, data_c
 # ------------------------------------------------------------------------------------------------
 def test_refuses_packing():
   with pytest.raises(ValueError, match="pair packing"):
-    UnifiedIOFeatureConverter(pack=True)
+    UnifiedIOFeatureConverter(DataConfig(), pack=True)
 
 
 @pytest.mark.parametrize("change,match", [

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.config import make_config
-from unified_io.contract import data_config_for_model, get_data_config, set_data_config
+from unified_io.presets import make_config
+from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
 import unified_io.tasks  # noqa: F401  (registers world_default)
 from unified_io.training.input import TrainInput
@@ -27,20 +27,15 @@ LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_history_input_samples": 8, "num_frames": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def multimodal_sizes():
-  previous = get_data_config()
-  model_cfg = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
-                                                    "audio_history"),
-                          target_modalities=("text", "image", "audio"), components="tiny")
-  set_data_config(data_config_for_model(model_cfg))
-  yield
-  set_data_config(previous)
+MODEL_CFG = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
+                                                  "audio_history"),
+                        target_modalities=("text", "image", "audio"), components="tiny")
 
 
 def _batches(seed: int) -> List[Dict[str, np.ndarray]]:
   """The first NUM_BATCHES batches of a fresh pipeline, flattened to {feature path: array}."""
-  data = TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(), seed=seed,
+  data = TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(DataConfig.from_model(MODEL_CFG)),
+                    seed=seed,
                     process_index=0, process_count=1)
   batches = []
   for _ in range(NUM_BATCHES):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from unified_io import decoding
-from unified_io.config import make_config
-from unified_io.decoding import EOS_ID, DecodeOptions
+from unified_io.presets import make_config
+from unified_io.decoding import EOS_ID, DecodeMethod, DecodeOptions
+from unified_io.modalities import Modality
 from unified_io.model import UnifiedIOModel
 
 L_ENC = 6
@@ -120,7 +121,7 @@ def test_greedy_picks_the_argmax_of_the_full_pass(text_model):
 
 def test_image_generation_fills_the_grid_with_codes_only(image_model):
   model, params = image_model
-  out = decoding.generate(model, params, _inputs(2), "image", DecodeOptions())
+  out = decoding.generate(model, params, _inputs(2), Modality.IMAGE, DecodeOptions())
   codes = np.asarray(out.tokens)
   grid = model.cfg.image_vqgan.grid
   assert codes.shape == (2, grid[0] * grid[1])
@@ -215,7 +216,17 @@ def test_bad_requests_are_refused(text_model):
   model, params = text_model
   with pytest.raises(ValueError, match="not 'image'"):
     decoding.generate(model, params, _inputs(1), "image")
+  with pytest.raises(ValueError, match="not 'image'"):
+    decoding.generate(model, params, _inputs(1), Modality.IMAGE)
   with pytest.raises(ValueError, match="rng"):
     decoding.generate(model, params, _inputs(1), "text", DecodeOptions(method="sample"))
-  with pytest.raises(ValueError, match="decode method"):
+  with pytest.raises(ValueError, match="must be greedy, sample or beam, got 'nucleus'$"):
     DecodeOptions(method="nucleus")
+
+
+def test_decode_method_is_an_enum_and_accepts_its_value():
+  assert DecodeOptions().method is DecodeMethod.GREEDY
+  assert DecodeOptions(method="beam").method is DecodeMethod.BEAM
+  # Equal (and so the same jit specialisation) whichever spelling built it.
+  assert DecodeOptions(method="sample") == DecodeOptions(method=DecodeMethod.SAMPLE)
+  assert hash(DecodeOptions(method="sample")) == hash(DecodeOptions(method=DecodeMethod.SAMPLE))

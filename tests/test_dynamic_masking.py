@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unified_io.network import masks
-from unified_io.config import trunk_config
+from unified_io.presets import trunk_config
 from unified_io.network.trunk import Decoder
 
 GRID_H, GRID_W = 4, 6

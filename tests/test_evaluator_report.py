@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import unified_io.tasks  # noqa: F401  (registers the world)
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.data.ops import boxes as box_ops
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import report

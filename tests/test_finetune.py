@@ -17,9 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.config import make_config
-from unified_io import contract as data_config
-from unified_io.data.converter import UnifiedIOFeatureConverter
+from unified_io.presets import make_config
 from unified_io.interop import convert
 from unified_io.model import UnifiedIOModel
 from unified_io.training.checkpoints import load_params
@@ -53,12 +51,8 @@ def _loss_on_first_batch(params_dir):
   """The loss of the tiny model with `params_dir`'s parameters on a fresh run's first batch."""
   import unified_io.tasks  # noqa: F401  (registers world_text)
   cfg = make_config("tiny")
-  data_config.set_data_config(data_config.data_config_for_model(cfg))  # as the trainer does
-  try:
-    batch = next(TrainInput(MIXTURE, LENGTHS, BATCH, UnifiedIOFeatureConverter(), seed=0))
-  finally:
-    data_config.set_data_config(None)
   model = UnifiedIOModel(cfg)
+  batch = next(TrainInput(MIXTURE, LENGTHS, BATCH, model.feature_converter(), seed=0))
   target = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
   loss, _ = model.loss_fn(load_params(params_dir, target), batch)
   return float(loss)

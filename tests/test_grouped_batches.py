@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.config import make_config
-from unified_io.contract import data_config_for_model, get_data_config, set_data_config
+from unified_io.presets import make_config
+from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.model import UnifiedIOModel
 import unified_io.tasks  # noqa: F401  (registers world_default)
@@ -31,16 +31,9 @@ MODEL_CFG = make_config("tiny", input_modalities=("text", "image", "audio", "ima
                         target_modalities=("text", "image", "audio"), components="tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def multimodal_sizes():
-  previous = get_data_config()
-  set_data_config(data_config_for_model(MODEL_CFG))
-  yield
-  set_data_config(previous)
-
-
 def _input(seed: int, group: bool) -> TrainInput:
-  return TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(), seed=seed,
+  return TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(DataConfig.from_model(MODEL_CFG)),
+                    seed=seed,
                     process_index=0, process_count=1, group_batches=group)
 
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 from fixture_media import write_image, write_jsonl, write_video, write_wav
 from unified_io.data import bad_input, prompts
 from unified_io.datasets import manifest
-from unified_io.contract import DataConfig, set_data_config
+from unified_io.contract import DataConfig
+from unified_io.data import pipeline
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.data.ops import audio as audio_ops
 from unified_io.tasks import manifest as manifest_tasks
@@ -28,25 +29,23 @@ LENGTHS = {"text_inputs": 32, "text_targets": 16, "image_input_samples": 4,
 
 @pytest.fixture(autouse=True)
 def small_sizes():
-  set_data_config(SMALL)
   bad_input.reset_counts()
-  yield
-  set_data_config(None)
+  yield SMALL
 
 
 def stage1(task_name: str, split: str = "train"):
-  """The task's stage-1 output (its preprocessors without the unified stage 2), as numpy."""
+  """The task's stage-1 output (its preprocessors: raw fields, before stage 2), as numpy."""
   task = seqio.get_mixture_or_task(task_name)
   ds = task.source.get_dataset(split, shuffle=False)
   with seqio.utils.map_seed_manager(0):
-    for preprocessor in task.preprocessors[:-1]:
+    for preprocessor in task.preprocessors:
       ds = preprocessor(ds)
   return list(ds.as_numpy_iterator())
 
 
 def converted_batch(task_name: str, split: str = "train", batch_size: int = 2):
-  ds = seqio.get_dataset(task_name, LENGTHS, UnifiedIOFeatureConverter(), split, shuffle=False,
-                         seed=0, num_epochs=1)
+  ds = pipeline.get_dataset(task_name, UnifiedIOFeatureConverter(SMALL), LENGTHS, split=split,
+                            shuffle=False, seed=0, num_epochs=1)
   return next(ds.batch(batch_size).as_numpy_iterator())
 
 

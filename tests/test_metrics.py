@@ -7,6 +7,8 @@ import pytest
 
 from unified_io.evaluation import caption_metrics
 from unified_io.evaluation import metrics as M
+from unified_io.evaluation.specs import EvalSpec, Reads
+from unified_io.modalities import Modality
 
 
 # ---------------------------------------------------------------- exact match and VQA
@@ -381,3 +383,29 @@ def test_text_metrics_reject_empty_and_missing_references(name):
 def test_other_metrics_reject_no_predictions(name, args):
   with pytest.raises(ValueError, match="no predictions"):
     M.get_metric(name)(*args)
+
+
+def test_every_registered_metric_declares_its_input():
+  assert all(isinstance(m, M.Metric) and isinstance(m.inputs, M.MetricInput)
+             for m in M.METRICS.values())
+  assert M.get_metric("token_accuracy").inputs == M.MetricInput.TOKENS
+  assert M.get_metric("refexp").inputs == M.MetricInput.BOX
+  assert M.get_metric("exact_match")(["a"], ["a"]) == {"exact_match": 1.0}  # called like its fn
+
+
+def test_eval_spec_takes_enum_values_and_checks_metric_inputs():
+  spec = EvalSpec(target="image", metrics=("token_accuracy", "image_error"))
+  assert spec.target is Modality.IMAGE and spec.reads is Reads.TEXT
+  assert spec.metric_inputs == (M.MetricInput.TOKENS, M.MetricInput.IMAGE)
+  assert EvalSpec(metrics=("refexp",), reads="box") == EvalSpec(metrics=("refexp",),
+                                                                 reads=Reads.BOX)
+  with pytest.raises(ValueError, match=r"^metric 'refexp' takes box inputs and does not apply to "
+                                       r"text targets read as text"):
+    EvalSpec(metrics=("refexp",))
+  with pytest.raises(ValueError, match="'image_error' .* audio targets, which give "
+                                       r"\['tokens', 'spectrogram'\]$"):
+    EvalSpec(target=Modality.AUDIO, metrics=("image_error",))
+  with pytest.raises(ValueError, match="target must be text, image or audio, got 'video'"):
+    EvalSpec(target="video")
+  with pytest.raises(ValueError, match="reads must be text, box or boxes, got 'mask'"):
+    EvalSpec(reads="mask")

@@ -2,7 +2,7 @@
 gloo collectives) run the real CLI and match a one-process 8-device run of the same command.
 
 Both runs pin `train.input_shards=2`: the global batches are then a function of the seed alone
-(see `unified_io.training.partitioned`), each process reads only its own input shard, and the one
+(see `unified_io.training.input`), each process reads only its own input shard, and the one
 process reads both. Losses, gradient norms and target-token counts must agree step for step, and
 the checkpoint the two processes wrote together must hold the one-process run's state.
 """
@@ -18,7 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from unified_io.training import partitioned
+from unified_io import partitioning
+from unified_io.training.input import process_input_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, BATCH, INPUT_SHARDS = 5, 8, 2
@@ -145,20 +146,19 @@ def test_the_jointly_written_checkpoint_holds_the_one_process_state(runs):
 # which rows and shards a process reads (no processes needed: the rules are arithmetic)
 # ------------------------------------------------------------------------------------------------
 def test_input_shards_must_cover_whole_blocks_of_a_process_rows():
-  assert partitioned.process_input_shards(range(0, 8), 8, 2) == range(0, 2)
-  assert partitioned.process_input_shards(range(4, 8), 8, 2) == range(1, 2)
-  assert partitioned.process_input_shards(range(4, 8), 8, 4) == range(2, 4)
+  assert process_input_shards(range(0, 8), 8, 2) == range(0, 2)
+  assert process_input_shards(range(4, 8), 8, 2) == range(1, 2)
+  assert process_input_shards(range(4, 8), 8, 4) == range(2, 4)
   with pytest.raises(ValueError, match="holds rows \\[4, 8\\).*multiple of 2"):
-    partitioned.process_input_shards(range(4, 8), 8, 1)
+    process_input_shards(range(4, 8), 8, 1)
   with pytest.raises(ValueError, match="must divide BATCH_SIZE=8"):
-    partitioned.process_input_shards(range(0, 8), 8, 3)
+    process_input_shards(range(0, 8), 8, 3)
 
 
 def test_process_rows_follow_the_mesh():
-  from unified_io import partitioning
   assert jax.device_count() == 8 and jax.process_count() == 1
-  assert partitioned.process_rows(partitioning.make_mesh(data=2, model=4), 8) == range(0, 8)
-  assert partitioned.process_rows(partitioning.make_mesh(data=8), 16) == range(0, 16)
+  assert partitioning.process_rows(partitioning.make_mesh(data=2, model=4), 8) == range(0, 8)
+  assert partitioning.process_rows(partitioning.make_mesh(data=8), 16) == range(0, 16)
 
 
 def test_bad_multihost_flags_are_named():

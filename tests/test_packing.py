@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io import packing
-from unified_io.config import ConfigError, make_config
+from unified_io.network import packing
+from unified_io.config import ConfigError
+from unified_io.presets import make_config
 from unified_io.interop.check_reference import nest_inputs
 from unified_io.interop.params import release_to_params
 from unified_io.interop.release import config_from_release

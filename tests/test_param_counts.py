@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.config import SIZES, make_config
+from unified_io.presets import SIZES, make_config
 from unified_io.model import UnifiedIOModel
 
 HAND_DERIVED = {"large": 776_868_864, "xl": 2_837_194_752, "xxl": 6_520_707_072}

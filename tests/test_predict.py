@@ -23,6 +23,7 @@ from unified_io.cli import predict
 from unified_io.data import vocab as vocab_lib
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
+from unified_io.modalities import Modality
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ALL_LENGTHS = {"text_inputs": 32, "text_targets": 8, "image_input_samples": 64,
@@ -137,13 +138,13 @@ def test_target_is_read_from_the_prompt():
   for prompt in ("Generate a picture of a cat", "Create an image that shows a dog",
                  "Draw: two squares", "Paint this scene: a red circle",
                  "Render an image matching the description: sky"):
-    assert predict.infer_target(prompt) == "image", prompt
+    assert predict.infer_target(prompt) is Modality.IMAGE, prompt
   for prompt in ("Make the sound of a bell", "Generate audio: a low tone",
                  "Produce a recording of rain", "Synthesise this sound: a beep"):
-    assert predict.infer_target(prompt) == "audio", prompt
+    assert predict.infer_target(prompt) is Modality.AUDIO, prompt
   for prompt in ("What is in the image?", "Describe the sound.", "Locate the red circle.",
                  "Make a list of the shapes", ""):
-    assert predict.infer_target(prompt) == "text", prompt
+    assert predict.infer_target(prompt) is Modality.TEXT, prompt
 
 
 def test_boxes_come_back_in_input_image_pixels(mm_dir):

@@ -197,9 +197,22 @@ def test_empty_prompt_without_other_input_fails_naming_the_field():
   assert out["text_inputs"].tolist() == [V.PREFIX_TOKENS["[Image] [S]"], 1]
 
 
-def test_masked_image_of_the_wrong_size_and_lengths_above_the_grid():
-  with pytest.raises(ValueError, match="`image_inputs` comes with a mask.*32x32"):
-    run({"text_inputs": "x", "image_inputs": np.zeros((8, 8, 3), np.uint8),
-         "image_input_masks": np.ones((8, 8), bool)})
+def test_masked_canvas_is_scaled_to_the_model_and_refused_at_another_aspect():
+  # A task's own square canvas (its boxes are fractions of it) is scaled to the model's 32x32,
+  # the mask by nearest neighbour: the valid left half stays the left half.
+  canvas = np.full((8, 8, 3), 255, np.uint8)
+  mask = np.zeros((8, 8), bool)
+  mask[:, :4] = True
+  out = run({"text_inputs": "x", "image_inputs": canvas, "image_input_masks": mask})
+  grid = CFG.grid("image")
+  valid = out["image_patch_mask"].reshape(-1)
+  columns = out["image_patch_pos_ids"].reshape(-1) % grid[1]
+  assert set(columns[valid == 1]) == set(range(grid[1] // 2))
+  with pytest.raises(ValueError, match="`image_inputs` comes with a mask.*aspect ratio.*32x32"):
+    run({"text_inputs": "x", "image_inputs": np.zeros((8, 16, 3), np.uint8),
+         "image_input_masks": np.ones((8, 16), bool)})
+
+
+def test_lengths_above_the_grid():
   with pytest.raises(ValueError, match="`image_input_samples` = 17"):
     run({"text_inputs": "x"}, {**LENGTHS, "image_input_samples": 17})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from unified_io.network import masks
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.network.layers.rope import apply_rope, rope_table_1d, rope_table_2d
 from unified_io.model import UnifiedIOModel
 

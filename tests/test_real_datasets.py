@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from fixture_media import write_image, write_video, write_wav
 from test_manifest import converted_batch, small_sizes, stage1  # noqa: F401  (fixture)
 from unified_io.data import bad_input, prompts
-from unified_io.contract import get_data_config
+from unified_io.data.ops import image as image_ops
 from unified_io.datasets.directories import DATA_DIR_ENV, DatasetMissingError
 from unified_io.data.ops import boxes as box_ops
 import unified_io.tasks  # noqa: F401  (registers the tasks)
@@ -45,7 +45,7 @@ def picture(h, w):
 
 
 def boxes_from_target(text: bytes):
-  return box_ops.text_to_boxes_np(text, get_data_config().image_input_size)
+  return box_ops.text_to_boxes_np(text, image_ops.CANVAS_SIZE)
 
 
 # ---------------------------------------------------------------- TFDS: COCO, RefCOCO
@@ -78,7 +78,7 @@ def test_coco_detection_on_hand_made_examples():
     (ex,) = stage1("coco_detection")
     assert bad_input.counts() == {"coco_detection/boxes_outside_image": 1}
     batch = converted_batch("coco_detection", batch_size=1)
-  size = get_data_config().image_input_size[0]
+  size = image_ops.CANVAS_SIZE[0]
   scale, pad = size / 200, (size - 100 * size / 200) / 2
   expected = np.array([[10 * scale + pad, 40 * scale, 50 * scale + pad, 120 * scale],
                        [pad, 0, 100 * scale + pad, size]])
@@ -105,7 +105,7 @@ def test_refcoco_one_example_per_expression(task):
     if task == "refcoco":
       batch = converted_batch(task, "validation", batch_size=3)
       assert batch["targets/text/mask"].sum(axis=1).min() >= 4  # four location tokens + EOS
-  size = get_data_config().image_input_size[0]
+  size = image_ops.CANVAS_SIZE[0]
   assert [e["meta/expression"] for e in examples] == [b"top left thing", b"the first",
                                                      b"bottom right"]
   for ex, box in zip(examples, ([0, 0, 30, 30], [0, 0, 30, 30], [30, 30, 60, 60])):

@@ -11,7 +11,9 @@ import jax.ad_checkpoint
 import numpy as np
 import pytest
 
-from unified_io.config import REMAT_POLICIES, ConfigError, TrunkConfig, make_config
+from unified_io.config import ConfigError, RematPolicy, TrunkConfig
+
+from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 from unified_io.network.trunk import REMAT_POLICIES as POLICY_FUNCTIONS
 
@@ -52,10 +54,11 @@ def _saved_activations(model, params, batch) -> int:
   return total
 
 
-@pytest.mark.parametrize("overrides", [dict(remat=True), dict(remat_policy="full"),
+@pytest.mark.parametrize("overrides", [dict(remat_policy=RematPolicy.FULL),
+                                       dict(remat_policy="full"),
                                        dict(remat_policy="dots"),
                                        dict(remat_policy="dots_no_batch")],
-                         ids=["remat_true", "full", "dots", "dots_no_batch"])
+                         ids=["full_member", "full", "dots", "dots_no_batch"])
 def test_every_policy_gives_the_same_loss_and_grads(setup, overrides):
   batch, params, (loss_a, grads_a) = setup
   remat = _model(**overrides)
@@ -73,24 +76,26 @@ def test_policies_keep_what_they_say(setup):
   (+ attention scores) < none (everything autodiff keeps)."""
   batch, params, _ = setup
   saved = {policy: _saved_activations(_model(remat_policy=policy), params, batch)
-           for policy in REMAT_POLICIES}
-  assert saved["full"] < saved["dots_no_batch"] < saved["dots"] < saved["none"], saved
-  assert _saved_activations(_model(remat=True), params, batch) == saved["full"]
+           for policy in RematPolicy}
+  assert saved[RematPolicy.FULL] < saved[RematPolicy.DOTS_NO_BATCH] < saved[RematPolicy.DOTS] \
+      < saved[RematPolicy.NONE], saved
 
 
 def test_policy_names():
-  assert set(REMAT_POLICIES) == {"none"} | set(POLICY_FUNCTIONS)
-  assert TrunkConfig(remat=True).effective_remat_policy == "full"
-  assert TrunkConfig(remat=True, remat_policy="full").effective_remat_policy == "full"
-  assert TrunkConfig(remat_policy="dots").effective_remat_policy == "dots"
-  assert TrunkConfig().effective_remat_policy == "none"
+  assert set(RematPolicy) == {RematPolicy.NONE} | set(POLICY_FUNCTIONS)
+  # A string value becomes its member; a member stays itself.
+  assert TrunkConfig(remat_policy="dots").remat_policy is RematPolicy.DOTS
+  assert TrunkConfig(remat_policy=RematPolicy.FULL).remat_policy is RematPolicy.FULL
+  assert TrunkConfig().remat_policy is RematPolicy.NONE
+  assert TrunkConfig(remat_policy="dots") == TrunkConfig(remat_policy=RematPolicy.DOTS)
   with pytest.raises(ConfigError, match=r"remat_policy.*'offload'.*known: \['none', 'full'"):
     TrunkConfig(remat_policy="offload")
-  with pytest.raises(ConfigError, match="contradicts"):
-    TrunkConfig(remat=True, remat_policy="dots")
   with pytest.raises(ConfigError, match="scan_layers.*bool"):
     TrunkConfig(scan_layers="yes")
-  # Through the gin entry point too.
-  assert make_config("tiny", remat_policy="dots_no_batch").trunk.remat_policy == "dots_no_batch"
+  # Through the gin entry point too; the old `remat` bool is gone.
+  assert (make_config("tiny", remat_policy="dots_no_batch").trunk.remat_policy
+          is RematPolicy.DOTS_NO_BATCH)
   with pytest.raises(ConfigError, match="remat_policy"):
     make_config("tiny", remat_policy="everything")
+  with pytest.raises(ConfigError, match="`remat`: is not a TrunkConfig field"):
+    make_config("tiny", remat=True)

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from unified_io.cli import gin_flags
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.contract import DataConfig
 from unified_io.evaluation import run_loader
 from unified_io.evaluation.run_loader import RunLoadError, load_run

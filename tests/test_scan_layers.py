@@ -19,7 +19,8 @@ from unified_io import decoding, partitioning
 from unified_io.network import layer_stacking, masks, trunk as transformer
 
 from unified_io.cli import merge
-from unified_io.config import make_config, trunk_config
+from unified_io.config import RematPolicy
+from unified_io.presets import make_config, trunk_config
 from unified_io.model import UnifiedIOModel, modality_loss
 from unified_io.training.checkpoints import load_params
 
@@ -135,7 +136,7 @@ def test_scanned_equals_per_layer_text(text):
 
 def test_scanned_with_remat_equals_per_layer(text):
   scanned = UnifiedIOModel(make_config("tiny", text_vocab_size=VOCAB, scan_layers=True,
-                                       remat=True))
+                                       remat_policy=RematPolicy.FULL))
   text.check(*_loss_logits_grads(scanned, text.stacked, text.batch))
   # The remat really is inside the scanned body.
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: scanned.loss_fn(p, text.batch)[0]))(text.stacked))

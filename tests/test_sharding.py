@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from unified_io import partitioning
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 
 CFG = make_config("tiny", text_vocab_size=512)

@@ -1,8 +1,8 @@
 """One real train step on 8 fake CPU devices equals the single-device step (see conftest.py).
 
 The step is the trainer's: Adafactor with the t5x defaults, `make_train_step` (dropout rng given),
-jitted with donation and the state shardings `partitioned.state_shardings` derives from the
-logical axis rules, the batch assembled by `partitioned.global_batch`. Meshes: (data=2, model=4),
+jitted with donation and the state shardings `partitioning.state_shardings` derives from the
+logical axis rules, the batch assembled by `partitioning.global_batch`. Meshes: (data=2, model=4),
 and the same mesh with FSDP (parameters' embed axis also split over data). The single-device run
 is the same step jitted without shardings on one device, on the same batch and rng.
 """
@@ -15,10 +15,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from unified_io import partitioning
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training.optim import adafactor, learning_rate_schedule
-from unified_io.training.partitioned import abstract_state, global_batch, state_shardings
+from unified_io.training.train_setup import abstract_state
 from unified_io.training.train_state import TrainState
 from unified_io.training.train_step import jit_train_step, make_train_step
 
@@ -107,9 +107,9 @@ def test_sharded_train_step_equals_single_device(setup, fsdp):
   model, optimizer = setup["model"], setup["optimizer"]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as the trainer runs it
     boxed, abstract = abstract_state(setup["init"], optimizer)
-    shardings = state_shardings(boxed, abstract, mesh, rules)
+    shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
     state = jax.device_put(setup["state"], shardings)
-    batch = global_batch(setup["batch"], mesh)
+    batch = partitioning.global_batch(setup["batch"], mesh)
     step = jit_train_step(
         make_train_step(model.loss_fn, optimizer, LR, use_dropout=True), state_shardings=shardings,
         batch_sharding=jax.tree_util.tree_map(lambda x: x.sharding, batch))

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from unified_io.config import make_config
+from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training.optim import adafactor, learning_rate_schedule
 from unified_io.training.train_state import TrainState

@@ -14,7 +14,7 @@ from PIL import Image
 
 from unified_io.data import prompts, registry, visualize
 from unified_io.data import vocab as vocab_lib
-from unified_io.contract import DataConfig, set_data_config
+from unified_io.contract import DataConfig
 from unified_io.data.ops import audio as audio_ops
 from unified_io.data.ops import boxes as boxes_ops
 from unified_io.data.ops import image as image_ops
@@ -54,7 +54,6 @@ def _stage1(ds):
 
 @pytest.fixture(scope="module")
 def task():
-  set_data_config(CFG)
   source = seqio.FunctionDataSource(
       lambda split, shuffle_files, seed=None: tf.data.Dataset.from_generator(
           _raw_examples, output_signature={
@@ -64,7 +63,6 @@ def task():
   registry.add_task(TASK, source, [_stage1], replace=True)
   yield TASK
   seqio.TaskRegistry.remove(TASK)
-  set_data_config(None)
 
 
 def test_unpatchify_inverts_patchify_on_the_sampled_cells():
@@ -110,5 +108,5 @@ def test_the_command_writes_pngs_and_an_index(task, tmp_path):
 
 
 def test_an_unknown_task_names_the_registered_ones(task):
-  with pytest.raises(SystemExit, match="no task or mixture named 'nope'.*" + task):
+  with pytest.raises(ValueError, match="no task or mixture named 'nope'.*" + task):
     visualize.load_examples("nope", 1, "train", None, CFG)

@@ -339,16 +339,12 @@ def test_data_source_yields_declared_fields_deterministically_and_shards():
 
 @pytest.fixture(scope="module")
 def small_data_config():
-  """Registered tasks draw at the DataConfig's sizes: small ones keep stage 2 fast."""
-  from unified_io import contract as data_config
+  """Small model sizes keep stage 2 fast (the world draws at its own 128 px and is resized)."""
+  from unified_io import contract
   import unified_io.tasks.world  # noqa: F401  (registers world_*)
-  previous = data_config.get_data_config()
-  small = data_config.DataConfig(image_input_size=(64, 64), image_history_size=(32, 32),
-                                 image_target_size=(32, 32), image_history_max_frames=4,
-                                 audio_history_max_frames=4)
-  data_config.set_data_config(small)
-  yield small
-  data_config.set_data_config(previous)
+  return contract.DataConfig(image_input_size=(64, 64), image_history_size=(32, 32),
+                             image_target_size=(32, 32), image_history_max_frames=4,
+                             audio_history_max_frames=4)
 
 
 def _world_tasks():
@@ -368,8 +364,9 @@ def _raw(task_name: str, n: int, split: str = "validation"):
 @pytest.mark.parametrize("name", sorted(world.GENERATORS))
 def test_every_world_task_yields_stage2_examples(name, small_data_config):
   import seqio
+  from unified_io.data import pipeline
   task = seqio.get_mixture_or_task(f"world_{name}")
-  ex = next(task.get_dataset(sequence_length=None, split="validation", shuffle=False)
+  ex = next(pipeline.task_examples(task, small_data_config, {}, split="validation", shuffle=False)
             .as_numpy_iterator())
   assert ex["text_inputs"].dtype == np.int32 and ex["text_inputs"].size >= 2
   modalities = _world_tasks().TASKS[name].modalities
@@ -384,12 +381,15 @@ def test_every_world_task_yields_stage2_examples(name, small_data_config):
   if name == "text_to_audio":
     assert ex["audio_target"].size > 0 and ex["text_targets"].size == 0
   if "image" in modalities and name != "text_to_image":
-    np.testing.assert_array_equal(ex["meta/image_size"], [64, 64])
+    drawn = world.make_world_config().image_size  # the world's own size; stage 2 resized it
+    np.testing.assert_array_equal(ex["meta/image_size"], [drawn, drawn])
+    assert ex["image_patches"].shape[0] <= small_data_config.num_patches("image")
 
 
 def test_location_targets_decode_to_the_drawn_boxes(small_data_config):
   from unified_io.data.ops import boxes as box_ops
-  size = small_data_config.image_input_size[0]
+  del small_data_config
+  size = world.make_world_config().image_size  # stage 1: boxes in the drawn image's pixels
   for ex in _raw("refexp", 6):
     decoded = box_ops.text_to_boxes_np(ex["text_targets"], size)
     np.testing.assert_allclose(decoded, ex["meta/boxes"], atol=size / 999)
@@ -409,25 +409,24 @@ def test_generation_tasks_drop_about_a_tenth_of_prompts(small_data_config):
 
 
 def test_mixtures_cover_the_tasks_and_are_deterministic(small_data_config):
-  import seqio
-  from unified_io.data import registry
+  from unified_io.data import pipeline, registry
   world_tasks = _world_tasks()
   assert set(registry.rates("world_default")) == {f"world_{n}" for n in world_tasks.TASKS}
   for mixture in ("world_vision", "world_video", "world_audio", "world_text"):
     assert set(registry.rates(mixture)) < set(registry.rates("world_default"))
-  mixture = seqio.get_mixture_or_task("world_text")
 
   def take():
-    ds = mixture.get_dataset(sequence_length=None, split="train", shuffle=True, seed=5)
+    ds = pipeline.mixed_examples("world_text", small_data_config, {}, split="train",
+                                 shuffle=True, seed=5, num_epochs=None)
     return [ex["text_inputs"].tolist() for ex in ds.take(10).as_numpy_iterator()]
   first = take()
   assert first == take() and len({tuple(t) for t in first}) == 10
 
 
-def test_gin_bindings_apply_when_the_dataset_is_built(small_data_config):
+def test_gin_bindings_apply_when_the_dataset_is_built():
   import gin
   source = world.WorldDataSource("caption", world.make_world_config)
-  assert source.config.image_size == 64  # None -> the DataConfig in effect
+  assert source.config.image_size == 128  # the default
   with gin.unlock_config():
     gin.parse_config("make_world_config.difficulty = 'hard'\nmake_world_config.image_size = 48")
   try:

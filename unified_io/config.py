@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses and the named size presets.
+"""Frozen configuration dataclasses (the size presets and `make_config` are in presets.py).
 
 One dataclass per network component, passed whole to the module that builds it. Derived values are
 properties. Gin binds `UnifiedIOConfig` (through `make_config`) and the size presets, never inner
@@ -9,9 +9,9 @@ array is allocated, with a message naming the field.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+import enum
+from typing import Optional, Tuple
 
-import gin
 import jax.numpy as jnp
 
 from unified_io.modalities import Modality
@@ -24,20 +24,31 @@ class ConfigError(ValueError):
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _require(ok: bool, field: str, message: str) -> None:
+def require(ok: bool, field: str, message: str) -> None:
+  """Raises ConfigError naming `field` unless `ok`."""
   if not ok:
     raise ConfigError(f"config field `{field}`: {message}")
 
 
-# What a rematerialised layer keeps for its backward pass (the names of `jax.checkpoint_policies`
-# in unified_io/network/trunk.py); everything else is recomputed. "none": no rematerialisation.
-REMAT_POLICIES = (
-    "none",
-    "full",  # nothing: only each layer's inputs (jax's nothing_saveable)
-    "dots",  # every matmul output (checkpoint_dots)
-    "dots_no_batch",  # matmul outputs without batch dimensions: the projections, not attention
-                      # scores (dots_with_no_batch_dims_saveable)
-)
+def _as_member(enum_cls, value, field: str, what: str):
+  """`value` (a member of `enum_cls` or its string value) as the member; else a ConfigError."""
+  try:
+    return enum_cls(value)
+  except ValueError:
+    raise ConfigError(f"config field `{field}`: unknown {what} {value!r}; "
+                      f"known: {[m.value for m in enum_cls]}") from None
+
+
+class RematPolicy(str, enum.Enum):
+  """What a rematerialised layer keeps for its backward pass (unified_io/network/trunk.py maps
+  each to a `jax.checkpoint_policies` function); everything else is recomputed."""
+
+  NONE = "none"  # no rematerialisation
+  FULL = "full"  # nothing: only each layer's inputs (jax's nothing_saveable)
+  DOTS = "dots"  # every matmul output (checkpoint_dots)
+  # Matmul outputs without batch dimensions: the projections, not attention scores
+  # (dots_with_no_batch_dims_saveable).
+  DOTS_NO_BATCH = "dots_no_batch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +83,9 @@ class TrunkConfig:
   norm_eps: float = 1e-6
   z_loss: float = 1e-4
   dtype: str = "float32"  # activation dtype; parameters are always float32
-  # Rematerialisation of each layer in the backward pass (memory for compute): `remat_policy`
-  # names what a layer keeps (REMAT_POLICIES); `remat=True` is the older spelling of "full".
-  remat: bool = False
-  remat_policy: str = "none"
+  # Rematerialisation of each layer in the backward pass (memory for compute): what a layer keeps.
+  # A `RematPolicy` or its value ("none", "full", "dots", "dots_no_batch").
+  remat_policy: RematPolicy = RematPolicy.NONE
   # Run the encoder and decoder layers under `nn.scan`: one compiled layer body, parameters (and
   # decoding caches) stacked on a leading "layers" axis (`unified_io.network.layer_stacking` converts).
   scan_layers: bool = False
@@ -84,31 +94,22 @@ class TrunkConfig:
     for name in ("emb_dim", "num_heads", "head_dim", "num_encoder_layers", "num_decoder_layers",
                  "mlp_dim", "text_vocab_size", "max_text_length"):
       value = getattr(self, name)
-      _require(isinstance(value, int) and value > 0, name, f"must be a positive int, got {value!r}")
+      require(isinstance(value, int) and value > 0, name, f"must be a positive int, got {value!r}")
     for name in ("image_vocab_size", "audio_vocab_size"):
       value = getattr(self, name)
-      _require(isinstance(value, int) and value >= 0, name, f"must be an int >= 0, got {value!r}")
+      require(isinstance(value, int) and value >= 0, name, f"must be an int >= 0, got {value!r}")
     # 2D RoPE rotates hd/4 pairs with the row and hd/4 with the column.
-    _require(self.head_dim % 4 == 0, "head_dim",
+    require(self.head_dim % 4 == 0, "head_dim",
              f"must be a multiple of 4 for 2D RoPE, got {self.head_dim}")
-    _require(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-    _require(0.0 <= self.dropout_rate < 1.0, "dropout_rate",
+    require(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    require(0.0 <= self.dropout_rate < 1.0, "dropout_rate",
              f"must be in [0, 1), got {self.dropout_rate}")
-    _require(self.encoder_max_image_length > 0 and self.decoder_max_image_length > 0,
+    require(self.encoder_max_image_length > 0 and self.decoder_max_image_length > 0,
              "encoder_max_image_length", "image lengths must be positive")
-    _require(self.remat_policy in REMAT_POLICIES, "remat_policy",
-             f"unknown policy {self.remat_policy!r}; known: {list(REMAT_POLICIES)}")
-    _require(not self.remat or self.remat_policy in ("none", "full"), "remat",
-             f"remat=True means remat_policy='full' and contradicts remat_policy="
-             f"{self.remat_policy!r}; set remat_policy alone")
-    for name in ("remat", "scan_layers"):
-      _require(isinstance(getattr(self, name), bool), name,
-               f"must be a bool, got {getattr(self, name)!r}")
-
-  @property
-  def effective_remat_policy(self) -> str:
-    """The policy the layers run with: `remat_policy`, or "full" when only `remat` is set."""
-    return "full" if self.remat and self.remat_policy == "none" else self.remat_policy
+    object.__setattr__(self, "remat_policy",
+                       _as_member(RematPolicy, self.remat_policy, "remat_policy", "policy"))
+    require(isinstance(self.scan_layers, bool), "scan_layers",
+             f"must be a bool, got {self.scan_layers!r}")
 
   @property
   def joined_heads_dim(self) -> int:
@@ -153,13 +154,13 @@ class VitConfig:
   def __post_init__(self):
     for name in ("emb_dim", "num_heads", "head_dim", "num_layers", "mlp_dim", "patch_size",
                  "num_pos"):
-      _require(getattr(self, name) > 0, f"vit.{name}", "must be positive")
-    _require(self.num_layers >= 2, "vit.num_layers", "must be >= 2 (block 1 is a feature tap)")
-    _require(self.num_heads * self.head_dim == self.emb_dim, "vit.num_heads",
+      require(getattr(self, name) > 0, f"vit.{name}", "must be positive")
+    require(self.num_layers >= 2, "vit.num_layers", "must be >= 2 (block 1 is a feature tap)")
+    require(self.num_heads * self.head_dim == self.emb_dim, "vit.num_heads",
              f"num_heads * head_dim must equal emb_dim ({self.num_heads} * {self.head_dim} != "
              f"{self.emb_dim})")
     for side in self.default_input_size:
-      _require(side % self.patch_size == 0, "vit.default_input_size",
+      require(side % self.patch_size == 0, "vit.default_input_size",
                f"{self.default_input_size} is not a multiple of patch_size {self.patch_size}")
 
   @property
@@ -191,7 +192,7 @@ class ResamplerConfig:
   def __post_init__(self):
     for name in ("emb_dim", "num_heads", "head_dim", "num_layers", "mlp_dim", "latents_size",
                  "max_frames"):
-      _require(getattr(self, name) > 0, f"resampler.{name}", "must be positive")
+      require(getattr(self, name) > 0, f"resampler.{name}", "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,7 @@ class ImageVQGANConfig:
   def __post_init__(self):
     # Every level but the last halves the resolution: the patch size follows from ch_mult.
     downsample = 2 ** (len(self.ch_mult) - 1)
-    _require(tuple(self.patch_size) == (downsample, downsample), "image_vqgan.patch_size",
+    require(tuple(self.patch_size) == (downsample, downsample), "image_vqgan.patch_size",
              f"{tuple(self.patch_size)} does not match ch_mult {tuple(self.ch_mult)} "
              f"(which downsamples by {downsample})")
 
@@ -275,172 +276,46 @@ class UnifiedIOConfig:
   # The paper's autoregressive dynamic masking and row/column/conv patterns for image and audio
   # targets. The release computes them but never applies them: off = the release's numbers.
   dynamic_masking: bool = False
-  # Pair packing (unified_io/packing.py): examples 2i and 2i+1 of a batch share one encoder row and
+  # Pair packing (unified_io/network/packing.py): examples 2i and 2i+1 of a batch share one encoder row and
   # one decoder row of these lengths; None = the pair's full unpacked length (nothing is dropped).
   pack_pairs: bool = False
   packed_encoder_length: Optional[int] = None
   packed_decoder_length: Optional[int] = None
 
   def __post_init__(self):
-    object.__setattr__(self, "input_modalities", _as_modalities(self.input_modalities, "input_modalities"))
-    object.__setattr__(self, "target_modalities", _as_modalities(self.target_modalities, "target_modalities"))
-    _require(bool(self.input_modalities), "input_modalities", "needs at least one modality")
-    _require(bool(self.target_modalities), "target_modalities", "needs at least one modality")
+    object.__setattr__(self, "input_modalities", as_modalities(self.input_modalities, "input_modalities"))
+    object.__setattr__(self, "target_modalities", as_modalities(self.target_modalities, "target_modalities"))
+    require(bool(self.input_modalities), "input_modalities", "needs at least one modality")
+    require(bool(self.target_modalities), "target_modalities", "needs at least one modality")
     for m in self.target_modalities:
-      _require(m.can_be_target, "target_modalities", f"{m.value} cannot be a target")
-      _require(self.trunk.vocab_size(m) > 0, f"trunk.{m.value}_vocab_size",
+      require(m.can_be_target, "target_modalities", f"{m.value} cannot be a target")
+      require(self.trunk.vocab_size(m) > 0, f"trunk.{m.value}_vocab_size",
                f"must be > 0 when {m.value} is a target")
     for m in self.input_modalities:
-      for component in _INPUT_COMPONENTS[m]:
-        _require(getattr(self, component) is not None, component,
+      for component in INPUT_COMPONENTS[m]:
+        require(getattr(self, component) is not None, component,
                  f"is required when {m.value} is an input modality")
     for m in self.target_modalities:
-      for component in _TARGET_COMPONENTS[m]:
-        _require(getattr(self, component) is not None, component,
+      for component in TARGET_COMPONENTS[m]:
+        require(getattr(self, component) is not None, component,
                  f"is required when {m.value} is a target modality")
     for name in ("packed_encoder_length", "packed_decoder_length"):
       value = getattr(self, name)
-      _require(value is None or (isinstance(value, int) and value > 0), name,
+      require(value is None or (isinstance(value, int) and value > 0), name,
                f"must be None or a positive int, got {value!r}")
-      _require(value is None or self.pack_pairs, name, "is set but `pack_pairs` is off")
+      require(value is None or self.pack_pairs, name, "is set but `pack_pairs` is off")
 
 
-_INPUT_COMPONENTS = {
+INPUT_COMPONENTS = {
     Modality.TEXT: (), Modality.IMAGE: ("image_vit",), Modality.AUDIO: ("audio_vit",),
     Modality.IMAGE_HISTORY: ("image_vit", "image_history"),
     Modality.AUDIO_HISTORY: ("audio_vit", "audio_history"),
 }
-_TARGET_COMPONENTS = {Modality.TEXT: (), Modality.IMAGE: ("image_vqgan",),
+TARGET_COMPONENTS = {Modality.TEXT: (), Modality.IMAGE: ("image_vqgan",),
                       Modality.AUDIO: ("audio_vqgan",)}
 
 
-def _as_modalities(values, field: str) -> Tuple[Modality, ...]:
-  out = []
-  for v in values:
-    try:
-      out.append(Modality(v) if not isinstance(v, Modality) else v)
-    except ValueError:
-      raise ConfigError(f"config field `{field}`: unknown modality {v!r}; "
-                        f"known: {[m.value for m in Modality]}") from None
+def as_modalities(values, field: str) -> Tuple[Modality, ...]:
+  out = [_as_member(Modality, v, field, "modality") for v in values]
   # The release concatenates parts in a fixed order; keep it whatever order the user wrote.
   return tuple(sorted(set(out), key=Modality.order))
-
-
-# ------------------------------------------------------------------------------------------------
-# Size presets (DESIGN.md). `tiny` is for CI: seconds on CPU, and head_dim != emb_dim so RoPE is on.
-# ------------------------------------------------------------------------------------------------
-SIZES = {
-    "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, num_encoder_layers=2, num_decoder_layers=2,
-                 mlp_dim=256),
-    "small": dict(emb_dim=512, num_heads=8, head_dim=64, num_encoder_layers=8, num_decoder_layers=8,
-                  mlp_dim=1408),
-    "base": dict(emb_dim=768, num_heads=12, head_dim=64, num_encoder_layers=12,
-                 num_decoder_layers=12, mlp_dim=2048),
-    "large": dict(emb_dim=1024, num_heads=16, head_dim=64, num_encoder_layers=24,
-                  num_decoder_layers=24, mlp_dim=2816),
-    "xl": dict(emb_dim=2048, num_heads=16, head_dim=128, num_encoder_layers=24,
-               num_decoder_layers=24, mlp_dim=5120),
-    "xxl": dict(emb_dim=3072, num_heads=24, head_dim=128, num_encoder_layers=24,
-                num_decoder_layers=24, mlp_dim=8192),
-}
-
-
-def trunk_config(size: str, **overrides) -> TrunkConfig:
-  """The trunk of a named size preset, with any field overridden."""
-  if size not in SIZES:
-    raise ConfigError(f"config field `size`: unknown size {size!r}; known: {list(SIZES)}")
-  known = {f.name for f in dataclasses.fields(TrunkConfig)}
-  for name in overrides:
-    _require(name in known, name, f"is not a TrunkConfig field; known: {sorted(known)}")
-  return TrunkConfig(**{**SIZES[size], **overrides})
-
-
-def tiny_components() -> Dict[str, Any]:
-  """Small ViTs, resamplers and VQ tokenizers (the sizes of the reference's tiny release config):
-  128 px images in 16 px patches (8 x 8), 128 x 64 spectrograms, 4 history frames, 16 x 16 image
-  codes from a 256-entry codebook, 8 x 16 audio codes. Seconds per step on a CPU."""
-  vit = dict(emb_dim=128, num_heads=2, head_dim=64, num_layers=2, mlp_dim=256, patch_size=16)
-  resampler = dict(emb_dim=128, num_heads=2, head_dim=64, num_layers=2, mlp_dim=256, max_frames=4)
-  return dict(
-      image_vit=VitConfig(**vit, default_input_size=(128, 128), num_pos=65),
-      audio_vit=VitConfig(**vit, default_input_size=(128, 64), num_pos=514),
-      image_history=ResamplerConfig(**resampler, latents_size=8, qk_norm=True, scaled_cosine=False),
-      audio_history=ResamplerConfig(**resampler, latents_size=4, qk_norm=False, scaled_cosine=True),
-      image_vqgan=ImageVQGANConfig(embed_dim=4, n_embed=256, z_channels=4, resolution=128, ch=32,
-                                   ch_mult=(1, 1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
-                                   default_input_size=(128, 128), patch_size=(8, 8)),
-      audio_vqgan=AudioVQGANConfig(
-          vocab_size=256, proj_dim=32, encoder_hidden_size=128, encoder_num_layers=2,
-          encoder_mlp_dim=256, encoder_num_heads=2, encoder_head_dim=64, decoder_hidden_size=128,
-          decoder_num_layers=2, decoder_mlp_dim=256, decoder_num_heads=2, decoder_head_dim=64,
-          default_input_size=(64, 128), patch_size=(8, 8)),
-      image_history_input_size=(128, 128), audio_history_input_size=(128, 64))
-
-
-def release_components(size: str) -> Dict[str, Any]:
-  """The released model's ViTs, resamplers and VQ tokenizers (large/xl/xxl share them)."""
-  from unified_io.interop.release import config_from_release, release_config  # (imports us)
-  cfg = config_from_release(release_config(size if size in ("large", "xl", "xxl") else "large"))
-  names = ("image_vit", "audio_vit", "image_history", "audio_history", "image_vqgan", "audio_vqgan",
-           "image_history_input_size", "audio_history_input_size")
-  return {name: getattr(cfg, name) for name in names}
-
-
-COMPONENT_PRESETS = {"tiny": lambda size: tiny_components(), "release": release_components}
-
-
-def _round_up(n: int, multiple: int = 128) -> int:
-  return -(-n // multiple) * multiple
-
-
-def _fit_trunk_to_components(components: Dict[str, Any], overrides: Dict[str, Any]
-                             ) -> Dict[str, Any]:
-  """Trunk fields the components fix (unless overridden): target vocabularies (codes + 2, padded
-  to 128 as the release pads 16386 -> 16512) and the image RoPE lengths of the 4/3-style factor."""
-  fitted = {}
-  if components.get("image_vqgan") is not None:
-    vq = components["image_vqgan"]
-    fitted["image_vocab_size"] = _round_up(vq.n_embed + 2)
-    fitted["decoder_max_image_length"] = vq.grid[0] * vq.grid[1]
-  if components.get("audio_vqgan") is not None:
-    fitted["audio_vocab_size"] = _round_up(components["audio_vqgan"].vocab_size + 2)
-  if components.get("image_vit") is not None:
-    h, w = components["image_vit"].grid
-    fitted["encoder_max_image_length"] = h * w
-  return {**fitted, **overrides}
-
-
-@gin.configurable
-def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
-                dynamic_masking: bool = False, freeze_vit: bool = True,
-                pack_pairs: bool = False, packed_encoder_length: Optional[int] = None,
-                packed_decoder_length: Optional[int] = None, components: Optional[str] = None,
-                **trunk_overrides) -> UnifiedIOConfig:
-  """The gin entry point: a size preset, the modalities, model switches and trunk overrides.
-
-  `components` ("tiny" or "release"; default "release" for large/xl/xxl, else "tiny") supplies
-  the ViTs, resamplers and VQ tokenizers the chosen modalities need, and fits the trunk's target
-  vocabularies and image RoPE lengths to them (explicit trunk overrides win).
-  """
-  inputs = _as_modalities(input_modalities, "input_modalities")
-  targets = _as_modalities(target_modalities, "target_modalities")
-  chosen: Dict[str, Any] = {}
-  if any(m != Modality.TEXT for m in inputs + targets):
-    preset = components or ("release" if size in ("large", "xl", "xxl") else "tiny")
-    if preset not in COMPONENT_PRESETS:
-      raise ConfigError(f"config field `components`: unknown preset {preset!r}; "
-                        f"known: {sorted(COMPONENT_PRESETS)}")
-    available = COMPONENT_PRESETS[preset](size)
-    needed = {c for m in inputs for c in _INPUT_COMPONENTS[m]}
-    # (a modality that cannot be a target is refused by UnifiedIOConfig, naming the field)
-    needed |= {c for m in targets for c in _TARGET_COMPONENTS.get(m, ())}
-    chosen = {name: available[name] for name in needed}
-    chosen["image_history_input_size"] = available["image_history_input_size"]
-    chosen["audio_history_input_size"] = available["audio_history_input_size"]
-    trunk_overrides = _fit_trunk_to_components(chosen, trunk_overrides)
-  return UnifiedIOConfig(trunk=trunk_config(size, **trunk_overrides),
-                         input_modalities=tuple(input_modalities),
-                         target_modalities=tuple(target_modalities),
-                         dynamic_masking=dynamic_masking, freeze_vit=freeze_vit,
-                         pack_pairs=pack_pairs, packed_encoder_length=packed_encoder_length,
-                         packed_decoder_length=packed_decoder_length, **chosen)

@@ -17,8 +17,9 @@ full length.
 """
 
 import dataclasses
+import enum
 import functools
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +35,20 @@ CODE_OFFSET = 2  # image / audio tokens are VQ codes + 2 (0 = BOS, 1 = MASK)
 _NEG = -1e9  # the logit of a token a row may not produce (finite: no NaN in softmax or top-k)
 
 
+class DecodeMethod(str, enum.Enum):
+  """How the next token is picked."""
+
+  GREEDY = "greedy"  # the most likely token
+  SAMPLE = "sample"  # drawn from the (temperature / top-k / top-p) distribution
+  BEAM = "beam"  # beam search (text; see the module docstring)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
   """How to pick tokens. Hashable: jitted functions are specialised on it."""
 
-  method: str = "greedy"  # "greedy" | "sample" | "beam"
+  # A DecodeMethod or its value ("greedy", "sample", "beam": gin and the command line).
+  method: DecodeMethod = DecodeMethod.GREEDY
   max_length: int = 32  # text only; image and audio targets always produce their full grid
   temperature: float = 1.0  # sample
   top_k: int = 0  # sample: keep the k most likely tokens (0 = all)
@@ -48,8 +58,11 @@ class DecodeOptions:
   guidance_scale: float = 1.0  # image / audio: classifier-free guidance (1 = off)
 
   def __post_init__(self):
-    if self.method not in ("greedy", "sample", "beam"):
-      raise ValueError(f"decode method must be greedy, sample or beam, got {self.method!r}")
+    try:
+      object.__setattr__(self, "method", DecodeMethod(self.method))
+    except ValueError:
+      raise ValueError(f"decode method must be greedy, sample or beam, got {self.method!r}"
+                       ) from None
     if self.max_length < 1 or self.num_beams < 1:
       raise ValueError("max_length and num_beams must be at least 1")
     if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -62,7 +75,7 @@ class Generated(NamedTuple):
   scores: jax.Array  # [B] sum of log-probabilities (beam: divided by the length penalty)
 
 
-def allowed_tokens(model: UnifiedIOModel, modality: str,
+def allowed_tokens(model: UnifiedIOModel, modality: Modality,
                    text_vocab_size: Optional[int] = None) -> np.ndarray:
   """bool [V]: the ids a generated `modality` token may take.
 
@@ -70,24 +83,25 @@ def allowed_tokens(model: UnifiedIOModel, modality: str,
   padded rows or BOS/PAD. Image / audio: the VQ codes only (+2), never BOS, MASK or padded rows.
   """
   cfg = model.cfg
-  table = cfg.trunk.vocab_size(Modality(modality))
+  modality = Modality(modality)
+  if not modality.can_be_target:
+    raise ValueError(f"{modality.value!r} is not a target modality")
+  table = cfg.trunk.vocab_size(modality)
   allowed = np.zeros(table, bool)
-  if modality == Modality.TEXT.value:
+  if modality == Modality.TEXT:
     allowed[EOS_ID:min(table, text_vocab_size or table)] = True
-  elif modality == Modality.IMAGE.value:
+  elif modality == Modality.IMAGE:
     allowed[CODE_OFFSET:CODE_OFFSET + cfg.image_vqgan.n_embed] = True
-  elif modality == Modality.AUDIO.value:
-    allowed[CODE_OFFSET:CODE_OFFSET + cfg.audio_vqgan.vocab_size] = True
   else:
-    raise ValueError(f"{modality!r} is not a target modality")
+    allowed[CODE_OFFSET:CODE_OFFSET + cfg.audio_vqgan.vocab_size] = True
   return allowed
 
 
-def target_length(model: UnifiedIOModel, modality: str, options: DecodeOptions) -> int:
+def target_length(model: UnifiedIOModel, modality: Modality, options: DecodeOptions) -> int:
   """Tokens to generate: text up to max_length, image / audio their full token grid."""
-  if modality == Modality.TEXT.value:
+  if modality == Modality.TEXT:
     return options.max_length
-  vq = model.cfg.image_vqgan if modality == Modality.IMAGE.value else model.cfg.audio_vqgan
+  vq = model.cfg.image_vqgan if modality == Modality.IMAGE else model.cfg.audio_vqgan
   return int(vq.grid[0] * vq.grid[1])
 
 
@@ -98,7 +112,7 @@ def null_prompt_inputs(inputs: Mapping[str, Mapping[str, jax.Array]]) -> Dict[st
   out = {}
   for name, feats in inputs.items():
     feats = dict(feats)
-    if name == Modality.TEXT.value:
+    if name == Modality.TEXT:
       tokens_bl = jnp.zeros_like(feats["tokens"])
       tokens_bl = tokens_bl.at[:, 0].set(feats["tokens"][:, 0]).at[:, 1].set(EOS_ID)
       feats["tokens"] = tokens_bl
@@ -117,7 +131,8 @@ def encode(model: UnifiedIOModel, params, inputs) -> Encoded:
   return model.module.apply({"params": params}, inputs, method=UnifiedIONetwork.encode)
 
 
-def start_decoding(model: UnifiedIOModel, params, modality: str, encoded: Encoded, length: int):
+def start_decoding(model: UnifiedIOModel, params, modality: Modality, encoded: Encoded,
+                   length: int):
   """Feeds BOS at position 0: (logits [B, V] of the first token, the cache)."""
   bos_b1 = jnp.full((encoded.hidden.shape[0], 1), BOS_ID, jnp.int32)
   logits_b1v, variables = model.module.apply(
@@ -126,7 +141,7 @@ def start_decoding(model: UnifiedIOModel, params, modality: str, encoded: Encode
   return logits_b1v[:, 0], variables["cache"]
 
 
-def decode_step(model: UnifiedIOModel, params, cache, modality: str, tokens_b: jax.Array,
+def decode_step(model: UnifiedIOModel, params, cache, modality: Modality, tokens_b: jax.Array,
                 position: jax.Array, enc_mask_bs: jax.Array, length: int):
   """Feeds `tokens_b` at `position`: (logits [B, V] of the next token, the updated cache)."""
   logits_b1v, variables = model.module.apply(
@@ -162,16 +177,17 @@ def _guided(logits_bv: jax.Array, scale: float) -> jax.Array:
   return jnp.concatenate([mixed_bv, mixed_bv], axis=0)
 
 
-def _greedy_or_sample(model, params, encoded: Encoded, modality: str, options: DecodeOptions,
-                      allowed_v, rng, length: int, guided: bool) -> Generated:
+def _greedy_or_sample(model, params, encoded: Encoded, modality: Modality,
+                      options: DecodeOptions, allowed_v, rng, length: int, guided: bool
+                      ) -> Generated:
   batch = encoded.hidden.shape[0]
-  stops_at_eos = modality == Modality.TEXT.value
+  stops_at_eos = modality == Modality.TEXT
 
   def pick(logits_bv, rng):
     if guided:
       logits_bv = _guided(logits_bv, options.guidance_scale)
     logits_bv = _masked(logits_bv, allowed_v)
-    if options.method == "sample":
+    if options.method == DecodeMethod.SAMPLE:
       token_b = _sample(rng, logits_bv, options)
       if guided:  # both halves continue with the conditional row's token
         token_b = jnp.tile(token_b[:batch // 2], 2)
@@ -232,10 +248,10 @@ def _gather_beams(tree, beam_idx_bn: jax.Array, batch: int, beams: int):
   return jax.tree_util.tree_map(gather, tree)
 
 
-def _beam_search(model, params, encoded: Encoded, modality: str, options: DecodeOptions,
+def _beam_search(model, params, encoded: Encoded, modality: Modality, options: DecodeOptions,
                  allowed_v, length: int) -> Generated:
   batch, beams, alpha = encoded.hidden.shape[0], options.num_beams, options.length_penalty
-  stops_at_eos = modality == Modality.TEXT.value
+  stops_at_eos = modality == Modality.TEXT
   tiled = jax.tree_util.tree_map(lambda a: jnp.repeat(a, beams, axis=0) if a is not None else a,
                                  encoded)
   logits_xv, cache = start_decoding(model, params, modality, tiled, length)
@@ -315,31 +331,34 @@ def _generate(model, params, inputs, modality, options, rng, null_inputs, text_v
     inputs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), inputs,
                                     null_inputs)
   encoded = encode(model, params, inputs)
-  if options.method == "beam":
+  if options.method == DecodeMethod.BEAM:
     return _beam_search(model, params, encoded, modality, options, allowed_v, length)
   return _greedy_or_sample(model, params, encoded, modality, options, allowed_v, rng, length,
                            guided)
 
 
 def generate(model: UnifiedIOModel, params, inputs: Mapping[str, Mapping[str, Any]],
-             modality: str, options: DecodeOptions = DecodeOptions(),
+             modality: Union[Modality, str], options: DecodeOptions = DecodeOptions(),
              rng: Optional[jax.Array] = None, text_vocab_size: Optional[int] = None
              ) -> Generated:
-  """Generates one `modality` target for each example of `inputs` (batch["inputs"]).
+  """Generates one `modality` target (a Modality or its value) for each example of `inputs`
+  (batch["inputs"]).
 
   `text_vocab_size`: the tokenizer's size, so text never produces a padded row.
   `options.guidance_scale` != 1 (image / audio, greedy or sample) runs the prompt and its null
   twin (`null_prompt_inputs`) side by side and mixes their logits.
   """
-  if modality not in [m.value for m in model.cfg.target_modalities]:
-    raise ValueError(f"this model generates {[m.value for m in model.cfg.target_modalities]}, "
-                     f"not {modality!r}")
+  targets = model.cfg.target_modalities
+  if modality not in targets:
+    raise ValueError(f"this model generates {[m.value for m in targets]}, "
+                     f"not {getattr(modality, 'value', modality)!r}")
+  modality = Modality(modality)
   guided = options.guidance_scale != 1.0
-  if guided and modality == Modality.TEXT.value:
+  if guided and modality == Modality.TEXT:
     raise ValueError("classifier-free guidance is for image and audio targets")
-  if guided and options.method == "beam":
+  if guided and options.method == DecodeMethod.BEAM:
     raise ValueError("classifier-free guidance works with greedy or sample decoding, not beam")
-  if options.method == "sample" and rng is None:
+  if options.method == DecodeMethod.SAMPLE and rng is None:
     raise ValueError("sampling needs an rng")
   rng = jax.random.PRNGKey(0) if rng is None else rng
   null_inputs = null_prompt_inputs(inputs) if guided else None
@@ -380,5 +399,5 @@ def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax
   return _per_example_loss(model, out).reshape(batch, num_options)
 
 
-__all__ = ["DecodeOptions", "Generated", "allowed_tokens", "generate", "example_losses",
-           "score_options", "null_prompt_inputs", "target_length"]
+__all__ = ["DecodeMethod", "DecodeOptions", "Generated", "allowed_tokens", "generate",
+           "example_losses", "score_options", "null_prompt_inputs", "target_length"]

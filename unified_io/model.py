@@ -1,4 +1,4 @@
-"""The Model: the network, the loss, and the batch shapes it takes (see `unified_io.features`).
+"""The Model: the network, the loss, and the data contract it owns (`unified_io.contract`).
 
 Loss: per target modality, the token mean over loss_mask of cross-entropy + z_loss * logZ^2, and
 the modalities summed (the original UIO2 `multi_modality_loss`, label smoothing 0).
@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from unified_io import contract, features
+from unified_io import contract
 from unified_io.config import UnifiedIOConfig
 from unified_io.network.encoder_decoder import TargetOutput, UnifiedIONetwork
 
@@ -47,11 +47,11 @@ class UnifiedIOModel:
 
   def batch_spec(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
     """Shapes and dtypes of a batch for this config (for init, eval_shape and shardings)."""
-    return features.batch_spec(self.cfg, batch_size, lengths)
+    return contract.batch_spec(self.cfg, batch_size, lengths)
 
   def dummy_batch(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
     """A batch of the contract's shapes with every token valid (for init and benchmarks)."""
-    return features.dummy_batch(self.cfg, batch_size, lengths)
+    return contract.dummy_batch(self.cfg, batch_size, lengths)
 
   # -- parameters -----------------------------------------------------------------------------
   def init(self, rng: jax.Array, batch) -> Dict:
@@ -65,7 +65,7 @@ class UnifiedIOModel:
 
   def _outputs_and_metrics(self, params, batch, dropout_rng: Optional[jax.Array]
                            ) -> Tuple[Dict[str, TargetOutput], Dict[str, jax.Array]]:
-    """The outputs, and with pair packing its statistics (`packing/*`, see unified_io.packing)."""
+    """The outputs, and with pair packing its statistics (`packing/*`, see unified_io.network.packing)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     kwargs = dict(deterministic=dropout_rng is None, rngs=rngs)
     if not self.cfg.pack_pairs:

@@ -7,9 +7,16 @@ boundaries with ("batch", "length", "embed"). The rules below decide where each 
   FSDP adds embed -> data: parameters are also split over `data`. Activations keep their embed
   axis replicated because `batch` already took `data` (flax uses the first rule whose mesh axis is
   still free, so the later `("embed", None)` applies).
+
+The train state follows its parameters: optimizer state leaves shaped like their parameter
+(Adafactor's unfactored second moment, momentum) take the parameter's sharding; factored row/column
+statistics and counters are replicated (they are a vector per matrix). Batches are split over
+`data` on their leading axis; each process contributes the rows its devices hold (`process_rows`,
+`global_batch`).
 """
 
-from typing import Optional, Sequence, Tuple
+import contextlib
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
+Rules = Tuple[Tuple[str, Optional[str]], ...]
 
 _BASE_RULES = (
     ("batch", DATA),
@@ -40,7 +48,7 @@ _REPLICATED = tuple((name, None) for name in (
     "vq_codes", "vq_dim", "vq_embed", "vq_heads", "vq_kv", "vq_mlp", "vq_patch"))
 
 
-def axis_rules(fsdp: bool = False) -> Tuple[Tuple[str, Optional[str]], ...]:
+def axis_rules(fsdp: bool = False) -> Rules:
   """The logical -> mesh axis rules; with `fsdp`, parameters' embed axis is split over data."""
   embed = (("embed", DATA), ("embed", None)) if fsdp else (("embed", None),)
   return _BASE_RULES + _REPLICATED + embed
@@ -73,12 +81,64 @@ def shardings(boxed_tree, mesh: Mesh, rules):
   return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
 
 
+@contextlib.contextmanager
+def activated(mesh: Mesh, rules: Rules) -> Iterator[None]:
+  """`mesh` and `rules` in effect: what initialising, tracing and running a sharded step need."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def state_shardings(boxed_params, state, mesh: Mesh, rules: Rules):
+  """NamedShardings for every leaf of a train `state` (abstract or concrete; it has `.params`):
+  parameters by their logical axes, leaves shaped like their parameter alike, the rest
+  replicated (module docstring). `boxed_params` are the (abstract) boxed parameters."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  params_def = jax.tree_util.tree_structure(state.params)
+  param_leaves = jax.tree_util.tree_leaves(state.params)
+  sharding_leaves = jax.tree_util.tree_leaves(
+      shardings(boxed_params, mesh, rules), is_leaf=lambda x: isinstance(x, NamedSharding))
+
+  def like_params(node) -> bool:
+    return jax.tree_util.tree_structure(node) == params_def
+
+  def place(node):
+    if like_params(node):
+      placed = [s if getattr(x, "shape", None) == p.shape else replicated
+                for x, p, s in zip(jax.tree_util.tree_leaves(node), param_leaves, sharding_leaves)]
+      return jax.tree_util.tree_unflatten(params_def, placed)
+    return jax.tree_util.tree_map(lambda _: replicated, node)
+
+  return jax.tree_util.tree_map(place, state, is_leaf=like_params)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches split over `data` on their leading axis."""
+  """Batches split over `data` on their leading axis (a prefix for every leaf of a batch)."""
   return NamedSharding(mesh, PartitionSpec(DATA))
 
 
-def describe(boxed_tree, rules) -> str:
+def global_batch(local_batch: Dict, mesh: Mesh, batch_size: Optional[int] = None) -> Dict:
+  """This process's rows of the batch -> global arrays of `batch_size` rows sharded over `data`."""
+  sharding = batch_sharding(mesh)
+
+  def to_global(x):
+    x = np.asarray(x)
+    shape = None if batch_size is None else (batch_size,) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+  return jax.tree_util.tree_map(to_global, local_batch)
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> range:
+  """The rows of a global batch held by this process's devices (a contiguous range)."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  rows = sorted({row for index in index_map.values()
+                 for row in range(*index[0].indices(batch_size))})
+  if rows != list(range(rows[0], rows[-1] + 1)):
+    raise ValueError(f"mesh {dict(mesh.shape)}: process {jax.process_index()} holds rows {rows} "
+                     "of the batch, not one contiguous block; order the mesh's devices by process")
+  return range(rows[0], rows[-1] + 1)
+
+
+def describe(boxed_tree, rules: Rules) -> str:
   """One line per variable: path, shape, logical axes and PartitionSpec (for model-info.txt)."""
   logical = jax.tree_util.tree_leaves_with_path(
       logical_specs(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec))

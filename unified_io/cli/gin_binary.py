@@ -3,6 +3,7 @@
 import sys
 from typing import Callable, Optional, Sequence
 
+from unified_io import gin_required
 from unified_io.cli import gin_flags
 
 
@@ -28,7 +29,7 @@ def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
     gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     manifest.register_configured_manifests()
     entry()()
-  except (FileNotFoundError, gin_flags.GinRequiredError, run_loader.RunLoadError) as exc:
+  except (FileNotFoundError, gin_required.GinRequiredError, run_loader.RunLoadError) as exc:
     print(f"{prog}: {_without_gin_context(exc)}", file=sys.stderr)
     return 2
   except ValueError as exc:  # unknown task, a split the task lacks, a model without the target

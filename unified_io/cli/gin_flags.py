@@ -75,10 +75,6 @@ def _check_multihost_flags(parser: argparse.ArgumentParser, args) -> None:
     parser.error(f"--process_id={args.process_id} is not in [0, {args.num_processes})")
 
 
-class GinRequiredError(ValueError):
-  """A %gin.REQUIRED macro or argument was not given."""
-
-
 def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
   """The first of <search path>/name, or name itself, that exists."""
   for folder in search_paths:
@@ -109,23 +105,6 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: s
 
 def _drop_gin_package_probe(record: logging.LogRecord) -> bool:
   return record.msg != "Path not found: %s"
-
-
-def check_required(configurable: str, **values) -> None:
-  """Raises `GinRequiredError` naming every argument still bound to gin.REQUIRED.
-
-  gin hands a `%gin.REQUIRED` macro's sentinel to the function instead of failing, so each binary
-  checks its arguments; the run gins name each macro after its argument in upper case.
-  """
-  missing = [name for name, value in values.items() if value is gin.REQUIRED]
-  if missing:
-    macros = ", ".join(name.upper() for name in missing)
-    example = missing[0].upper()
-    raise GinRequiredError(
-        f"required gin values missing for `{configurable}`: {macros} "
-        f"({', '.join(f'{configurable}.{m}' for m in missing)}). Bind them on the command line, "
-        f"e.g. --gin.{example}=..., or in a --gin_file (the run gins list their %gin.REQUIRED "
-        "macros in their header).")
 
 
 def initialize_distributed(args) -> None:

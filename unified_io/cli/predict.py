@@ -23,8 +23,8 @@ Exit status 0, or 2 with one line on stderr for bad input (unknown checkpoint, u
 empty prompt, a target or input the model does not have, bad decoding options).
 """
 
-# TensorFlow, JAX and the model load inside the functions that need them: `--help` and argument
-# errors answer at once.
+# TensorFlow and the model load inside the functions that need them: `--help` and argument errors
+# answer at once (in about a second: the decode methods' enum brings JAX in).
 # pylint: disable=import-outside-toplevel
 
 import argparse
@@ -36,8 +36,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from unified_io.cli import gin_flags
+from unified_io.modalities import Modality
 
-TARGETS = ("text", "image", "audio")
+TARGETS = tuple(m.value for m in Modality if m.can_be_target)
 _VERBS = ("generate", "create", "draw", "paint", "render", "make", "produce", "synthesise",
           "synthesize", "compose")
 _IMAGE_WORDS = ("image", "picture", "photo", "photograph", "drawing", "painting", "illustration")
@@ -52,16 +53,16 @@ class PredictError(ValueError):
   """Bad input; the message is the one line printed before exiting with status 2."""
 
 
-def infer_target(prompt: str) -> str:
-  """'image' / 'audio' for prompts that start by asking to generate one, else 'text'."""
+def infer_target(prompt: str) -> Modality:
+  """IMAGE / AUDIO for prompts that start by asking to generate one, else TEXT."""
   words = re.findall(r"[a-z]+", prompt.lower())[:6]
   if not words or words[0] not in _VERBS:
-    return "text"
+    return Modality.TEXT
   if any(w in _AUDIO_WORDS for w in words):
-    return "audio"
+    return Modality.AUDIO
   if any(w in _IMAGE_WORDS for w in words) or words[0] in ("draw", "paint"):
-    return "image"
-  return "text"
+    return Modality.IMAGE
+  return Modality.TEXT
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,26 +112,28 @@ def read_files(args) -> Dict[str, np.ndarray]:
   return files
 
 
-def raw_example(args, run, target: str, files: Dict[str, np.ndarray], num_frames: int
+def raw_example(args, run, target: Modality, files: Dict[str, np.ndarray], num_frames: int
                 ) -> Dict[str, np.ndarray]:
   """The stage-1 (raw) fields of docs/data.md for the command line's inputs."""
-  reads = set(m.value for m in run.model.cfg.input_modalities)
-  given = [(flag, modality) for flag, modality in (("image", "image"), ("audio", "audio"),
-                                                   ("video", "image_history"))
+  reads = run.model.cfg.input_modalities
+  given = [(flag, modality) for flag, modality in (("image", Modality.IMAGE),
+                                                   ("audio", Modality.AUDIO),
+                                                   ("video", Modality.IMAGE_HISTORY))
            if getattr(args, flag)]
   for flag, modality in given:
     if modality not in reads:
-      raise PredictError(f"--{flag}: this model reads {sorted(reads)}, not {modality}; drop "
-                         f"--{flag} or use a checkpoint of a model with {modality} inputs")
+      raise PredictError(f"--{flag}: this model reads {sorted(m.value for m in reads)}, not "
+                         f"{modality.value}; drop --{flag} or use a checkpoint of a model with "
+                         f"{modality.value} inputs")
   raw = {"text_inputs": args.prompt, **files}
   if args.video:
     frames, audio = read_video(args.video, num_frames)
     raw["image_history"] = frames
-    if audio is not None and "audio_history" in reads:
+    if audio is not None and Modality.AUDIO_HISTORY in reads:
       raw["audio_history"] = audio
-  if target == "image":
+  if target == Modality.IMAGE:
     raw["image_targets"] = _PLACEHOLDER_IMAGE
-  elif target == "audio":
+  elif target == Modality.AUDIO:
     raw["audio_targets"] = _PLACEHOLDER_AUDIO
   return raw
 
@@ -143,9 +146,9 @@ def example_lengths(run, prompt_tokens: int) -> Dict[str, int]:
   data_cfg = run.data_config
   lengths = dict(data_cfg.default_lengths())
   lengths.update(run.task_feature_lengths or {})
-  for modality in ("image", "audio", "image_history", "audio_history"):
-    if modality in data_cfg.input_modalities:
-      lengths[f"{modality}_input_samples"] = data_cfg.num_patches(modality)
+  for modality in Modality:
+    if modality.has_patches and modality in data_cfg.input_modalities:
+      lengths[f"{modality.value}_input_samples"] = data_cfg.num_patches(modality)
   longest = run.model.cfg.trunk.max_text_length
   lengths["text_inputs"] = min(max(lengths["text_inputs"], prompt_tokens + 2), longest)
   return lengths
@@ -155,14 +158,14 @@ def build_batch(run, raw: Dict[str, np.ndarray], lengths: Dict[str, int], seed: 
   """Raw fields -> a nested model batch of one example (numpy), exactly as training builds it."""
   import seqio
   import tensorflow as tf
-  from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
+  from unified_io.contract import nest_batch  # pylint: disable=import-outside-toplevel
   from unified_io.data.preprocess import unified_preprocessor
   ds = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in raw.items()})
   features = {"text_inputs": seqio.Feature(run.vocabulary), "text_targets":
               seqio.Feature(run.vocabulary)}
   with seqio.utils.map_seed_manager(seed):
     ds = unified_preprocessor(ds, lengths, features, data_config=run.data_config)
-  ds = UnifiedIOFeatureConverter(data_config=run.data_config)(ds, lengths)
+  ds = run.model.feature_converter()(ds, lengths)
   example = next(ds.as_numpy_iterator())
   return nest_batch({k: v[None] for k, v in example.items()})
 
@@ -204,7 +207,7 @@ def _text_result(args, run, tokens: np.ndarray, raw) -> None:
 def _image_result(args, run, tokens: np.ndarray) -> None:
   import jax.numpy as jnp
   from unified_io.evaluation import render
-  pixels = np.asarray(run.model.render(run.params, "image", jnp.asarray(tokens)[None]),
+  pixels = np.asarray(run.model.render(run.params, Modality.IMAGE, jnp.asarray(tokens)[None]),
                       np.float32)[0]
   out = args.out or "prediction.png"
   render.save_png(render.to_uint8(pixels, (-1.0, 1.0)), out)
@@ -226,7 +229,7 @@ def _audio_result(args, run, tokens: np.ndarray) -> None:
   import jax.numpy as jnp
   from unified_io.data.ops import audio as audio_ops
   from unified_io.evaluation import render
-  spec = np.asarray(run.model.render(run.params, "audio", jnp.asarray(tokens)[None]),
+  spec = np.asarray(run.model.render(run.params, Modality.AUDIO, jnp.asarray(tokens)[None]),
                     np.float32)[0, ..., 0]  # [time, mel], AudioSet-normalised
   out = args.out or "prediction.wav"
   full_tm = _full_size_spectrogram(spec)
@@ -241,6 +244,7 @@ def _audio_result(args, run, tokens: np.ndarray) -> None:
 # The binary.
 # ------------------------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
+  from unified_io.decoding import DecodeMethod
   p = argparse.ArgumentParser(prog="uio2-predict", description=__doc__.splitlines()[0],
                               allow_abbrev=False)
   p.add_argument("--checkpoint", required=True, help="uio2-train MODEL_DIR or checkpoints/<step>")
@@ -252,7 +256,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--target", choices=TARGETS, default=None,
                  help="what to generate (default: inferred from the prompt's first words)")
   p.add_argument("--out", default=None, help="PNG / WAV to write (image: boxes drawn on it)")
-  p.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
+  p.add_argument("--decode", choices=[m.value for m in DecodeMethod],
+                 default=DecodeMethod.GREEDY.value)
   p.add_argument("--num_beams", type=int, default=4)
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--top_k", type=int, default=0)
@@ -271,18 +276,19 @@ def make_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _checked_target(args, run) -> str:
-  can = [m.value for m in run.model.cfg.target_modalities]
+def _checked_target(args, run) -> Modality:
+  can = run.model.cfg.target_modalities
+  names = [m.value for m in can]
   if args.target is not None:
     if args.target not in can:
-      raise PredictError(f"--target {args.target}: this model generates {can} only; pick one of "
-                         "those, or a checkpoint of a model with that target")
-    return args.target
+      raise PredictError(f"--target {args.target}: this model generates {names} only; pick one "
+                         "of those, or a checkpoint of a model with that target")
+    return Modality(args.target)
   target = infer_target(args.prompt)
   if target not in can:
-    print(f"uio2-predict: the prompt reads like a request for {target}, which this model cannot "
-          f"generate ({can}); answering in text", file=sys.stderr)
-    target = "text"
+    print(f"uio2-predict: the prompt reads like a request for {target.value}, which this model "
+          f"cannot generate ({names}); answering in text", file=sys.stderr)
+    target = Modality.TEXT
   return target
 
 
@@ -291,9 +297,9 @@ def _options(args, run):
   max_length = args.max_length or (run.task_feature_lengths or {}).get("text_targets") or 32
   try:
     return decoding.DecodeOptions(
-        method=args.decode, max_length=max_length, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
-        guidance_scale=args.guidance_scale)
+        method=decoding.DecodeMethod(args.decode), max_length=max_length,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        num_beams=args.num_beams, guidance_scale=args.guidance_scale)
   except ValueError as exc:
     raise PredictError(f"decoding options: {exc}") from exc
 
@@ -322,8 +328,8 @@ def predict(args) -> None:
   if not args.prompt.strip():
     raise PredictError("--prompt is empty; say what to do, e.g. --prompt \"What is in the "
                        "image?\" or --prompt \"Generate an image of a red circle\"")
-  explicit_target = args.target or infer_target(args.prompt)
-  if args.out and explicit_target == "text" and not args.image:
+  explicit_target = Modality(args.target) if args.target else infer_target(args.prompt)
+  if args.out and explicit_target == Modality.TEXT and not args.image:
     raise PredictError("--out writes a generated image / audio, or the boxes drawn on --image; "
                        "this prediction has neither (add --image, or --target image|audio)")
   files = read_files(args)  # before the (slow) checkpoint load: unreadable files fail at once
@@ -343,9 +349,9 @@ def predict(args) -> None:
   except ValueError as exc:
     raise PredictError(str(exc)) from exc
   tokens = np.asarray(generated.tokens)[0, :int(generated.lengths[0])]
-  if target == "text":
+  if target == Modality.TEXT:
     _text_result(args, run, tokens, raw)
-  elif target == "image":
+  elif target == Modality.IMAGE:
     _image_result(args, run, tokens)
   else:
     _audio_result(args, run, tokens)

@@ -14,7 +14,10 @@ import sys
 
 import gin
 
+from unified_io import gin_required
 from unified_io.cli import gin_flags
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the preemption checkpoint is written
 
 
 def main(argv=None) -> int:
@@ -34,9 +37,12 @@ def main(argv=None) -> int:
   manifest.register_configured_manifests()  # JSONL tasks named in gin
   try:
     trainer.train()
-  except gin_flags.GinRequiredError as exc:
+  except gin_required.GinRequiredError as exc:
     print(f"uio2-train: {exc}", file=sys.stderr)
     return 2
+  except trainer.Preempted as exc:
+    print(f"{exc}; exiting", flush=True)
+    return EXIT_PREEMPTED
   return 0
 
 

@@ -31,7 +31,7 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import vocab as vocab_lib
-from unified_io.contract import DataConfig, get_data_config
+from unified_io.contract import DataConfig
 
 MODES = ("S", "R", "X")
 _TARGET_MODES = {"text": ("S", "R", "X"), "image": ("S", "R"), "audio": ("S", "R")}
@@ -197,15 +197,15 @@ def _target_grid(cfg: DataConfig, modality: str) -> Tuple[int, int]:
 
 
 def denoise(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None,
-            output_features=None, config: Optional[DenoisingConfig] = None,
-            data_config: Optional[DataConfig] = None) -> tf.data.Dataset:
-  """A seqio preprocessor on stage-2 examples: one denoising mode per example (module doc).
+            output_features=None, config: Optional[DenoisingConfig] = None, *,
+            data_config: DataConfig) -> tf.data.Dataset:
+  """An after-stage-2 step (`registry.add_task(after_stage2=...)`): one denoising mode per
+  example (module doc), at `data_config`'s target grids.
 
   Adds `meta/denoising_mode` (0 = [S], 1 = [R], 2 = [X]).
   """
   del output_features
   config = config or DenoisingConfig()
-  data_config = data_config or get_data_config()
   lengths = dict(sequence_length or {})
   fn = functools.partial(_denoise_example, config=config, data_config=data_config,
                          max_inputs=lengths.get("text_inputs"),

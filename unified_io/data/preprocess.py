@@ -1,9 +1,9 @@
 """Stage 2: the ONE unified preprocessor, raw fields -> tokenized, variable-length model fields.
 
-Every task ends with `unified_preprocessor` (registry.add_task appends it). It reads the raw fields
-of stage 1 (docs/data.md), and writes the stage-2 fields below. Sizes come from the `DataConfig`
-in effect when the dataset is built; lengths from seqio's `sequence_length` (the task feature
-lengths: text_inputs, text_targets, <modality>_input_samples, num_frames); randomness from seqio's
+The pipeline (`unified_io.data.pipeline`) runs `unified_preprocessor` on every task's stage-1
+output. It reads the raw fields (docs/data.md) and writes the stage-2 fields below. Sizes come from
+the `DataConfig` it is given (the model's data contract); lengths from the task feature lengths
+(text_inputs, text_targets, <modality>_input_samples, num_frames); randomness from seqio's
 per-example stateless seeds, so the same seed gives the same examples.
 
 Stage-2 fields (N patches, P values per patch, F frames, T target tokens):
@@ -46,7 +46,8 @@ import seqio
 import tensorflow as tf
 
 from unified_io.data import vocab as vocab_lib
-from unified_io.contract import DataConfig, get_data_config
+from unified_io.contract import DataConfig
+from unified_io.modalities import Modality
 
 # Raw fields: name -> (allowed dtypes, rank, what it is). Checked when the dataset is built.
 RAW_FIELDS = {
@@ -64,11 +65,11 @@ RAW_FIELDS = {
 INPUT_FIELDS = ("image_inputs", "audio_inputs", "image_history", "audio_history")
 
 # Stage-2 fields: name -> (dtype, rank). registry.py turns these into seqio output features.
-PATCH_MODALITIES = ("image", "audio", "image_history", "audio_history")
+PATCH_MODALITIES = tuple(m.value for m in Modality if m.has_patches)
 STAGE2_FIELDS: Dict[str, Tuple[tf.DType, int]] = {"text_inputs": (tf.int32, 1),
                                                   "text_targets": (tf.int32, 1)}
 for _m in PATCH_MODALITIES:
-  _frames = 1 if _m.endswith("history") else 0
+  _frames = 1 if Modality(_m).is_history else 0
   STAGE2_FIELDS.update({f"{_m}_patches": (tf.float32, 2 + _frames),
                         f"{_m}_patch_mask": (tf.int32, 1 + _frames),
                         f"{_m}_patch_pos_ids": (tf.int32, 1 + _frames)})
@@ -84,12 +85,14 @@ _SEEDS = {"image": 0, "audio": 1, "image_history": 2, "audio_history": 3}
 # The preprocessor
 # ------------------------------------------------------------------------------------------------
 def unified_preprocessor(dataset: tf.data.Dataset,
-                         sequence_length: Optional[Mapping[str, int]] = None,
-                         output_features: Optional[Mapping[str, seqio.Feature]] = None,
-                         data_config: Optional[DataConfig] = None) -> tf.data.Dataset:
-  """Raw fields -> stage-2 fields (module docstring). A seqio preprocessor: seqio passes
-  `sequence_length` and `output_features`; `data_config` defaults to `get_data_config()`."""
-  cfg = data_config or get_data_config()
+                         sequence_length: Optional[Mapping[str, int]],
+                         output_features: Optional[Mapping[str, seqio.Feature]] = None, *,
+                         data_config: DataConfig) -> tf.data.Dataset:
+  """Raw fields -> stage-2 fields at `data_config`'s sizes (module docstring); the text
+  vocabulary is `output_features["text_inputs"]`'s (default: the project's)."""
+  if not isinstance(data_config, DataConfig):
+    raise TypeError(f"unified_preprocessor needs a DataConfig, got {type(data_config).__name__}")
+  cfg = data_config
   if output_features and "text_inputs" in output_features:
     vocab = output_features["text_inputs"].vocabulary
   else:
@@ -243,7 +246,7 @@ def _patch_fields(modality: str, frames, cfg: DataConfig, lengths, seed) -> Dict
 
   Absent: zero patches ([0, P]; histories [0 frames, num, P]), so the converter fills masks 0.
   """
-  history = modality.endswith("history")
+  history = Modality(modality).is_history
   num = lengths[f"{modality}_input_samples"]
   if frames is None:
     shape = [0, num] if history else [0]
@@ -271,18 +274,27 @@ def _to_model_image(image, mask, size, field: str):
   if mask is None:
     image01, valid, _ = ops.resize_and_pad(image, size)
     return image01, valid
-  # The task resized + padded itself (geometry tasks): the image must already be at the size.
+  # The task resized + padded onto a canvas itself (geometry tasks: its location tokens are
+  # fractions of that canvas), so the canvas may only be scaled to the model's size: the same
+  # aspect ratio, which keeps every normalised coordinate where it was.
   for what, shape in ((field, image.shape[-3:-1]), (f"mask of `{field}`", mask.shape)):
-    if shape.is_fully_defined() and tuple(shape) != tuple(size):
-      raise ValueError(f"raw field `{field}` comes with a mask, so it and the mask must already "
-                       f"be {size[0]}x{size[1]} (the DataConfig size); {what} is {tuple(shape)}")
-  check = tf.debugging.assert_equal(
-      tf.shape(image)[-3:-1], tf.constant(size, tf.int32),
-      message=f"raw field `{field}` comes with a mask, so it must already be {size[0]}x{size[1]}")
-  with tf.control_dependencies([check]):
-    image01 = tf.image.convert_image_dtype(image, tf.float32)
+    if shape.is_fully_defined() and shape[0] * size[1] != shape[1] * size[0]:
+      raise ValueError(f"raw field `{field}` comes with a mask, so it and the mask must have the "
+                       f"model's aspect ratio ({size[0]}x{size[1]}, the DataConfig size); {what} "
+                       f"is {tuple(shape)}")
+  image01 = tf.image.convert_image_dtype(image, tf.float32)
+  valid = tf.cast(mask, tf.float32) > 0
+  if tuple(image.shape[-3:-1]) != tuple(size):
+    hw = tf.shape(image)[-3:-1]
+    check = tf.debugging.assert_equal(
+        hw[0] * size[1], hw[1] * size[0],
+        message=f"raw field `{field}` comes with a mask, so it must have the model's aspect ratio")
+    with tf.control_dependencies([check]):
+      image01 = tf.clip_by_value(tf.image.resize(image01, size, antialias=True), 0.0, 1.0)
+    valid = tf.image.resize(tf.cast(valid, tf.float32)[..., None], size,
+                            method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)[..., 0] > 0
   image01 = tf.ensure_shape(image01, list(size) + [3])
-  return image01, tf.ensure_shape(tf.cast(mask, tf.float32) > 0, list(size))
+  return image01, tf.ensure_shape(valid, list(size))
 
 
 def _image_input(features, cfg: DataConfig):

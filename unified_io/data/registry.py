@@ -1,37 +1,41 @@
-"""Registering tasks and mixtures: stage-1 preprocessors + the unified stage 2, standard features.
+"""Registering tasks and mixtures: a task is a source + its stage-1 preprocessors.
 
   add_task("my_captions", source, [my_stage1_fn], metric_fns=[...], modalities=("image", "text"))
   add_mixture("my_mixture", [("my_captions", 1.0), ("world_vqa", 0.5)], curriculum=...)
 
-A task's preprocessors are its own stage-1 functions (raw fields, docs/data.md) followed by
-`unified_preprocessor`, which reads the sizes of the `DataConfig` in effect when the dataset is
-built, then any `after_stage2` steps (the denoising objective works on stage-2 fields). Every
-task has the same output features (`output_features()`), so any tasks mix.
+A task's preprocessors are its own stage-1 functions, ending in raw fields (docs/data.md):
+strings for text, images, waveforms, frames, plus `meta/*`. Everything that depends on the model
+(sizes, patches, tokens) happens later, in `unified_io.data.pipeline`, with the data contract of
+the model being trained or evaluated: stage 2 (`unified_preprocessor`), then the task's
+`after_stage2` steps (e.g. the denoising objective, which works on stage-2 fields), then the
+model's feature converter. Any seqio Task whose preprocessors end in raw fields works the same;
+`raw_output_features()` gives the output features to declare.
 """
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import seqio
 
+import tensorflow as tf
+
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.preprocess import STAGE2_FIELDS, unified_preprocessor
 from unified_io.modalities import Modality
 
-_TASK_MODALITIES: Dict[str, Tuple[str, ...]] = {}
+_TASK_MODALITIES: Dict[str, Tuple[Modality, ...]] = {}
+_TASK_AFTER_STAGE2: Dict[str, Tuple[Callable, ...]] = {}
 _MIXTURE_CURRICULA: Dict[str, Any] = {}
 
 
-def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> Dict[str, seqio.Feature]:
-  """The stage-2 fields as seqio features: the two text fields carry the vocabulary."""
+def raw_output_features(vocabulary: Optional[seqio.Vocabulary] = None
+                        ) -> Dict[str, seqio.Feature]:
+  """What a task declares to seqio: its raw text fields (scalar strings) with the vocabulary
+  stage 2 tokenises them with. Image, audio and meta fields are optional and checked by stage 2
+  (`unified_io.data.preprocess.RAW_FIELDS`), since their dtypes vary (uint8 or float32)."""
   vocabulary = vocabulary or vocab_lib.get_vocabulary()
-  features = {}
-  for name, (dtype, rank) in STAGE2_FIELDS.items():
-    if name in ("text_inputs", "text_targets"):
-      # Stage 2 appends EOS itself; add_eos=False keeps seqio's EOS helpers from adding another.
-      features[name] = seqio.Feature(vocabulary, add_eos=False, dtype=dtype, rank=rank)
-    else:
-      features[name] = seqio.ContinuousFeature(dtype=dtype, rank=rank)
-  return features
+  # Stage 2 appends EOS itself; add_eos=False keeps seqio's EOS helpers from adding another.
+  return {"text_inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.string, rank=0),
+          "text_targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.string, rank=0,
+                                        required=False)}
 
 
 def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callable],
@@ -40,24 +44,26 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
              after_stage2: Sequence[Callable] = (),
              vocabulary: Optional[seqio.Vocabulary] = None,
              shuffle_buffer_size: Optional[int] = 128, replace: bool = False) -> seqio.Task:
-  """Register a seqio Task: `preprocessors` (stage 1) + the unified stage-2 preprocessor
-  + `after_stage2` (steps on stage-2 fields, e.g. `unified_io.data.denoising.denoise`).
+  """Register a seqio Task: `source` + `preprocessors` (stage 1, ending in raw fields);
+  `after_stage2`: steps the pipeline runs on this task's stage-2 examples, each called as
+  `step(dataset, sequence_length=..., data_config=...)` (e.g. `unified_io.data.denoising.denoise`).
 
   `modalities` names the modalities the task's examples use (e.g. ("image", "text")); a mixture's
   curriculum reads them with `task_modalities`. `replace=True` re-registers an existing name.
-  `shuffle_buffer_size` counts examples AFTER stage 2 (decoded, patchified): keep it small (the
-  first batch waits for the buffer to fill; 1000 image examples at release sizes are ~1.8 GB).
+  `shuffle_buffer_size` counts raw (decoded) examples: keep it small (the first batch waits for
+  the buffer to fill; 1000 decoded photos are gigabytes).
   """
   if modalities is not None:
-    modalities = tuple(Modality(m).value for m in modalities)
+    modalities = tuple(Modality(m) for m in modalities)
   if replace:
     seqio.TaskRegistry.remove(name)
   task = seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
-      preprocessors=list(preprocessors) + [unified_preprocessor] + list(after_stage2),
+      name, source=source, output_features=raw_output_features(vocabulary),
+      preprocessors=list(preprocessors),
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns),
       shuffle_buffer_size=shuffle_buffer_size)
   _TASK_MODALITIES[name] = modalities
+  _TASK_AFTER_STAGE2[name] = tuple(after_stage2)
   return task
 
 
@@ -72,7 +78,12 @@ def add_mixture(name: str, tasks_and_rates: Sequence[Union[str, Tuple[str, float
   return mixture
 
 
-def task_modalities(name: str) -> Optional[Tuple[str, ...]]:
+def after_stage2_steps(name: str) -> Tuple[Callable, ...]:
+  """The after-stage-2 steps given to `add_task` (none for tasks registered with seqio directly)."""
+  return _TASK_AFTER_STAGE2.get(name, ())
+
+
+def task_modalities(name: str) -> Optional[Tuple[Modality, ...]]:
   """The modalities a task declared in `add_task` (None if it declared none)."""
   if name not in _TASK_MODALITIES:
     raise KeyError(f"task {name!r} was not registered with unified_io.data.registry.add_task")

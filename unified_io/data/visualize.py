@@ -1,15 +1,16 @@
 """Look at a task's examples after preprocessing: PNGs and an index.html.
 
   python -m unified_io.data.visualize coco_detection --n 16 --out /tmp/look [--split validation]
-      [--seed 0] [--no_shuffle]
+      [--seed 0] [--no_shuffle] [--model models/tiny_multimodal.gin]
 
 Takes examples of a registered seqio task or mixture (`import unified_io.tasks` registers them)
 exactly as the model will get them from stage 2 (docs/data.md) and draws, per example: the input
 image rebuilt from its (possibly sampled) patches with the boxes decoded from the location tokens
 of the prompt (red) and of the target text (green), the image target, the video frames as a strip,
 the input / history / target spectrograms, and the prompt and target text decoded by the
-vocabulary. Patches the sampling left out show as grey. Sizes come from the DataConfig in effect
-(`unified_io.contract.get_data_config`).
+vocabulary. Patches the sampling left out show as grey. Sizes are those of the model whose size
+gin `--model` names (the data contract of `make_config()` after that gin file; default: the
+release's sizes, `unified_io.contract.DataConfig()`).
 """
 
 import argparse
@@ -218,27 +219,30 @@ def write_index(out_dir: str, task: str, rows: List[Dict]) -> str:
 # ---------------------------------------------------------------- the command
 
 def load_examples(task: str, n: int, split: str, seed: Optional[int], cfg) -> List[Dict]:
-  """The first `n` stage-2 examples of a registered task or mixture, as numpy dicts."""
+  """The first `n` stage-2 examples of a registered task or mixture at `cfg`'s sizes (a
+  DataConfig), as numpy dicts."""
   import seqio  # pylint: disable=import-outside-toplevel
+  from unified_io.data import pipeline  # pylint: disable=import-outside-toplevel
   try:
-    provider = seqio.get_mixture_or_task(task)
+    seqio.get_mixture_or_task(task)
   except ValueError as err:
     names = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
-    raise SystemExit(f"visualize: no task or mixture named {task!r}; registered: {names}") from err
-  ds = provider.get_dataset(sequence_length=cfg.default_lengths(), split=split,
-                            shuffle=seed is not None, seed=seed, num_epochs=1)
+    raise ValueError(f"no task or mixture named {task!r}; registered: {names}") from err
+  ds = pipeline.mixed_examples(task, cfg, cfg.default_lengths(), split=split,
+                               shuffle=seed is not None, seed=seed, num_epochs=1)
   return list(ds.take(n).as_numpy_iterator())
 
 
 def visualize(task: str, n: int, out_dir: str, split: str = "train",
-              seed: Optional[int] = 0) -> str:
-  """Render `n` examples of `task` into `out_dir`; returns the index.html path."""
+              seed: Optional[int] = 0, data_config=None) -> str:
+  """Render `n` examples of `task` into `out_dir` at `data_config`'s sizes (default: the
+  release's); returns the index.html path."""
+  from unified_io.contract import DataConfig  # pylint: disable=import-outside-toplevel
   from unified_io.data import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
-  from unified_io.contract import get_data_config  # pylint: disable=import-outside-toplevel
-  cfg = get_data_config()
+  cfg = data_config or DataConfig()
   examples = load_examples(task, n, split, seed, cfg)
   if not examples:
-    raise SystemExit(f"visualize: task {task!r} split {split!r} gave no examples")
+    raise ValueError(f"task {task!r} split {split!r} gave no examples")
   os.makedirs(out_dir, exist_ok=True)
   vocab = vocab_lib.get_vocabulary()
   rows = []
@@ -257,11 +261,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--split", default="train")
   parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
   parser.add_argument("--no_shuffle", action="store_true", help="take examples in order")
+  parser.add_argument("--model", default=None,
+                      help="a model size gin (e.g. models/tiny_multimodal.gin): draw at its sizes")
   args = parser.parse_args(argv)
   import unified_io.tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  index = visualize(args.task, args.n, args.out, args.split,
-                    None if args.no_shuffle else args.seed)
+  try:
+    data_config = _model_data_config(args.model) if args.model else None
+    index = visualize(args.task, args.n, args.out, args.split,
+                      None if args.no_shuffle else args.seed, data_config)
+  except (ValueError, FileNotFoundError) as err:
+    raise SystemExit(f"visualize: {err}") from None
   print(f"wrote {index}")
+
+
+def _model_data_config(model_gin: str):
+  """The data contract of the model a size gin file configures."""
+  # pylint: disable=import-outside-toplevel
+  from unified_io.cli import gin_flags
+  from unified_io.presets import make_config
+  from unified_io.contract import DataConfig
+  gin_flags.parse_gin([model_gin], [])
+  return DataConfig.from_model(make_config())
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ import seqio
 import tensorflow as tf
 
 from unified_io import decoding
-from unified_io import contract as data_config
 from unified_io.data import vocab as vocab_lib
-from unified_io.data.converter import UnifiedIOFeatureConverter, nest_batch
+from unified_io.contract import nest_batch
+from unified_io.data import pipeline
+from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.data.ops import boxes as box_ops
 from unified_io.evaluation import metrics as metrics_lib
 from unified_io.evaluation.box_metrics import resize_transform, unresize_boxes
-from unified_io.evaluation.specs import EvalSpec, spec_for
+from unified_io.evaluation.specs import EvalSpec, Reads, spec_for
+from unified_io.modalities import Modality
 from unified_io.model import UnifiedIOModel
 
 _LOCATION_GROUP = re.compile(r"((?:\s*<extra_id_\d+>){4})")
@@ -59,18 +61,19 @@ def to_json(value):
   return value
 
 
-def load_examples(task_name: str, lengths: Mapping[str, int], split: str, batch_size: int,
-                  max_examples: int, seed: int = 0, start: int = 0,
-                  allow_empty: bool = False) -> TaskExamples:
-  """Examples start .. start + max_examples - 1 of a task's split as model batches + meta."""
+def load_examples(task_name: str, converter: UnifiedIOFeatureConverter,
+                  lengths: Mapping[str, int], split: str, batch_size: int, max_examples: int,
+                  seed: int = 0, start: int = 0, allow_empty: bool = False) -> TaskExamples:
+  """Examples start .. start + max_examples - 1 of a task's split as model batches + meta, at
+  the sizes of `converter`'s data contract (`UnifiedIOModel.feature_converter()`)."""
   task = seqio.get_mixture_or_task(task_name)
   if not isinstance(task, seqio.Task):
     raise ValueError(f"{task_name!r} is a mixture; evaluate its tasks (registry.task_names)")
-  if split not in task.splits:
-    raise ValueError(f"task {task_name!r} has no split {split!r}; it has {list(task.splits)}")
-  stage2 = task.get_dataset(dict(lengths), split=split, shuffle=False, use_cached=False,
-                            seed=seed, num_epochs=1).skip(start).take(max_examples)
-  converted = UnifiedIOFeatureConverter()(stage2, dict(lengths))
+  converter.data_config.check_lengths(lengths)
+  stage2 = pipeline.task_examples(task, converter.data_config, lengths, split=split,
+                                  shuffle=False, seed=seed, num_epochs=1)
+  stage2 = stage2.skip(start).take(max_examples)
+  converted = converter(stage2, dict(lengths))
   meta = stage2.map(lambda ex: {k: v for k, v in ex.items() if k.startswith("meta/")})
   rows, metas = [], []
   for features, example_meta in zip(converted.as_numpy_iterator(), meta.as_numpy_iterator()):
@@ -109,6 +112,28 @@ def parse_detections(text: str, size_hw) -> Dict[str, Any]:
   return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": labels}
 
 
+# What each kind of metric input is, from the evaluator's records: (predictions, references,
+# keyword options). Text records carry what `EvalSpec.reads` read; image / audio records their
+# tokens, the reference loss mask, and both rendered (the VQGAN's pixels are in [-1, 1]).
+_METRIC_INPUTS = {
+    metrics_lib.MetricInput.TEXT: lambda records: (
+        [r["prediction"] for r in records], [r["reference"] for r in records], {}),
+    metrics_lib.MetricInput.BOX: lambda records: (
+        [r["prediction_box"] for r in records], [r["reference"] for r in records], {}),
+    metrics_lib.MetricInput.BOXES: lambda records: (
+        [r["prediction_boxes"] for r in records], [r["reference"] for r in records], {}),
+    metrics_lib.MetricInput.TOKENS: lambda records: (
+        [r["prediction"] for r in records], [r["reference"] for r in records],
+        {"masks": [r["mask"] for r in records]}),
+    metrics_lib.MetricInput.IMAGE: lambda records: (
+        [np.clip((r["_rendered"] + 1) / 2, 0, 1) for r in records],
+        [np.clip((r["_reference_raw"] + 1) / 2, 0, 1) for r in records], {}),
+    metrics_lib.MetricInput.SPECTROGRAM: lambda records: (
+        [np.squeeze(r["_rendered"]) for r in records],
+        [np.squeeze(r["_reference_raw"]) for r in records], {}),
+}
+
+
 class Evaluator:
   """Scores a model on tasks; examples are built once, at construction."""
 
@@ -123,22 +148,23 @@ class Evaluator:
     self.split = split
     self.decode_options = decode_options
     self.log = log
-    data_config.set_data_config(data_config.data_config_for_model(model.cfg))
-    self.data_config = data_config.get_data_config()
+    self.converter = model.feature_converter()
+    self.data_config = self.converter.data_config
     self.vocab = vocab_lib.get_vocabulary()
     self.text_vocab_size = self.vocab._base_vocab_size  # pylint: disable=protected-access
     self.tasks: Dict[str, TaskExamples] = {}
-    targets = {m.value for m in model.cfg.target_modalities}
+    targets = model.cfg.target_modalities
     for name in task_names:
       spec = spec_for(name)
       if spec.target not in targets:
-        raise ValueError(f"task {name!r} generates {spec.target!r} but the model's targets are "
-                         f"{sorted(targets)}")
+        raise ValueError(f"task {name!r} generates {spec.target.value!r} but the model's targets "
+                         f"are {sorted(m.value for m in targets)}")
       if not load:
         continue
       start = time.time()
       count = max_examples if isinstance(max_examples, int) else max_examples[name]
-      self.tasks[name] = load_examples(name, self.lengths, split, batch_size, count, seed)
+      self.tasks[name] = load_examples(name, self.converter, self.lengths, split, batch_size,
+                                       count, seed)
       log(f"eval data: {name} {split}: {self.tasks[name].count} examples "
           f"({time.time() - start:.1f} s)")
     self._reference = jax.jit(lambda p, b: {m: (o.targets, o.loss_mask)
@@ -148,10 +174,11 @@ class Evaluator:
   def _options(self, spec: EvalSpec) -> decoding.DecodeOptions:
     max_length = spec.max_length or self.lengths.get("text_targets", 32)
     changes = dict(max_length=max_length)
-    if spec.target != "text" and spec.guidance_scale != 1.0:
+    if spec.target != Modality.TEXT and spec.guidance_scale != 1.0:
       changes["guidance_scale"] = spec.guidance_scale
-    if spec.target != "text" and self.decode_options.method == "beam":
-      changes["method"] = "greedy"  # a full token grid: beam search buys nothing there
+    if spec.target != Modality.TEXT and self.decode_options.method == decoding.DecodeMethod.BEAM:
+      # a full token grid: beam search buys nothing there
+      changes["method"] = decoding.DecodeMethod.GREEDY
     return dataclasses.replace(self.decode_options, **changes)
 
   def evaluate_task(self, params, name: str, rng: Optional[jax.Array] = None) -> TaskResult:
@@ -170,9 +197,9 @@ class Evaluator:
                               jax.random.fold_in(rng, i), self.text_vocab_size)
       tokens = np.asarray(out.tokens)
       references = (jax.device_get(self._reference(params, batch))
-                    if spec.target != "text" else None)
+                    if spec.target != Modality.TEXT else None)
       rendered = (np.asarray(self._render(params, spec.target, out.tokens))
-                  if spec.target != "text" else None)
+                  if spec.target != Modality.TEXT else None)
       for row in range(tokens.shape[0]):
         index = i * tokens.shape[0] + row
         if index >= data.count:
@@ -185,18 +212,19 @@ class Evaluator:
     return records
 
   def _record(self, spec: EvalSpec, batch, row, tokens, length, meta, references, rendered):
-    prompt_ids = batch["inputs"]["text"]["tokens"][row] if "text" in batch["inputs"] else []
+    prompt = batch["inputs"].get(Modality.TEXT.value)
+    prompt_ids = prompt["tokens"][row] if prompt is not None else []
     record: Dict[str, Any] = {"prompt": decode_text(self.vocab, prompt_ids[1:]),
                               "answer": meta.get("answer")}
-    if spec.target == "text":
+    if spec.target == Modality.TEXT:
       text = decode_text(self.vocab, tokens[:length])
       record["prediction"] = text
-      if spec.reads == "text":
+      if spec.reads == Reads.TEXT:
         record["reference"] = meta.get("answer")
       else:
         model_hw = self._input_image_hw()
         transform = resize_transform(meta["image_size"], model_hw)
-        if spec.reads == "box":
+        if spec.reads == Reads.BOX:
           boxes = box_ops.text_to_boxes_np(text, model_hw)
           record["prediction_box"] = (unresize_boxes(boxes[:1], transform, meta["image_size"])
                                       .tolist() if len(boxes) else None)
@@ -208,8 +236,9 @@ class Evaluator:
                                         "labels": found["labels"]}
           record["reference"] = {"boxes": meta["boxes"], "labels": meta["labels"]}
       return record
-    ref_tokens, ref_mask = references[spec.target]
-    raw = batch["targets"][spec.target][spec.target]
+    target = spec.target.value
+    ref_tokens, ref_mask = references[target]
+    raw = batch["targets"][target][target]
     record.update(prediction=tokens.tolist(), reference=ref_tokens[row].tolist(),
                   mask=ref_mask[row].tolist())
     record["_rendered"] = rendered[row]
@@ -220,32 +249,18 @@ class Evaluator:
     return tuple(self.data_config.image_input_size)
 
   def _score(self, spec: EvalSpec, records: List[Dict[str, Any]]) -> Dict[str, float]:
-    names = list(spec.metrics)
-    if spec.target == "text":
-      if spec.reads == "box":
-        preds = [r["prediction_box"] for r in records]
-      elif spec.reads == "boxes":
-        preds = [r["prediction_boxes"] for r in records]
-      else:
-        preds = [r["prediction"] for r in records]
-      return metrics_lib.compute_metrics(names, preds, [r["reference"] for r in records])
+    """Each metric gets the input its registry entry declares (`Metric.inputs`); metrics taking
+    the same input run together (`compute_metrics`: no two may return the same key)."""
+    by_input: Dict[metrics_lib.MetricInput, List[str]] = {}
+    for name in spec.metrics:
+      by_input.setdefault(metrics_lib.get_metric(name).inputs, []).append(name)
     out: Dict[str, float] = {}
-    for name in names:
-      if name == "token_accuracy":
-        out.update(metrics_lib.token_accuracy(
-            [r["prediction"] for r in records], [r["reference"] for r in records],
-            masks=[r["mask"] for r in records]))
-      elif name == "image_error":  # the VQGAN's pixels are in [-1, 1]
-        out.update(metrics_lib.image_error(
-            [np.clip((r["_rendered"] + 1) / 2, 0, 1) for r in records],
-            [np.clip((r["_reference_raw"] + 1) / 2, 0, 1) for r in records]))
-      elif name == "spectrogram_error":
-        out.update(metrics_lib.spectrogram_error(
-            [np.squeeze(r["_rendered"]) for r in records],
-            [np.squeeze(r["_reference_raw"]) for r in records]))
-      else:
-        raise ValueError(f"metric {name!r} does not apply to {spec.target} targets")
+    for kind, names in by_input.items():
+      predictions, references, options = _METRIC_INPUTS[kind](records)
+      out.update(metrics_lib.compute_metrics(names, predictions, references,
+                                             {name: options for name in names}))
     return out
+
 
   def evaluate(self, params, step: int, out_dir: Optional[str] = None,
                writer=None) -> Dict[str, TaskResult]:

@@ -3,23 +3,27 @@
 Every metric has the signature `metric(predictions, references, **options) -> {name: float}`,
 with one prediction and one reference entry per example, in the same order. An empty list of
 predictions, a length mismatch, or an example without any reference raises ValueError saying so.
+Each registered `Metric` declares the `MetricInput` it takes, which is how the evaluator knows
+what to hand it.
 
-  name                      predictions / references per example           keys returned
-  exact_match               str / str or [str] (any may match)             exact_match
-  vqa_accuracy              str / [str] human answers (or one str)         vqa_accuracy
-  bleu                      str / str or [str]                             bleu_1 .. bleu_4
-  cider                     str / str or [str]                             cider
-  refexp                    box [4] | boxes [n, 4] | None / box [4]        acc50, mean_iou
-  detection_ap              {boxes, labels, scores?} / {boxes, labels}     ap, ap50, ap75
-  classification_accuracy   label / label                                  accuracy, balanced_..
-  token_accuracy            int tokens [L'] / int tokens [L] (+ masks)     token_accuracy, ..
-  image_error               image [H, W, C] / image [H, W, C]              pixel_mse, .._mae, psnr
-  spectrogram_error         log-mel [T, M] / log-mel [T, M] (+ masks)      spectrogram_l1, .._mse
+  name                     input        predictions / references per example        keys returned
+  exact_match              TEXT         str / str or [str] (any may match)          exact_match
+  vqa_accuracy             TEXT         str / [str] human answers (or one str)      vqa_accuracy
+  bleu                     TEXT         str / str or [str]                          bleu_1 .. _4
+  cider                    TEXT         str / str or [str]                          cider
+  refexp                   BOX          box [4] | boxes [n, 4] | None / box [4]     acc50, mean_iou
+  detection_ap             BOXES        {boxes, labels, scores?} / {boxes, labels}  ap, ap50, ap75
+  classification_accuracy  TEXT         label / label                               accuracy, ..
+  token_accuracy           TOKENS       int tokens [L'] / int tokens [L] (+ masks)  token_acc..
+  image_error              IMAGE        image [H, W, C] / image [H, W, C]           pixel_mse, ..
+  spectrogram_error        SPECTROGRAM  log-mel [T, M] / log-mel [T, M] (+ masks)   spectrogram_..
 
 Boxes are (y1, x1, y2, x2) in pixels, the repo's convention; see `box_metrics` for undoing the
 resize-and-pad before comparing, and `caption_metrics` for the BLEU and CIDEr-D definitions.
 """
 
+import dataclasses
+import enum
 import math
 import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -30,10 +34,10 @@ from unified_io.evaluation.box_metrics import (box_iou, detection_ap, refexp, re
                                                unresize_boxes)
 from unified_io.evaluation.caption_metrics import bleu, cider, reference_lists
 
-__all__ = ["METRICS", "compute_metrics", "get_metric", "exact_match", "vqa_accuracy", "bleu",
-           "cider", "refexp", "detection_ap", "classification_accuracy", "token_accuracy",
-           "image_error", "spectrogram_error", "box_iou", "resize_transform", "unresize_boxes",
-           "normalize_text", "normalize_vqa_answer"]
+__all__ = ["METRICS", "Metric", "MetricInput", "compute_metrics", "get_metric", "exact_match",
+           "vqa_accuracy", "bleu", "cider", "refexp", "detection_ap", "classification_accuracy",
+           "token_accuracy", "image_error", "spectrogram_error", "box_iou", "resize_transform",
+           "unresize_boxes", "normalize_text", "normalize_vqa_answer"]
 
 MetricFn = Callable[..., Dict[str, float]]
 PSNR_CAP_DB = 100.0  # PSNR of identical images (infinite) is reported as this
@@ -255,21 +259,43 @@ def spectrogram_error(predictions: Sequence[np.ndarray], references: Sequence[np
 
 # ---------------------------------------------------------------- the registry
 
-METRICS: Dict[str, MetricFn] = {
-    "exact_match": exact_match,
-    "vqa_accuracy": vqa_accuracy,
-    "bleu": bleu,
-    "cider": cider,
-    "refexp": refexp,
-    "detection_ap": detection_ap,
-    "classification_accuracy": classification_accuracy,
-    "token_accuracy": token_accuracy,
-    "image_error": image_error,
-    "spectrogram_error": spectrogram_error,
+class MetricInput(str, enum.Enum):
+  """What a metric compares, per example (the evaluator builds each from its records)."""
+
+  TEXT = "text"  # generated text (an answer, a caption, a label) vs the reference answer(s)
+  BOX = "box"  # the first box read from generated location tokens vs the reference box
+  BOXES = "boxes"  # {boxes, labels} read from generated text vs the reference's
+  TOKENS = "tokens"  # generated VQ token ids vs the reference target's, `masks=` its loss mask
+  IMAGE = "image"  # generated tokens rendered to pixels in [0, 1] vs the reference image
+  SPECTROGRAM = "spectrogram"  # generated tokens rendered to a spectrogram vs the reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A registered metric: the function, and the input it takes. Called like the function."""
+
+  fn: MetricFn
+  inputs: MetricInput
+
+  def __call__(self, predictions, references, **options) -> Dict[str, float]:
+    return self.fn(predictions, references, **options)
+
+
+METRICS: Dict[str, Metric] = {
+    "exact_match": Metric(exact_match, MetricInput.TEXT),
+    "vqa_accuracy": Metric(vqa_accuracy, MetricInput.TEXT),
+    "bleu": Metric(bleu, MetricInput.TEXT),
+    "cider": Metric(cider, MetricInput.TEXT),
+    "refexp": Metric(refexp, MetricInput.BOX),
+    "detection_ap": Metric(detection_ap, MetricInput.BOXES),
+    "classification_accuracy": Metric(classification_accuracy, MetricInput.TEXT),
+    "token_accuracy": Metric(token_accuracy, MetricInput.TOKENS),
+    "image_error": Metric(image_error, MetricInput.IMAGE),
+    "spectrogram_error": Metric(spectrogram_error, MetricInput.SPECTROGRAM),
 }
 
 
-def get_metric(name: str) -> MetricFn:
+def get_metric(name: str) -> Metric:
   """The metric registered as `name`; an unknown name raises ValueError listing the known ones."""
   if name not in METRICS:
     raise ValueError(f"unknown metric {name!r}; known metrics: {sorted(METRICS)}")

@@ -17,7 +17,8 @@ import numpy as np
 from unified_io.data.ops.image import CLIP_MEAN, CLIP_STD
 from unified_io.evaluation import render
 from unified_io.evaluation.evaluator import TaskResult
-from unified_io.evaluation.specs import spec_for
+from unified_io.evaluation.specs import Reads, spec_for
+from unified_io.modalities import Modality
 
 
 class Target(NamedTuple):
@@ -40,11 +41,11 @@ def unpatchify(patches_np: np.ndarray, pos_ids_n: np.ndarray, mask_n: np.ndarray
 
 def input_image(inputs: Mapping, data_config) -> Optional[np.ndarray]:
   """The example's input image (uint8 [H, W, 3]) rebuilt from its CLIP-normalised patches."""
-  image = inputs.get("image")
+  image = inputs.get(Modality.IMAGE.value)
   if image is None or not np.any(image["mask"]):
     return None
   patch = data_config.image_patch_size
-  grid = data_config.grid("image")
+  grid = data_config.grid(Modality.IMAGE)
   pixels = unpatchify(np.asarray(image["input"]), np.asarray(image["pos_ids"]),
                       np.asarray(image["mask"]), grid, patch, 3)
   pixels = pixels * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)
@@ -53,22 +54,22 @@ def input_image(inputs: Mapping, data_config) -> Optional[np.ndarray]:
 
 def input_spectrogram(inputs: Mapping, data_config) -> Optional[np.ndarray]:
   """The example's input log-mel spectrogram [time, mel] rebuilt from its patches."""
-  audio = inputs.get("audio")
+  audio = inputs.get(Modality.AUDIO.value)
   if audio is None or not np.any(audio["mask"]):
     return None
   patch = data_config.audio_patch_size
-  grid = data_config.grid("audio")
+  grid = data_config.grid(Modality.AUDIO)
   return unpatchify(np.asarray(audio["input"]), np.asarray(audio["pos_ids"]),
                     np.asarray(audio["mask"]), grid, patch, 1)[..., 0]
 
 
 def history_frames(inputs: Mapping, data_config) -> Optional[np.ndarray]:
   """Video frames side by side (uint8 [H, F*W, 3]) from the image history's patches."""
-  history = inputs.get("image_history")
+  history = inputs.get(Modality.IMAGE_HISTORY.value)
   if history is None or not np.any(history["mask"]):
     return None
   patch = data_config.image_patch_size
-  grid = data_config.grid("image_history")
+  grid = data_config.grid(Modality.IMAGE_HISTORY)
   frames = [unpatchify(np.asarray(x), np.asarray(p), np.asarray(m), grid, patch, 3)
             for x, p, m in zip(history["input"], history["pos_ids"], history["mask"])
             if np.any(m)]
@@ -106,16 +107,16 @@ def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Di
   image = input_image(inputs, data_config)
   frames = history_frames(inputs, data_config)
   spectrogram = input_spectrogram(inputs, data_config)
-  if spec.target == "text":
+  if spec.target == Modality.TEXT:
     card["prediction"] = record.get("prediction", "")
     card["reference"] = record.get("answer", "")
-    if spec.reads == "box" and image is not None:
+    if spec.reads == Reads.BOX and image is not None:
       boxes = [record["reference"]] + ([record["prediction_box"][0]]
                                        if record.get("prediction_box") else [])
       image = render.draw_boxes(image, np.asarray(boxes, np.float32).reshape(-1, 4),
                                 ["truth", "predicted"][:len(boxes)],
                                 [(0, 200, 0), (230, 0, 0)][:len(boxes)])
-    elif spec.reads == "boxes" and image is not None:
+    elif spec.reads == Reads.BOXES and image is not None:
       predicted = record.get("prediction_boxes") or {"boxes": [], "labels": []}
       if predicted["labels"]:
         image = render.draw_boxes(image, np.asarray(predicted["boxes"], np.float32).reshape(-1, 4),
@@ -130,7 +131,7 @@ def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Di
     return card
   generated = record["_rendered"]
   reference = record["_reference_raw"]
-  if spec.target == "image":
+  if spec.target == Modality.IMAGE:
     side = np.concatenate([np.clip((generated + 1) / 2, 0, 1),
                            np.clip((reference + 1) / 2, 0, 1)], axis=1)
     card["image"] = render.to_uint8(side)

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from unified_io.cli import gin_flags
-from unified_io.config import UnifiedIOConfig, make_config
+from unified_io.config import UnifiedIOConfig
+from unified_io.presets import make_config
 from unified_io import contract as data_config_lib
 from unified_io.data import vocab as vocab_lib
 from unified_io.cli.gin_paths import gin_dir
@@ -130,7 +131,7 @@ def _configured(run_gin: Optional[str], gin_files: Sequence[str], bindings: Sequ
       cfg = _bound("train.model_config")
       if not isinstance(cfg, UnifiedIOConfig):
         cfg = make_config()
-      data_cfg = _bound("get_data_config.config") or data_config_lib.data_config_for_model(cfg)
+      data_cfg = data_config_lib.DataConfig.from_model(cfg)
       lengths = _bound("train.task_feature_lengths")
       vocabulary = vocab_lib.get_vocabulary()
     except (ValueError, TypeError) as exc:

@@ -18,7 +18,7 @@ import jax
 
 from unified_io import decoding
 
-from unified_io.cli import gin_flags
+from unified_io import gin_required
 from unified_io.data import registry
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import run_loader
@@ -67,7 +67,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
   `task_feature_lengths` default: the training run's. `wait_seconds` > 0: after the last new
   checkpoint, keep polling every `poll_seconds` until that long passes with none.
   """
-  gin_flags.check_required("evaluate", checkpoint_path=checkpoint_path,
+  gin_required.check_required("evaluate", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   if not os.path.exists(checkpoint_path):
@@ -91,7 +91,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
       if evaluator is None:
         lengths = task_feature_lengths or run.task_feature_lengths
         if not lengths:
-          raise gin_flags.GinRequiredError(
+          raise gin_required.GinRequiredError(
               "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
         evaluator = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                             batch_size=batch_size, max_examples=max_examples,
@@ -120,12 +120,12 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
           decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
           log=print) -> Dict[str, int]:
   """Writes predictions chunk by chunk; returns {task: examples predicted in this call}."""
-  gin_flags.check_required("infer", checkpoint_path=checkpoint_path,
+  gin_required.check_required("infer", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
   run = run_loader.load_run(checkpoint_path, step)
   lengths = task_feature_lengths or run.task_feature_lengths
   if not lengths:
-    raise gin_flags.GinRequiredError(
+    raise gin_required.GinRequiredError(
         "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
   tasks = _task_names(mixture_or_task_name)
   predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
@@ -143,8 +143,8 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
         log(f"infer: {os.path.basename(path)} exists, skipped")
         start += size
         continue
-      data = evaluator_lib.load_examples(name, lengths, split, batch_size, size, start=start,
-                                         allow_empty=True)
+      data = evaluator_lib.load_examples(name, predictor.converter, lengths, split, batch_size,
+                                         size, start=start, allow_empty=True)
       if data.count == 0:
         break
       records = predictor.predict(run.params, name, data, jax.random.PRNGKey(start))

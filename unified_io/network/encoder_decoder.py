@@ -8,7 +8,7 @@ The batch is a nested dict, the release's layout:
 Modalities missing from a batch are skipped. Encoder parts are concatenated in `Modality` order,
 decoder parts too; each target part gets its own segment id so targets never attend to each other.
 With `cfg.pack_pairs`, examples 2i and 2i+1 then share one encoder row and one decoder row
-(`unified_io.packing`); outputs come back in the unpacked per-example layout.
+(`unified_io.network.packing`); outputs come back in the unpacked per-example layout.
 """
 
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -20,7 +20,7 @@ import numpy as np
 
 from unified_io.network import masks
 
-from unified_io import packing
+from unified_io.network import packing
 from unified_io.config import UnifiedIOConfig
 from unified_io.network.embedders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS, TargetPart
 from unified_io.network.layers import TokenEmbedder

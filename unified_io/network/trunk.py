@@ -10,7 +10,7 @@ Each stack ends with an RMSNorm.
 With `cfg.scan_layers` each stack runs its layers under `nn.scan`: one traced and compiled layer
 body instead of N, the layers' parameters stacked as `layers/...` [N, ...] (logical axis "layers";
 `unified_io.network.layer_stacking` converts to and from the per-layer `layers_{i}` layout), dropout rngs
-split per layer, and rematerialisation (`cfg.effective_remat_policy`) inside the body. The numbers
+split per layer, and rematerialisation (`cfg.remat_policy`) inside the body. The numbers
 equal the per-layer stack's given the same (stacked) parameters.
 """
 
@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from unified_io.network import masks
-from unified_io.config import TrunkConfig
+from unified_io.config import RematPolicy, TrunkConfig
 from unified_io.network.layers import Attention, GatedMLP, RMSNorm
+from unified_io.network.layers.attention import CacheKind
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 
@@ -63,12 +64,12 @@ class DecoderLayer(nn.Module):
     cached = self.cache_length > 0
     h_btd = Attention(cfg, name="self_attention")(
         h_btd, h_btd, self_mask_b1tt, rope_btk, rope_btk, self.deterministic, blocks=self.segments,
-        cache="self" if cached else None, cache_length=self.cache_length)
+        cache=CacheKind.SELF if cached else None, cache_length=self.cache_length)
     y_btd = y_btd + dropout(h_btd, deterministic=self.deterministic)
     h_btd = RMSNorm(cfg.norm_eps, name="pre_cross_attention_norm")(y_btd)
     h_btd = Attention(cfg, name="encoder_decoder_attention")(
         h_btd, encoded_bld, cross_mask_b1tl, rope_btk, enc_rope_blk, self.deterministic,
-        cache="cross" if cached else None)
+        cache=CacheKind.CROSS if cached else None)
     y_btd = y_btd + dropout(h_btd, deterministic=self.deterministic)
     h_btd = GatedMLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, name="pre_mlp_norm")(y_btd),
                                       self.deterministic)
@@ -76,24 +77,24 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(y_btd, ACTIVATION_AXES)
 
 
-# `TrunkConfig.remat_policy` -> what a rematerialised layer keeps for the backward pass.
+# `TrunkConfig.remat_policy` -> what a rematerialised layer keeps for the backward pass
+# (every policy but RematPolicy.NONE).
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    RematPolicy.FULL: jax.checkpoint_policies.nothing_saveable,
+    RematPolicy.DOTS: jax.checkpoint_policies.checkpoint_dots,
+    RematPolicy.DOTS_NO_BATCH: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
 def _maybe_remat(layer_cls, cfg: TrunkConfig, prevent_cse: bool = True):
-  """`layer_cls` rematerialised under the config's policy, or itself when the policy is "none".
+  """`layer_cls` rematerialised under the config's policy, or itself under RematPolicy.NONE.
 
   Inside `nn.scan` the CSE guard is unnecessary (the loop already keeps XLA from merging the
   recomputation with the forward pass) and only costs speed, hence `prevent_cse`.
   """
-  policy = cfg.effective_remat_policy
-  if policy == "none":
+  if cfg.remat_policy == RematPolicy.NONE:
     return layer_cls
-  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse)
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=prevent_cse)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,23 +18,39 @@ full batch (an absent input is masked out of attention, an absent target has no 
 causal attention keeps padding after the targets out of them). A step costs only what its examples
 use, one compiled step per (modality set, bucket). The text input is always kept (an empty prompt,
 e.g. the null prompt of guidance, is still a text input).
+
+Input shards (`open_process_input`): which examples a global batch holds must not depend on how
+many processes feed it, or a run resumed (or repeated) on another topology would train on other
+data. So the input is cut into `input_shards` fixed slices of the batch: shard j is its own seqio
+pipeline (`TrainInput` with `ShardInfo(j, input_shards)` and seed `seed + j`) and supplies rows
+[j B/n, (j+1) B/n) of every global batch. A process opens only the shards whose rows its devices
+hold (`ProcessInput`, `partitioning.process_rows`), so one process with n shards and n processes
+with one each assemble the same global batches, row for row. The per-shard seed also keeps the
+shards' mixture sampling independent (with one seed every shard would draw the same task at the
+same position). The trainer's default is one shard per process (one pipeline each, the cheapest);
+pin `train.input_shards` to get the same batches on another number of processes (each extra
+pipeline in a process costs its own set-up and threads).
 """
 
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from jax.sharding import Mesh
 
-from unified_io.data.converter import nest_batch
+from unified_io import partitioning
+from unified_io.contract import nest_batch
+from unified_io.data import pipeline
+from unified_io.data.converter import UnifiedIOFeatureConverter
 
 
 class TrainInput:
   """Batches of `mixture_or_task_name` with their position (batches handed out so far)."""
 
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, feature_converter: seqio.FeatureConverter, *, seed: int = 0,
+               batch_size: int, feature_converter: UnifiedIOFeatureConverter, *, seed: int = 0,
                split: str = "train", shuffle: bool = True, start_batch: int = 0,
                process_index: Optional[int] = None, process_count: Optional[int] = None,
                group_batches: bool = False):
@@ -45,9 +61,9 @@ class TrainInput:
     self.local_batch_size = batch_size // process_count
     self.seed = seed
     self.batches_consumed = start_batch
-    dataset = seqio.get_dataset(
-        mixture_or_task_name, dict(task_feature_lengths), feature_converter,
-        dataset_split=split, shuffle=shuffle, num_epochs=None, seed=seed,
+    dataset = pipeline.get_dataset(
+        mixture_or_task_name, feature_converter, task_feature_lengths, split=split,
+        shuffle=shuffle, num_epochs=None, seed=seed,
         shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count))
     if group_batches:
       dataset = dataset.group_by_window(
@@ -70,6 +86,64 @@ class TrainInput:
   def position(self) -> Dict[str, int]:
     """What a checkpoint stores to resume this stream."""
     return {"batches_consumed": self.batches_consumed, "seed": self.seed}
+
+
+def process_input_shards(rows: range, batch_size: int, input_shards: int) -> range:
+  """The input shards (see the module docstring) that supply exactly `rows` of the batch."""
+  if input_shards < 1 or batch_size % input_shards:
+    raise ValueError(f"train.input_shards={input_shards} must divide BATCH_SIZE={batch_size}")
+  per_shard = batch_size // input_shards
+  if rows.start % per_shard or len(rows) % per_shard:
+    raise ValueError(
+        f"train.input_shards={input_shards}: a shard is {per_shard} rows of the batch of "
+        f"{batch_size}, but process {jax.process_index()} holds rows [{rows.start}, {rows.stop}); "
+        f"use a multiple of {batch_size // len(rows)} input shards")
+  return range(rows.start // per_shard, rows.stop // per_shard)
+
+
+class ProcessInput:
+  """This process's rows of every global batch: its input shards' batches, concatenated.
+
+  `shards` are iterators (e.g. `TrainInput`s) in row order, each with `batches_consumed`;
+  `shard_indices` their numbers among the `input_shards`, `rows` the batch rows they fill.
+  """
+
+  def __init__(self, shards: Sequence[Iterator[Dict]], *, seed: int, input_shards: int,
+               shard_indices: Sequence[int], rows: range):
+    if not shards or len(shards) != len(shard_indices):
+      raise ValueError(f"ProcessInput: {len(shards)} input shards for indices {shard_indices}")
+    self._shards = list(shards)
+    self.seed, self.input_shards = seed, input_shards
+    self.shard_indices, self.rows = list(shard_indices), rows
+
+  def __iter__(self) -> "ProcessInput":
+    return self
+
+  def __next__(self) -> Dict:
+    batches = [next(shard) for shard in self._shards]
+    if len(batches) == 1:
+      return batches[0]
+    return jax.tree_util.tree_map(lambda *rows: np.concatenate(rows, axis=0), *batches)
+
+  def position(self) -> Dict[str, int]:
+    """What a checkpoint stores to resume the stream (the same on every process)."""
+    return {"batches_consumed": self._shards[0].batches_consumed, "seed": self.seed,
+            "input_shards": self.input_shards}
+
+
+def open_process_input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                       batch_size: int, feature_converter: seqio.FeatureConverter, mesh: Mesh, *,
+                       seed: int, input_shards: int, start_batch: int = 0,
+                       group_batches: bool = False) -> ProcessInput:
+  """The input shards that fill this process's rows of each global batch (module docstring)."""
+  rows = partitioning.process_rows(mesh, batch_size)
+  shards = process_input_shards(rows, batch_size, input_shards)
+  return ProcessInput(
+      [TrainInput(mixture_or_task_name, task_feature_lengths, batch_size, feature_converter,
+                  seed=seed + j, start_batch=start_batch, process_index=j,
+                  process_count=input_shards, group_batches=group_batches)
+       for j in shards],
+      seed=seed, input_shards=input_shards, shard_indices=shards, rows=rows)
 
 
 def _is_optional(key: str) -> bool:

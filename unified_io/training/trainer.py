@@ -9,44 +9,66 @@ One call of `train()`:
   3. runs the jitted, donated train step up to TRAIN_STEPS (an absolute step, as in t5x), logging
      to TensorBoard (MODEL_DIR/train), MODEL_DIR/train/metrics.jsonl and the console (with the
      input pipeline's skipped-bad-example counts as `bad_input/<task>/<reason>`), saving every
-     `checkpoint_every` steps, and once more at the end or on SIGTERM (preemption).
+     `checkpoint_every` steps, and once more at the end or on SIGTERM (preemption: it then raises
+     `Preempted`, which `uio2-train` turns into exit status 143).
+
+Mesh, rules, state (initialised, restored or loaded) and the jitted step come from
+`train_setup.build_train_setup`, which the benchmarks use too; the input from
+`input.open_process_input`.
 """
 
-import dataclasses
+import enum
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from unified_io.cli import gin_flags
+from unified_io import gin_required
 
 from unified_io import partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
-from unified_io.training.input import trim_batch
-from unified_io.training.partitioned import (abstract_state, global_batch, open_process_input,
-                                             state_shardings)
+from unified_io.training.input import ProcessInput, open_process_input, trim_batch
 from unified_io.training.progress import ProgressLog
+from unified_io.training.train_setup import TrainSetup, build_train_setup
 from unified_io.training.train_state import TrainState
-from unified_io.training.train_step import jit_train_step, make_train_step
 
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, after the preemption checkpoint is written
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after checkpointing the current step (`uio2-train` exits 143)."""
+
+  def __init__(self, step: int):
+    super().__init__(f"SIGTERM: checkpoint written at step {step}")
+    self.step = step
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training stopped because a step's loss or gradients were NaN/Inf (policy "stop")."""
+
+
+class NonFinitePolicy(str, enum.Enum):
+  """What training does after a step whose loss or gradients are NaN/Inf (its update is skipped)."""
+  SKIP = "skip"  # count it (`nonfinite_steps`) and go on
+  STOP = "stop"  # checkpoint the last good state and raise `NonFiniteLossError`
+
+  @classmethod
+  def parse(cls, value: Union[str, "NonFinitePolicy"]) -> "NonFinitePolicy":
+    """The member for a gin string (or a member); anything else is a one-line ValueError."""
+    try:
+      return cls(value)
+    except ValueError:
+      known = " or ".join(repr(p.value) for p in cls)
+      raise ValueError(f"train.nonfinite_policy must be {known}, got {value!r}") from None
 
 
 def _git_sha() -> Optional[str]:
@@ -94,7 +116,7 @@ def _input_position(checkpoints: ckpt_lib.TrainCheckpoints, resume_step: Optiona
 
 
 class _SigtermFlag:
-  """Set by SIGTERM; the loop checks it between steps and saves before exiting.
+  """Set by SIGTERM; the loop checks it between steps, saves and raises `Preempted`.
 
   Installed when `train` starts (a preemption during set-up or compilation still ends in a
   checkpoint at the first step boundary), restored when it returns. With several processes the
@@ -138,13 +160,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           async_checkpoints: bool = True,
           initial_checkpoint_path: Optional[str] = None,
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
-          log_every: int = 10, nonfinite_policy: str = "skip", group_batches: bool = False,
+          log_every: int = 10,
+          nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
+          group_batches: bool = False,
           extra_metrics: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
   """Trains to step `train_steps`; returns the last logged metrics. See the module docstring.
 
   `optimizer(learning_rate)` -> optax transformation (e.g. `@adafactor`); `learning_rate` a
-  schedule (e.g. `@learning_rate_schedule()`); `nonfinite_policy`: "skip" (count and go on) or
-  "stop" (raise `NonFiniteLossError` after checkpointing the last good state).
+  schedule (e.g. `@learning_rate_schedule()`); `nonfinite_policy`: a `NonFinitePolicy` or its
+  value, "skip" (count and go on) or "stop" (raise `NonFiniteLossError` after checkpointing the
+  last good state). On SIGTERM the current step is checkpointed and `Preempted` raised.
   `input_shards`: how many fixed slices of each batch are read by separate pipelines (default:
   the process count; a resumed run keeps its checkpoint's number). The batches are a function of
   (seed, input_shards) only: pin it to see the same data on another topology.
@@ -153,100 +178,96 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   much faster steps on mixtures, one compiled step per group; one process only (processes would
   disagree on a batch's shapes).
   """
-  gin_flags.check_required(
+  gin_required.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
       model_config=model_config, optimizer=optimizer,
       learning_rate=learning_rate, initial_checkpoint_path=initial_checkpoint_path)
-  if nonfinite_policy not in ("skip", "stop"):
-    raise ValueError(f"train.nonfinite_policy must be 'skip' or 'stop', got {nonfinite_policy!r}")
+  policy = NonFinitePolicy.parse(nonfinite_policy)
   if group_batches and jax.process_count() > 1:
     raise ValueError("train.group_batches=True needs one process (each process would pick "
                      f"its own batches' modalities); this run has {jax.process_count()}")
   sigterm = _SigtermFlag()
-  os.makedirs(model_dir, exist_ok=True)
-  _write(os.path.join(model_dir, "config.gin"), gin.config_str())
-  _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    _write(os.path.join(model_dir, "config.gin"), gin.config_str())
+    _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
 
-  mesh = partitioning.make_mesh(model=model_parallel)
-  rules = partitioning.axis_rules(fsdp)
-  model = UnifiedIOModel(model_config)
-  opt = optimizer(learning_rate)
-  checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
-                                          save_every=checkpoint_every, keep=keep_checkpoints,
-                                          async_save=async_checkpoints)
-  resume_step = checkpoints.latest_step()
-  start_batch, data_seed, input_shards = _input_position(checkpoints, resume_step, seed,
-                                                         input_shards)
-  # The model owns its data contract: the converter it makes sizes stage 2 and the batches.
-  data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
-                            model.feature_converter(), mesh, seed=data_seed, start_batch=start_batch,
-                            input_shards=input_shards, group_batches=group_batches)
-  print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
-        f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
-        f"of each batch of {batch_size})", flush=True)
-  # (parameters are created from a batch with every modality of the data: `first`)
-  first = global_batch(next(data), mesh, batch_size)
-  to_step = trim_batch if group_batches else (lambda b: b)
-
-  init_rng = jax.random.PRNGKey(seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed, abstract = abstract_state(lambda: model.init(init_rng, first), opt)
-    shardings = state_shardings(boxed, abstract, mesh, rules)
-    _write(os.path.join(model_dir, "model-info.txt"),
-           f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n" + partitioning.describe(boxed, rules) + "\n")
+    mesh = partitioning.make_mesh(model=model_parallel)
+    model = UnifiedIOModel(model_config)
+    checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
+                                            save_every=checkpoint_every, keep=keep_checkpoints,
+                                            async_save=async_checkpoints)
+    resume_step = checkpoints.latest_step()
+    start_batch, data_seed, input_shards = _input_position(checkpoints, resume_step, seed,
+                                                           input_shards)
+    # The model owns its data contract: the converter it makes sizes stage 2 and the batches.
+    data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
+                              model.feature_converter(), mesh, seed=data_seed,
+                              start_batch=start_batch, input_shards=input_shards,
+                              group_batches=group_batches)
+    print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
+          f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
+          f"of each batch of {batch_size})", flush=True)
+    # (parameters are created from a batch with every modality of the data: `first`)
+    first = partitioning.global_batch(next(data), mesh, batch_size)
+    setup = build_train_setup(
+        model, optimizer(learning_rate), learning_rate, first, mesh=mesh, fsdp=fsdp, seed=seed,
+        num_microbatches=num_microbatches, use_dropout=use_dropout, checkpoints=checkpoints,
+        resume_step=resume_step, initial_checkpoint_path=initial_checkpoint_path,
+        assignment_map=assignment_map, model_info_path=os.path.join(model_dir, "model-info.txt"))
     if resume_step is not None:
-      target = jax.tree_util.tree_map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
-      state, _ = checkpoints.restore(target, resume_step)
-      print(f"resumed from step {int(state.step)} ({checkpoints.directory}), input batch "
+      print(f"resumed from step {int(setup.state.step)} ({checkpoints.directory}), input batch "
             f"{start_batch}", flush=True)
-    else:
-      def init_state():
-        params = nn.meta.unbox(model.init(init_rng, first))
-        return TrainState.create(params, opt)
-      state = jax.jit(init_state, out_shardings=shardings)()
-      if initial_checkpoint_path:
-        params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
-                                      assignment_map=assignment_map)
-        params = jax.device_put(params, shardings.params)
-        state = jax.jit(lambda p: TrainState.create(p, opt), out_shardings=shardings)(params)
-        print(f"initial parameters from {initial_checkpoint_path}", flush=True)
-    step_fn = jit_train_step(
-        make_train_step(model.loss_fn, opt, learning_rate, num_microbatches=num_microbatches,
-                        use_dropout=use_dropout),
-        state_shardings=shardings,
-        batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix: every leaf alike)
+    elif initial_checkpoint_path:
+      print(f"initial parameters from {initial_checkpoint_path}", flush=True)
 
-    step = int(state.step)
-    log = ProgressLog(model_dir, start_step=step, total_steps=train_steps, log_every=log_every)
-    rng = jax.random.PRNGKey(seed + 1)
-    batch, last_nonfinite = to_step(first), int(state.nonfinite_steps)
-    while step < train_steps:
-      state, metrics = step_fn(state, batch, rng)
-      step += 1
-      extras = {f"bad_input/{k}": float(v) for k, v in bad_input.counts().items()}
-      extras.update(extra_metrics() if extra_metrics else {})
-      log.step_done(step, metrics, extras=extras)
-      if nonfinite_policy == "stop" and int(metrics["nonfinite_steps"]) > last_nonfinite:
-        checkpoints.save(step, state, data.position(), force=True)
-        checkpoints.wait()
-        raise NonFiniteLossError(f"step {step}: the loss or gradients are not finite; the "
-                                 "update was skipped and training stopped (nonfinite_policy="
-                                 "'stop'); the state is checkpointed")
-      checkpoints.save(step, state, data.position())
-      if sigterm.agreed(step, log_every):
-        checkpoints.save(step, state, data.position(), force=True)
-        checkpoints.wait()
-        print(f"SIGTERM: checkpoint written at step {step}; exiting", flush=True)
-        log.close()
-        checkpoints.close()
-        sys.exit(EXIT_PREEMPTED)
-      if step < train_steps:
-        batch = global_batch(to_step(next(data)), mesh, batch_size)
-    checkpoints.save(step, state, data.position(), force=True)
+    log = ProgressLog(model_dir, start_step=int(setup.state.step), total_steps=train_steps,
+                      log_every=log_every)
+    with setup.activated():  # (a new grouped batch shape is traced in the mesh and rules)
+      state = _run_steps(setup, data, first, log, checkpoints, sigterm, train_steps=train_steps,
+                         batch_size=batch_size, rng=jax.random.PRNGKey(seed + 1), policy=policy,
+                         group_batches=group_batches, log_every=log_every,
+                         extra_metrics=extra_metrics)
+    checkpoints.save(int(state.step), state, data.position(), force=True)
     checkpoints.wait()
     checkpoints.close()
     _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
-    sigterm.restore()
     return log.close()
+  finally:
+    sigterm.restore()
+
+
+def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: ProgressLog,
+               checkpoints: ckpt_lib.TrainCheckpoints, sigterm: _SigtermFlag, *,
+               train_steps: int, batch_size: int, rng: jax.Array, policy: NonFinitePolicy,
+               group_batches: bool, log_every: int,
+               extra_metrics: Optional[Callable[[], Dict[str, float]]]) -> TrainState:
+  """The loop: steps from the setup's state up to `train_steps`, logging and checkpointing;
+  raises `NonFiniteLossError` (policy "stop") or `Preempted` (SIGTERM) after a checkpoint."""
+  to_step = trim_batch if group_batches else (lambda b: b)
+  state = setup.state
+  step, last_nonfinite = int(state.step), int(state.nonfinite_steps)
+  batch = to_step(first)
+  while step < train_steps:
+    state, metrics = setup.step(state, batch, rng)
+    step += 1
+    extras = {f"bad_input/{k}": float(v) for k, v in bad_input.counts().items()}
+    extras.update(extra_metrics() if extra_metrics else {})
+    log.step_done(step, metrics, extras=extras)
+    if policy is NonFinitePolicy.STOP and int(metrics["nonfinite_steps"]) > last_nonfinite:
+      checkpoints.save(step, state, data.position(), force=True)
+      checkpoints.wait()
+      raise NonFiniteLossError(f"step {step}: the loss or gradients are not finite; the "
+                               "update was skipped and training stopped (nonfinite_policy="
+                               "'stop'); the state is checkpointed")
+    checkpoints.save(step, state, data.position())
+    if sigterm.agreed(step, log_every):
+      checkpoints.save(step, state, data.position(), force=True)
+      checkpoints.wait()
+      log.close()
+      checkpoints.close()
+      raise Preempted(step)
+    if step < train_steps:
+      batch = partitioning.global_batch(to_step(next(data)), setup.mesh, batch_size)
+  return state

@@ -31,6 +31,10 @@ import tensorflow as tf
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# The square canvas that real-dataset tasks resize and pad to in stage 1 (the release's input
+# size), so their location tokens are fixed before any model is chosen; stage 2 then resizes the
+# canvas to the model's size, which leaves normalised box coordinates unchanged.
+CANVAS_SIZE = (384, 384)
 RANDOM_SCALE_MIN = 0.75
 RANDOM_SCALE_MAX = 1.3333
 RANDOM_SCALE_USE_MAX_RATE = 0.5  # the release's RANDOM_SCALE_RATIO

@@ -1,10 +1,11 @@
 """WorldConfig: everything that shapes the built-in world (sizes, difficulty, split sizes).
 
-The world is drawn directly at the sizes the model uses (input images at `image_size`, image
-targets at `target_size`, video frames at `frame_size`), so boxes are already in model pixels and
-stage 2 has nothing to resize. Sizes left None are taken from the `DataConfig` in effect when a
-dataset is built (`resolved()`), so a tiny model's 128 px images are drawn at 128 px, not drawn at
-384 and shrunk. Scenes are resolution-free: the same seed draws the same scene at every size.
+The world is drawn at its own sizes (input images at `image_size`, image targets at `target_size`,
+video frames at `frame_size`; 128 px by default, the tiny all-modality model's sizes, so stage 2
+has nothing to resize there); stage 2 resizes them to whatever model reads them, as it does any
+image file. For a model at the release's sizes, draw at them (`make_world_config.image_size =
+384`, `target_size = 256`, `frame_size = 256`) rather than upsampling. Scenes are
+resolution-free: the same seed draws the same scene at every size.
 Difficulty presets set the object count, sizes, overlap,
 distractors and noise together; any field can still be overridden (in Python or gin):
 
@@ -13,16 +14,12 @@ distractors and noise together; any field can still be overridden (in Python or 
 """
 
 import dataclasses
-from typing import Mapping, Optional
+from typing import Mapping
 
 import gin
 
-from unified_io.contract import DataConfig, get_data_config
-
 SPLITS = ("train", "validation", "test")
-# WorldConfig size field -> the DataConfig field it follows when left None.
-_SIZE_FIELDS = {"image_size": "image_input_size", "target_size": "image_target_size",
-                "frame_size": "image_history_size"}
+_SIZE_FIELDS = ("image_size", "target_size", "frame_size")
 
 
 class WorldConfigError(ValueError):
@@ -33,10 +30,10 @@ class WorldConfigError(ValueError):
 class WorldConfig:
   """The world's knobs. Sizes are in pixels; object sizes are fractions of the image side."""
   seed: int = 0
-  # Sizes (None: the DataConfig's image_input_size / image_target_size / image_history_size).
-  image_size: Optional[int] = None     # input images
-  target_size: Optional[int] = None    # image targets: text -> image, object masks
-  frame_size: Optional[int] = None     # video frames
+  # Sizes in pixels (square images).
+  image_size: int = 128            # input images
+  target_size: int = 128           # image targets: text -> image, object masks
+  frame_size: int = 128            # video frames
   num_frames: int = 4              # video frames per clip
   sample_rate: int = 16000
   audio_seconds: float = 4.08      # length of every waveform (audio inputs/targets, video segments)
@@ -61,8 +58,8 @@ class WorldConfig:
         raise WorldConfigError(
             f"WorldConfig.{field} = {getattr(self, field)!r}: expected {expected}")
     for field in _SIZE_FIELDS:
-      check(getattr(self, field) is None or getattr(self, field) >= 16, field,
-            "None (the DataConfig's size) or an image side of at least 16 pixels")
+      check(isinstance(getattr(self, field), int) and getattr(self, field) >= 16, field,
+            "an image side of at least 16 pixels")
     check(self.num_frames >= 2, "num_frames", "at least 2 frames (motion needs two)")
     check(1 <= self.min_objects <= self.max_objects <= 8, "max_objects",
           f"1 <= min_objects ({self.min_objects}) <= max_objects <= 8")
@@ -72,25 +69,6 @@ class WorldConfig:
     check(self.audio_seconds >= 1.0, "audio_seconds", "at least 1 second (room for beeps)")
     for split in SPLITS:
       check(self.split_sizes[split] >= 1, f"{split}_examples", "at least one example")
-
-  def resolved(self, data_config: Optional[DataConfig] = None) -> "WorldConfig":
-    """This config with every size set; sizes left None come from `data_config` (default: the
-    DataConfig in effect, `get_data_config()`). The world draws squares, so those must be square."""
-    if self.is_resolved:
-      return self
-    data_config = data_config or get_data_config()
-    sizes = {}
-    for field, data_field in _SIZE_FIELDS.items():
-      size = getattr(data_config, data_field)
-      if getattr(self, field) is None and size[0] != size[1]:
-        raise WorldConfigError(f"WorldConfig.{field} is None, so it follows DataConfig.{data_field}"
-                               f" = {size}, which is not square; set WorldConfig.{field}")
-      sizes[field] = getattr(self, field) or size[0]
-    return dataclasses.replace(self, **sizes)
-
-  @property
-  def is_resolved(self) -> bool:
-    return all(getattr(self, f) is not None for f in _SIZE_FIELDS)
 
   @property
   def audio_samples(self) -> int:

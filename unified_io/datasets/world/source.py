@@ -81,10 +81,7 @@ def example_rng(cfg: WorldConfig, task: str, split: str, index: int) -> np.rando
 
 
 def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: int) -> Example:
-  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2].
-
-  Sizes left None in `cfg` follow the DataConfig in effect (WorldConfig.resolved)."""
-  cfg = cfg.resolved()
+  """The example (numpy fields, see generators.py) plus `meta/task` and a `prompt_seed` [2]."""
   rng = example_rng(cfg, generator.name, split, index)
   for _ in range(_MAX_CONTENT_TRIES):
     example = generator.generate(rng, cfg)
@@ -99,7 +96,6 @@ def generate_example(generator: Generator, cfg: WorldConfig, split: str, index: 
 
 
 def field_specs(generator: Generator, cfg: WorldConfig) -> Dict[str, tf.TensorSpec]:
-  cfg = cfg.resolved()
   specs = {name: tf.TensorSpec(shape, _TF_DTYPES[dtype], name=None)
            for name, (dtype, shape) in generator.field_specs(cfg).items()}
   specs["prompt_seed"] = tf.TensorSpec((2,), tf.int32)
@@ -122,12 +118,12 @@ class WorldDataSource(seqio.DataSource):
 
   @property
   def config(self) -> WorldConfig:
-    """The config now: sizes resolved against the DataConfig in effect."""
+    """The config now (a config function is called each time, so gin bindings apply)."""
     config = self._config if isinstance(self._config, WorldConfig) else self._config()
     if not isinstance(config, WorldConfig):
       raise TypeError(f"world task {self._generator.name}: the config function returned "
                       f"{type(config).__name__}, expected a WorldConfig")
-    return config.resolved()
+    return config
 
   @property
   def supports_arbitrary_sharding(self) -> bool:

@@ -8,14 +8,16 @@ replaces masked logits by -1e10 (the release adds a -1e10 bias, which in float32
 that, so a fully masked query row becomes a uniform average over all keys rather than NaN);
 softmax in float32; the weights are cast back to the activation dtype before they multiply v.
 
-Incremental decoding (`cache=`, see `unified_io.decoding`) keeps, in the flax "cache" collection:
-  "self":  the keys (after RoPE) and values of every position decoded so far, [B, S, H, K] with S
-           the decode length, and the next position `index`; the L new queries attend causally to
-           positions < index + L (the caller's mask, if any, is ANDed in).
-  "cross": the encoder's keys and values, computed on the call that passes `x_kv` and reused by
-           the calls that pass `x_kv=None`.
+Incremental decoding (`cache=` a `CacheKind`, see `unified_io.decoding`) keeps, in the flax
+"cache" collection:
+  SELF:  the keys (after RoPE) and values of every position decoded so far, [B, S, H, K] with S
+         the decode length, and the next position `index`; the L new queries attend causally to
+         positions < index + L (the caller's mask, if any, is ANDed in).
+  CROSS: the encoder's keys and values, computed on the call that passes `x_kv` and reused by
+         the calls that pass `x_kv=None`.
 """
 
+import enum
 from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -27,6 +29,13 @@ from unified_io.network.layers.dense import Projection
 from unified_io.network.layers.dot_product import MASKED_LOGIT, attend, attend_block_diagonal
 from unified_io.network.layers.norms import RMSNorm
 from unified_io.network.layers.rope import apply_rope
+
+
+class CacheKind(str, enum.Enum):
+  """What an attention layer caches while decoding incrementally (see the module docstring)."""
+
+  SELF = "self"  # the keys and values of every position decoded so far
+  CROSS = "cross"  # the encoder's keys and values
 
 
 class Attention(nn.Module):
@@ -42,11 +51,11 @@ class Attention(nn.Module):
                q_rope_blk: Optional[jax.Array] = None, k_rope_bsk: Optional[jax.Array] = None,
                deterministic: bool = True,
                blocks: Optional[Sequence[Tuple[int, int]]] = None,
-               cache: Optional[str] = None, cache_length: int = 0) -> jax.Array:
+               cache: Optional[CacheKind] = None, cache_length: int = 0) -> jax.Array:
     """`mask` is boolean [B, 1 or H, L, S] (True = may attend); rope tables are [B, L|S, K].
 
-    `cache`: None, "self" (`cache_length` = S, the length the cache is made with) or "cross"
-    (see the module docstring).
+    `cache`: None, CacheKind.SELF (`cache_length` = S, the length the cache is made with) or
+    CacheKind.CROSS (see the module docstring).
 
     `blocks`: for self-attention whose mask allows nothing outside these [start, stop) diagonal
     blocks (they tile [0, L)), each block is computed on its own (`attend_block_diagonal`).
@@ -61,9 +70,9 @@ class Attention(nn.Module):
     if x_kv_bsd is not None:
       k_bshk, v_bshk = self._keys_values(x_kv_bsd, k_rope_bsk)
 
-    if cache == "self":
+    if cache == CacheKind.SELF:
       k_bshk, v_bshk, mask_b1ls = self._self_cache(k_bshk, v_bshk, mask_b1ls, cache_length)
-    elif cache == "cross":
+    elif cache == CacheKind.CROSS:
       k_bshk, v_bshk = self._cross_cache(None if x_kv_bsd is None else (k_bshk, v_bshk))
     elif cache is not None:
       raise ValueError(f"cache must be None, 'self' or 'cross', got {cache!r}")

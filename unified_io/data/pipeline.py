@@ -1,0 +1,99 @@
+"""From a registered task or mixture to model examples, for one model's data contract.
+
+  stage 1   the task's own preprocessors (seqio `Task.get_dataset`): raw fields (docs/data.md),
+            shuffled with the task's buffer, sharded, repeated
+  stage 2   `unified_preprocessor` at the contract's sizes (tokens, patches, target images and
+            spectrograms), then the task's after-stage-2 steps (e.g. the denoising objective)
+  mixing    a mixture's tasks sampled by their rates (as seqio's `Mixture.get_dataset` does)
+  stage 3   the model's feature converter: static shapes, flat `inputs/...` / `targets/...`
+
+The sizes come from the `DataConfig` the caller hands over (the model's, through its feature
+converter), never from a global, so pipelines for two models can be built side by side. Stage-2
+randomness (patch sampling, the denoising modes) is seeded per task from the run's seed, so the
+same seed gives the same examples.
+"""
+
+import inspect
+import zlib
+from typing import Callable, Mapping, Optional
+
+import seqio
+import tensorflow as tf
+
+from unified_io.contract import DataConfig
+from unified_io.data import registry
+from unified_io.data.converter import UnifiedIOFeatureConverter
+from unified_io.data.preprocess import STAGE2_FIELDS, unified_preprocessor
+
+# seqio's mixture sampling seed when examples are not shuffled (its own default).
+_UNSHUFFLED_SAMPLE_SEED = 42
+
+
+def _stage2_seed(seed: Optional[int], task_name: str) -> int:
+  """A per-task seed for stage-2 randomness: distinct tasks of one mixture draw independently."""
+  return (zlib.crc32(task_name.encode()) + 7919 * (seed or 0)) % (2 ** 31)
+
+
+def task_examples(task: seqio.Task, data_config: DataConfig, lengths: Mapping[str, int], *,
+                  split: str, shuffle: bool, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None,
+                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+  """Stage-2 examples of one task (with its `meta/*` fields) at `data_config`'s sizes."""
+  if split not in task.splits:
+    raise ValueError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+  raw = task.get_dataset(None, split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                         num_epochs=num_epochs, use_cached=False, trim_output_features=False)
+  with seqio.utils.map_seed_manager(_stage2_seed(seed, task.name)):
+    examples = unified_preprocessor(raw, lengths, task.output_features, data_config=data_config)
+    for step in registry.after_stage2_steps(task.name):
+      examples = _run_step(step, examples, sequence_length=dict(lengths),
+                           output_features=task.output_features, data_config=data_config)
+  return examples
+
+
+def _run_step(step: Callable, dataset: tf.data.Dataset, **available) -> tf.data.Dataset:
+  """Calls an after-stage-2 step with the keyword arguments it declares (as seqio calls its
+  preprocessors: `sequence_length`, `output_features`, and here also `data_config`)."""
+  params = inspect.signature(step).parameters
+  return step(dataset, **{k: v for k, v in available.items() if k in params})
+
+
+def _model_fields(example):
+  """A mixture keeps only the stage-2 fields (tasks differ in their meta fields)."""
+  return {k: example[k] for k in STAGE2_FIELDS}
+
+
+def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int], *,
+                   split: str, shuffle: bool, seed: Optional[int] = None,
+                   shard_info: Optional[seqio.ShardInfo] = None,
+                   num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+  """Stage-2 examples of a task (meta kept) or of a mixture (sampled by rate, meta dropped)."""
+  provider = seqio.get_mixture_or_task(name)
+  kwargs = dict(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                num_epochs=num_epochs)
+  if isinstance(provider, seqio.Task):
+    return task_examples(provider, data_config, lengths, **kwargs)
+  tasks = [t for t in provider.tasks if split in t.splits]
+  if not tasks:
+    raise ValueError(f"mixture {name!r}: no task has a split {split!r}")
+  datasets = [task_examples(t, data_config, lengths, **kwargs).map(_model_fields)
+              for t in tasks]
+  rates = [float(provider.get_rate(t)) for t in tasks]
+  sample_seed = seed if seed is not None else (None if shuffle else _UNSHUFFLED_SAMPLE_SEED)
+  return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=sample_seed,
+                                              stop_on_empty_dataset=True)
+
+
+def get_dataset(name: str, converter: UnifiedIOFeatureConverter, lengths: Mapping[str, int], *,
+                split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                shard_info: Optional[seqio.ShardInfo] = None,
+                num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+  """Converted model examples (flat features, unbatched) of a task or mixture: stages 1-3 with
+  the sizes of the converter's data contract (`UnifiedIOModel.feature_converter()`)."""
+  if not isinstance(converter, UnifiedIOFeatureConverter):
+    raise TypeError("the pipeline needs the model's feature converter "
+                    f"(UnifiedIOModel.feature_converter()), got {type(converter).__name__}")
+  converter.data_config.check_lengths(lengths)
+  examples = mixed_examples(name, converter.data_config, lengths, split=split, shuffle=shuffle,
+                            seed=seed, shard_info=shard_info, num_epochs=num_epochs)
+  return converter(examples, dict(lengths))

@@ -1,0 +1,112 @@
+"""Everything a training loop runs on, built once: what `trainer.train` and the benchmarks share.
+
+  mesh = partitioning.make_mesh(model=model_parallel)
+  first = partitioning.global_batch(next(data), mesh, batch_size)
+  setup = build_train_setup(model, optimizer, learning_rate, first, mesh=mesh, fsdp=fsdp)
+  with setup.activated():
+    state, metrics = setup.step(setup.state, first, rng)
+
+In order: the logical axis rules; the abstract state (`jax.eval_shape` of `model.init` on
+`init_batch` and `TrainState.create`, nothing allocated) and its shardings
+(`partitioning.state_shardings`); model-info.txt when asked (every variable's shape, logical axes
+and PartitionSpec, written before any state is allocated); the state, created directly on its
+shardings, restored onto them from a checkpoint (`resume_step`), or created and then given
+parameters from another checkpoint (`initial_checkpoint_path` with a t5x-style assignment map);
+and the jitted train step with the state donated and the state and batch shardings explicit.
+"""
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import optax
+from jax.sharding import Mesh
+
+from unified_io import partitioning
+from unified_io.model import UnifiedIOModel
+from unified_io.training import checkpoints as ckpt_lib
+from unified_io.training.train_state import TrainState
+from unified_io.training.train_step import jit_train_step, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """The pieces of a training run; `state` is the first state (the first step donates it)."""
+  mesh: Mesh
+  rules: partitioning.Rules
+  model: UnifiedIOModel
+  optimizer: optax.GradientTransformation
+  boxed_params: Any    # abstract parameters with their logical axes (`partitioning.describe`)
+  shardings: TrainState  # a NamedSharding per leaf of the state
+  state: TrainState
+  step: Callable       # jitted (state, global batch, rng) -> (state, metrics), state donated
+
+  def activated(self) -> contextlib.AbstractContextManager:
+    """The mesh and the rules in effect (the step traces a new batch shape inside it)."""
+    return partitioning.activated(self.mesh, self.rules)
+
+
+def abstract_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation
+                   ) -> Tuple[Any, TrainState]:
+  """(boxed abstract params, abstract TrainState) without allocating anything."""
+  boxed = jax.eval_shape(init_params)
+  return boxed, jax.eval_shape(lambda: TrainState.create(nn.meta.unbox(boxed), optimizer))
+
+
+def build_train_setup(
+    model: UnifiedIOModel, optimizer: optax.GradientTransformation,
+    learning_rate: Callable[[Any], Any], init_batch: Dict, *, mesh: Optional[Mesh] = None,
+    fsdp: bool = False, seed: int = 0, num_microbatches: int = 1, use_dropout: bool = True,
+    checkpoints: Optional[ckpt_lib.TrainCheckpoints] = None, resume_step: Optional[int] = None,
+    initial_checkpoint_path: Optional[str] = None,
+    assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+    model_info_path: Optional[str] = None) -> TrainSetup:
+  """The mesh (default: every device on `data`), rules, state and step (module docstring).
+
+  `init_batch`: a (global) batch with every modality the data has; parameters are created from it
+  with `jax.random.PRNGKey(seed)`. `learning_rate`: the schedule `optimizer` was made with (the
+  step logs it). `resume_step`: restore that step from `checkpoints` instead of initialising.
+  """
+  mesh = partitioning.make_mesh() if mesh is None else mesh
+  rules = partitioning.axis_rules(fsdp)
+  init_rng = jax.random.PRNGKey(seed)
+  init_params = lambda: model.init(init_rng, init_batch)  # noqa: E731
+  with partitioning.activated(mesh, rules):
+    boxed, abstract = abstract_state(init_params, optimizer)
+    shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
+    if model_info_path and jax.process_index() == 0:
+      with open(model_info_path, "w") as f:
+        f.write(f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n"
+                + partitioning.describe(boxed, rules) + "\n")
+    if resume_step is not None:
+      if checkpoints is None:
+        raise ValueError(f"build_train_setup: resume_step={resume_step} needs `checkpoints`")
+      target = jax.tree_util.tree_map(
+          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+      state, _ = checkpoints.restore(target, resume_step)
+    else:
+      state = _initial_state(init_params, optimizer, shardings, initial_checkpoint_path,
+                             assignment_map)
+    step = jit_train_step(
+        make_train_step(model.loss_fn, optimizer, learning_rate,
+                        num_microbatches=num_microbatches, use_dropout=use_dropout),
+        state_shardings=shardings,
+        batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix: every leaf alike)
+  return TrainSetup(mesh=mesh, rules=rules, model=model, optimizer=optimizer, boxed_params=boxed,
+                    shardings=shardings, state=state, step=step)
+
+
+def _initial_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,
+                   shardings: TrainState, initial_checkpoint_path: Optional[str],
+                   assignment_map: Sequence[Tuple[str, Optional[str]]]) -> TrainState:
+  """A fresh state on `shardings`; its parameters loaded from `initial_checkpoint_path` if given."""
+  state = jax.jit(lambda: TrainState.create(nn.meta.unbox(init_params()), optimizer),
+                  out_shardings=shardings)()
+  if not initial_checkpoint_path:
+    return state
+  params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
+                                assignment_map=assignment_map)
+  params = jax.device_put(params, shardings.params)
+  return jax.jit(lambda p: TrainState.create(p, optimizer), out_shardings=shardings)(params)
