@@ -1,8 +1,8 @@
-"""load_run: a MODEL_DIR's config.gin + checkpoint -> model and parameters; steps, dtypes, a
+"""load_run: a MODEL_DIR's run-config.json + checkpoint -> model and parameters; steps, dtypes, a
 checkpoint of another config, missing directories, and the caller's gin left as it was.
 
-Runs are written the way uio2-train writes them (config.gin from the parsed run gins, orbax
-checkpoints through TrainCheckpoints) with random parameters: no training, no compiled init."""
+Runs are written the way uio2-train writes them (run-config.json, orbax checkpoints through
+TrainCheckpoints) with random parameters: no training, no compiled init."""
 
 import os
 import shutil
@@ -21,22 +21,27 @@ from unified_io.evaluation import run_loader
 from unified_io.evaluation.run_loader import RunLoadError, load_run
 from unified_io.model import UnifiedIOModel
 from unified_io.training.checkpoints import TrainCheckpoints
+from unified_io.training.run_config import RunConfig
 from unified_io.training.train_state import TrainState
 
 TEXT_LENGTHS = {"text_inputs": 24, "text_targets": 12}
 
 
+def config_of(model_gin: str, bindings=()):
+  """The model config a size gin (+ bindings) describes; gin is left clear."""
+  gin.clear_config()
+  try:
+    gin_flags.parse_gin([model_gin], list(bindings))
+    return make_config()
+  finally:
+    gin.clear_config()
+
+
 def write_run(model_dir, model_gin="models/tiny.gin", lengths=None, steps=(3,), bindings=()):
-  """A MODEL_DIR as uio2-train leaves it: config.gin and checkpoints/<step> for each step (random
-  parameters, seeded by the step). Returns {step: params}."""
+  """A MODEL_DIR as uio2-train leaves it: run-config.json and checkpoints/<step> for each step
+  (random parameters, seeded by the step). Returns {step: params}."""
   lengths = lengths or TEXT_LENGTHS
-  with run_loader.isolated_gin():
-    gin_flags.parse_gin([model_gin, "runs/pretrain.gin"], [
-        f"MODEL_DIR='{model_dir}'", "MIXTURE_OR_TASK_NAME='world_text'",
-        f"TASK_FEATURE_LENGTHS={lengths!r}", f"TRAIN_STEPS={max(steps)}", "BATCH_SIZE=2",
-        *bindings])
-    config_text = gin.config_str()
-    cfg = make_config()
+  cfg = config_of(model_gin, bindings)
   shapes = run_loader.abstract_params(UnifiedIOModel(cfg))
   saved = {}
   checkpoints = TrainCheckpoints(os.path.join(model_dir, "checkpoints"), async_save=False)
@@ -47,8 +52,7 @@ def write_run(model_dir, model_gin="models/tiny.gin", lengths=None, steps=(3,), 
     saved[step] = params
   checkpoints.wait()
   checkpoints.close()
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(config_text)
+  RunConfig.of_training(cfg, lengths, "world_text").save(model_dir)
   return saved
 
 
@@ -124,7 +128,7 @@ def test_the_callers_gin_is_left_alone(text_run):
     gin.bind_parameter("make_config.size", "small")
     before = gin.config_str()
     run = load_run(model_dir)
-    assert run.model.cfg.trunk == make_config("tiny").trunk  # the run's gin, not the caller's
+    assert run.model.cfg.trunk == make_config("tiny").trunk  # the run's config, not the gin's
     assert gin.config_str() == before
     assert gin.query_parameter("make_config.size") == "small"
   finally:
@@ -136,13 +140,13 @@ def test_the_callers_gin_is_left_alone(text_run):
 def test_a_checkpoint_of_another_config_names_the_first_parameter(text_run):
   model_dir, _ = text_run
   with pytest.raises(RunLoadError) as err:
-    load_run(model_dir, gin_bindings=["make_config.mlp_dim=384"])
+    load_run(model_dir, model_config=make_config("tiny", mlp_dim=384))
   message = str(err.value)
   assert "\n" not in message
   assert "mlp" in message and "384" in message and "in the checkpoint but" in message
   assert "--gin_file" in message
   with pytest.raises(RunLoadError, match="the model has parameter .* that the checkpoint lacks"):
-    load_run(model_dir, gin_bindings=["make_config.num_decoder_layers=3"])
+    load_run(model_dir, model_config=make_config("tiny", num_decoder_layers=3))
 
 
 def test_missing_things_are_one_clear_line(tmp_path, text_run):
@@ -150,22 +154,24 @@ def test_missing_things_are_one_clear_line(tmp_path, text_run):
     load_run(str(tmp_path / "nowhere"))
   empty = tmp_path / "empty_run"
   empty.mkdir()
-  (empty / "config.gin").write_text("make_config.size = 'tiny'\n")
+  RunConfig(make_config("tiny")).save(str(empty))
   with pytest.raises(RunLoadError, match="no checkpoint yet"):
     load_run(str(empty))
   bare = tmp_path / "bare"
   bare.mkdir()
-  with pytest.raises(RunLoadError, match="no config.gin"):
+  with pytest.raises(RunLoadError, match="no run-config.json beside it"):
     load_run(str(bare))
-  model_dir, _ = text_run
-  with pytest.raises(RunLoadError, match="cannot parse the run's gin"):
-    load_run(model_dir, gin_bindings=["make_config.not_a_field=("])
+  broken = tmp_path / "broken_run"
+  shutil.copytree(text_run[0], broken)
+  (broken / "run-config.json").write_text('{"format": 1, "model": {"trunk": {"emb_dm": 3}}}')
+  with pytest.raises(RunLoadError, match="run-config.json: `model`.*emb_dm"):
+    load_run(str(broken))
 
 
-def test_a_bare_checkpoint_with_a_gin_file(tmp_path, text_run):
+def test_a_bare_checkpoint_with_a_model_config(tmp_path, text_run):
   model_dir, saved = text_run
   bare = tmp_path / "release"
   shutil.copytree(os.path.join(model_dir, "checkpoints", "5"), bare)
-  run = load_run(str(bare), gin_files=["models/tiny.gin"])
+  run = load_run(str(bare), model_config=config_of("models/tiny.gin"))
   assert run.model_dir is None and run.task_feature_lengths is None and run.step == 0
   _assert_params_equal(run.params, saved[5])

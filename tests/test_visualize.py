@@ -96,7 +96,8 @@ def test_examples_come_back_as_pictures_with_their_boxes(task):
 
 
 def test_the_command_writes_pngs_and_an_index(task, tmp_path):
-  visualize.main([task, "--n", "3", "--out", str(tmp_path), "--no_shuffle"])
+  from unified_io.cli import visualize as visualize_cli
+  assert visualize_cli.main([task, "--n", "3", "--out", str(tmp_path), "--no_shuffle"]) == 0
   pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
   assert pngs == ["example_000.png", "example_001.png", "example_002.png"]
   page = (tmp_path / "index.html").read_text()

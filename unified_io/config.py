@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from typing import Optional, Tuple
 
 import jax.numpy as jnp
@@ -319,3 +320,45 @@ def as_modalities(values, field: str) -> Tuple[Modality, ...]:
   out = [_as_member(Modality, v, field, "modality") for v in values]
   # The release concatenates parts in a fixed order; keep it whatever order the user wrote.
   return tuple(sorted(set(out), key=Modality.order))
+
+
+# ------------------------------------------------------------------------------------------------
+# As data: a run's model configuration is saved as JSON beside its checkpoints.
+# ------------------------------------------------------------------------------------------------
+def to_dict(cfg) -> dict:
+  """A config dataclass -> plain JSON-able data (nested dicts, lists, strings for enums)."""
+  if dataclasses.is_dataclass(cfg):
+    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+  if isinstance(cfg, enum.Enum):
+    return cfg.value
+  if isinstance(cfg, (tuple, list)):
+    return [to_dict(v) for v in cfg]
+  return cfg
+
+
+def from_dict(cls, data: dict):
+  """The inverse of `to_dict` for the dataclass `cls` (e.g. `UnifiedIOConfig`); fields missing
+  from `data` keep their defaults, unknown ones are refused naming the field."""
+  hints = typing.get_type_hints(cls)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - known)
+  require(not unknown, f"{cls.__name__}.{unknown[0] if unknown else ''}",
+          f"is not a field; known: {sorted(known)}")
+  return cls(**{name: _from_data(hints[name], value) for name, value in data.items()})
+
+
+def _from_data(hint, value):
+  if value is None:
+    return None
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin is typing.Union:
+    return _from_data(next(a for a in args if a is not type(None)), value)
+  if dataclasses.is_dataclass(hint):
+    return from_dict(hint, value)
+  if isinstance(hint, type) and issubclass(hint, enum.Enum):
+    return hint(value)
+  if origin is tuple:
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_from_data(args[0], v) for v in value)
+    return tuple(_from_data(a, v) for a, v in zip(args, value)) if args else tuple(value)
+  return value

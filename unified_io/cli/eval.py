@@ -4,7 +4,7 @@
     --gin.MIXTURE_OR_TASK_NAME="'world_default'" --gin.EVAL_OUTPUT_DIR="'/tmp/uio2/eval'"
 
 Every checkpoint of the MODEL_DIR not yet evaluated is evaluated (the model is rebuilt from the
-run's config.gin); see unified_io/evaluation/runs.py and gin/runs/eval.gin for the options.
+run's run-config.json); see unified_io/evaluation/runs.py and gin/runs/eval.gin for the options.
 """
 
 import sys

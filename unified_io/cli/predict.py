@@ -271,7 +271,8 @@ def make_parser() -> argparse.ArgumentParser:
                  help="parameter dtype for inference")
   p.add_argument("--vocoder", default=None, help="audio: module:function instead of Griffin-Lim")
   p.add_argument("--gin_file", action="append", default=[],
-                 help="more gin after the run's config.gin (a checkpoint without one)")
+                 help="a model gin for a checkpoint without run-config.json, or to override it "
+                      "(e.g. models/large.gin)")
   p.add_argument("--gin_bindings", action="append", default=[], help="one gin binding")
   return p
 
@@ -316,11 +317,26 @@ def load(checkpoint: str, step: Optional[int] = None, dtype: str = "float32",
     _, step_dir, _ = run_loader.resolve_checkpoint(checkpoint, step)
     key = (step_dir, dtype, tuple(gin_files), tuple(gin_bindings))
     if key not in _RUNS:
+      model_config = _gin_model_config(gin_files, gin_bindings)
       _RUNS[key] = run_loader.load_run(checkpoint, step, None if dtype == "float32" else dtype,
-                                       gin_files=gin_files, gin_bindings=gin_bindings)
+                                       model_config=model_config)
     return _RUNS[key]
   except run_loader.RunLoadError as exc:
     raise PredictError(f"--checkpoint: {exc}") from exc
+
+
+def _gin_model_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
+  """The model config that --gin_file / --gin bindings describe (None when none are given)."""
+  if not gin_files and not gin_bindings:
+    return None
+  import gin  # pylint: disable=import-outside-toplevel
+  from unified_io.presets import make_config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()  # one prediction's model gin, not an earlier call's
+  try:
+    gin_flags.parse_gin(gin_files, gin_bindings)
+    return make_config()
+  except (OSError, ValueError, SyntaxError, ImportError) as exc:
+    raise PredictError(f"--gin_file / --gin: {' '.join(str(exc).split())}") from exc
 
 
 def predict(args) -> None:

@@ -5,18 +5,16 @@ tasks with its rates until the next stage starts; the first stage starts at step
 text-only tasks first, then image tasks join, then audio and video. `Curriculum.by_modality`
 builds that from one rate table and the step at which each modality enters.
 
-Each stage is also a seqio mixture (`register_stages`), named `<mixture>/stage_<i>`, so the
-trainer builds the dataset of the stage in effect at a step (`dataset_at`) and switches dataset
-when `stage_index(step)` changes. `registry.add_mixture(name, ..., curriculum=...)` keeps the
-curriculum with the mixture.
+`registry.add_mixture(name, ..., curriculum=...)` keeps the curriculum with the mixture; the
+training input (`unified_io.training.input.TrainInput`) samples the tasks of the stage in effect
+at each batch with that stage's rates (`unified_io.data.pipeline`, `rates=`), switches at the
+stage's first batch, says so on the console, and a resumed run starts in the stage of its step.
 """
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Sequence, Tuple, Union
 
 import gin
-import seqio
-import tensorflow as tf
 
 Rates = Tuple[Tuple[str, float], ...]
 
@@ -96,21 +94,9 @@ class Curriculum:
     total = sum(r for _, r in rates)
     return {t: r / total for t, r in rates}
 
-  def stage_names(self, mixture: str) -> Tuple[str, ...]:
-    return tuple(f"{mixture}/stage_{i}" for i in range(len(self.stages)))
-
-  def register_stages(self, mixture: str) -> Tuple[str, ...]:
-    """Registers one seqio mixture per stage (replacing earlier ones); returns their names."""
-    names = self.stage_names(mixture)
-    for name, stage in zip(names, self.stages):
-      seqio.MixtureRegistry.remove(name)
-      seqio.MixtureRegistry.add(name, list(stage.rates))
-    return names
-
-  def dataset_at(self, mixture: str, step: int, *, sequence_length: Optional[Mapping] = None,
-                 split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                 **kwargs) -> tf.data.Dataset:
-    """The tf.data of the stage in effect at `step` (its mixture must be registered)."""
-    name = self.stage_names(mixture)[self.stage_index(step)]
-    return seqio.get_mixture_or_task(name).get_dataset(
-        sequence_length, split=split, shuffle=shuffle, seed=seed, **kwargs)
+  def task_names(self) -> Tuple[str, ...]:
+    """Every task any stage samples, in first-appearance order."""
+    names = []
+    for stage in self.stages:
+      names += [t for t, _ in stage.rates if t not in names]
+    return tuple(names)

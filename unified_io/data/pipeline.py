@@ -65,35 +65,51 @@ def _model_fields(example):
 
 def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int], *,
                    split: str, shuffle: bool, seed: Optional[int] = None,
-                   shard_info: Optional[seqio.ShardInfo] = None,
-                   num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-  """Stage-2 examples of a task (meta kept) or of a mixture (sampled by rate, meta dropped)."""
+                   shard_info: Optional[seqio.ShardInfo] = None, num_epochs: Optional[int] = 1,
+                   rates: Optional[Mapping[str, float]] = None) -> tf.data.Dataset:
+  """Stage-2 examples of a task (meta kept) or of a mixture (sampled by rate, meta dropped).
+  `rates` ({task: rate}, e.g. a curriculum stage's) replaces the mixture's tasks and rates."""
   provider = seqio.get_mixture_or_task(name)
   kwargs = dict(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
                 num_epochs=num_epochs)
-  if isinstance(provider, seqio.Task):
+  if rates is None and isinstance(provider, seqio.Task):
     return task_examples(provider, data_config, lengths, **kwargs)
-  tasks = [t for t in provider.tasks if split in t.splits]
+  if rates is None:
+    rates = {t.name: float(provider.get_rate(t)) for t in provider.tasks}
+  tasks = [registered_task(t, name) for t in rates]
+  tasks = [t for t in tasks if split in t.splits]
   if not tasks:
     raise ValueError(f"mixture {name!r}: no task has a split {split!r}")
   datasets = [task_examples(t, data_config, lengths, **kwargs).map(_model_fields)
               for t in tasks]
-  rates = [float(provider.get_rate(t)) for t in tasks]
+  rates = [float(rates[t.name]) for t in tasks]
   sample_seed = seed if seed is not None else (None if shuffle else _UNSHUFFLED_SAMPLE_SEED)
   return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=sample_seed,
                                               stop_on_empty_dataset=True)
 
 
+def registered_task(task_name: str, mixture: str) -> seqio.Task:
+  try:
+    task = seqio.get_mixture_or_task(task_name)
+  except ValueError as exc:
+    raise ValueError(f"mixture {mixture!r} samples task {task_name!r}, which is not registered"
+                     ) from exc
+  if not isinstance(task, seqio.Task):
+    raise ValueError(f"mixture {mixture!r}: {task_name!r} is a mixture; a rate table names tasks")
+  return task
+
+
 def get_dataset(name: str, converter: UnifiedIOFeatureConverter, lengths: Mapping[str, int], *,
                 split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                shard_info: Optional[seqio.ShardInfo] = None,
-                num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+                shard_info: Optional[seqio.ShardInfo] = None, num_epochs: Optional[int] = 1,
+                rates: Optional[Mapping[str, float]] = None) -> tf.data.Dataset:
   """Converted model examples (flat features, unbatched) of a task or mixture: stages 1-3 with
-  the sizes of the converter's data contract (`UnifiedIOModel.feature_converter()`)."""
+  the sizes of the converter's data contract (`UnifiedIOModel.feature_converter()`); `rates`
+  as for `mixed_examples`."""
   if not isinstance(converter, UnifiedIOFeatureConverter):
     raise TypeError("the pipeline needs the model's feature converter "
                     f"(UnifiedIOModel.feature_converter()), got {type(converter).__name__}")
   converter.data_config.check_lengths(lengths)
   examples = mixed_examples(name, converter.data_config, lengths, split=split, shuffle=shuffle,
-                            seed=seed, shard_info=shard_info, num_epochs=num_epochs)
+                            seed=seed, shard_info=shard_info, num_epochs=num_epochs, rates=rates)
   return converter(examples, dict(lengths))

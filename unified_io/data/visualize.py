@@ -1,6 +1,6 @@
 """Look at a task's examples after preprocessing: PNGs and an index.html.
 
-  python -m unified_io.data.visualize coco_detection --n 16 --out /tmp/look [--split validation]
+  python -m unified_io.cli.visualize coco_detection --n 16 --out /tmp/look [--split validation]
       [--seed 0] [--no_shuffle] [--model models/tiny_multimodal.gin]
 
 Takes examples of a registered seqio task or mixture (`import unified_io.tasks` registers them)
@@ -13,7 +13,6 @@ gin `--model` names (the data contract of `make_config()` after that gin file; d
 release's sizes, `unified_io.contract.DataConfig()`).
 """
 
-import argparse
 import html
 import os
 import textwrap
@@ -251,38 +250,3 @@ def visualize(task: str, n: int, out_dir: str, split: str = "train",
     row = render_example(ex, cfg, vocab, os.path.join(out_dir, png), f"{task} [{split}] #{i}")
     rows.append({**row, "png": png})
   return write_index(out_dir, task, rows)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("task", help="a registered seqio task or mixture")
-  parser.add_argument("--n", type=int, default=16, help="examples to render")
-  parser.add_argument("--out", required=True, help="output directory (PNGs + index.html)")
-  parser.add_argument("--split", default="train")
-  parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
-  parser.add_argument("--no_shuffle", action="store_true", help="take examples in order")
-  parser.add_argument("--model", default=None,
-                      help="a model size gin (e.g. models/tiny_multimodal.gin): draw at its sizes")
-  args = parser.parse_args(argv)
-  import unified_io.tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  try:
-    data_config = _model_data_config(args.model) if args.model else None
-    index = visualize(args.task, args.n, args.out, args.split,
-                      None if args.no_shuffle else args.seed, data_config)
-  except (ValueError, FileNotFoundError) as err:
-    raise SystemExit(f"visualize: {err}") from None
-  print(f"wrote {index}")
-
-
-def _model_data_config(model_gin: str):
-  """The data contract of the model a size gin file configures."""
-  # pylint: disable=import-outside-toplevel
-  from unified_io.cli import gin_flags
-  from unified_io.presets import make_config
-  from unified_io.contract import DataConfig
-  gin_flags.parse_gin([model_gin], [])
-  return DataConfig.from_model(make_config())
-
-
-if __name__ == "__main__":
-  main()

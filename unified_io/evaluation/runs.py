@@ -19,6 +19,7 @@ import jax
 from unified_io import decoding
 
 from unified_io import gin_required
+from unified_io.config import UnifiedIOConfig
 from unified_io.data import registry
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import run_loader
@@ -61,10 +62,13 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
              split: str = "validation", batch_size: int = 8, max_examples: int = 64,
              decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
              wait_seconds: float = 0.0, poll_seconds: float = 30.0,
+             model_config: Optional[UnifiedIOConfig] = None,
              log=print) -> Dict[int, Dict[str, Dict[str, float]]]:
   """Evaluates each new checkpoint; returns {step: {task: metrics}} of this call's evaluations.
 
-  `task_feature_lengths` default: the training run's. `wait_seconds` > 0: after the last new
+  `task_feature_lengths` default: the training run's. `model_config`: the model to load into
+  instead of the run's own config (needed for a checkpoint without run-config.json, e.g.
+  `--gin_file=models/large.gin --gin.evaluate.model_config=@make_config()`). `wait_seconds` > 0: after the last new
   checkpoint, keep polling every `poll_seconds` until that long passes with none.
   """
   gin_required.check_required("evaluate", checkpoint_path=checkpoint_path,
@@ -87,12 +91,13 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
                                     "wait for them")
     pending = [s for s in steps if str(s) not in done]
     for step in pending:
-      run = run_loader.load_run(checkpoint_path, step)
+      run = run_loader.load_run(checkpoint_path, step, model_config=model_config)
       if evaluator is None:
         lengths = task_feature_lengths or run.task_feature_lengths
         if not lengths:
           raise gin_required.GinRequiredError(
-              "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
+              "the checkpoint has no run config with task feature lengths; set "
+              "TASK_FEATURE_LENGTHS")
         evaluator = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                             batch_size=batch_size, max_examples=max_examples,
                                             decode_options=decode_options, log=log)
@@ -118,15 +123,16 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
           split: str = "test", batch_size: int = 8, chunk_size: int = 256,
           max_examples: Optional[int] = None, step: Optional[int] = None,
           decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
-          log=print) -> Dict[str, int]:
-  """Writes predictions chunk by chunk; returns {task: examples predicted in this call}."""
+          model_config: Optional[UnifiedIOConfig] = None, log=print) -> Dict[str, int]:
+  """Writes predictions chunk by chunk; returns {task: examples predicted in this call}.
+  `model_config`: as for `evaluate`."""
   gin_required.check_required("infer", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
-  run = run_loader.load_run(checkpoint_path, step)
+  run = run_loader.load_run(checkpoint_path, step, model_config=model_config)
   lengths = task_feature_lengths or run.task_feature_lengths
   if not lengths:
     raise gin_required.GinRequiredError(
-        "the run's config.gin binds no task feature lengths; set TASK_FEATURE_LENGTHS")
+        "the checkpoint has no run config with task feature lengths; set TASK_FEATURE_LENGTHS")
   tasks = _task_names(mixture_or_task_name)
   predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                       batch_size=batch_size, decode_options=decode_options,

@@ -19,6 +19,11 @@ causal attention keeps padding after the targets out of them). A step costs only
 use, one compiled step per (modality set, bucket). The text input is always kept (an empty prompt,
 e.g. the null prompt of guidance, is still a text input).
 
+A curriculum (a mixture registered with `registry.add_mixture(..., curriculum=...)`,
+`unified_io.data.curriculum`): batch n samples the tasks of the stage in effect at n with that
+stage's rates; at a stage's first batch the stream switches (one console line), and a resumed run
+opens the stage of its position and skips only the batches already drawn in that stage.
+
 Input shards (`open_process_input`): which examples a global batch holds must not depend on how
 many processes feed it, or a run resumed (or repeated) on another topology would train on other
 data. So the input is cut into `input_shards` fixed slices of the batch: shard j is its own seqio
@@ -32,6 +37,7 @@ pin `train.input_shards` to get the same batches on another number of processes 
 pipeline in a process costs its own set-up and threads).
 """
 
+import functools
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -42,7 +48,7 @@ from jax.sharding import Mesh
 
 from unified_io import partitioning
 from unified_io.contract import nest_batch
-from unified_io.data import pipeline
+from unified_io.data import pipeline, registry
 from unified_io.data.converter import UnifiedIOFeatureConverter
 
 
@@ -61,31 +67,70 @@ class TrainInput:
     self.local_batch_size = batch_size // process_count
     self.seed = seed
     self.batches_consumed = start_batch
-    dataset = pipeline.get_dataset(
-        mixture_or_task_name, feature_converter, task_feature_lengths, split=split,
-        shuffle=shuffle, num_epochs=None, seed=seed,
+    self._open = functools.partial(
+        self._open_batches, mixture_or_task_name, feature_converter, task_feature_lengths,
+        split=split, shuffle=shuffle, group_batches=group_batches,
         shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count))
+    # A mixture registered with a curriculum: the stage of `start_batch`, resumed in place.
+    self.curriculum = _curriculum_of(mixture_or_task_name)
+    self._stage = None
+    if self.curriculum is None:
+      self._iterator = self._open(None, skip=start_batch)
+    else:
+      for task in self.curriculum.task_names():  # refuse an unknown task now, not at its stage
+        pipeline.registered_task(task, mixture_or_task_name)
+      self._stage = self.curriculum.stage_index(start_batch)
+      stage = self.curriculum.stages[self._stage]
+      self._iterator = self._open(dict(stage.rates), skip=start_batch - stage.start_step)
+
+  def _open_batches(self, name, converter, lengths, rates, *, skip: int, split: str,
+                    shuffle: bool, group_batches: bool, shard_info: seqio.ShardInfo):
+    """The batch iterator of `name` (with `rates`, a curriculum stage's), `skip` batches in."""
+    dataset = pipeline.get_dataset(name, converter, lengths, split=split, shuffle=shuffle,
+                                   num_epochs=None, seed=self.seed, shard_info=shard_info,
+                                   rates=rates)
     if group_batches:
       dataset = dataset.group_by_window(
           batch_group_key, lambda _, group: group.batch(self.local_batch_size, drop_remainder=True),
           window_size=self.local_batch_size)
     else:
       dataset = dataset.batch(self.local_batch_size, drop_remainder=True)
-    if start_batch:
-      dataset = dataset.skip(start_batch)
-    self._iterator = dataset.as_numpy_iterator()
+    if skip:
+      dataset = dataset.skip(skip)
+    return dataset.as_numpy_iterator()
 
   def __iter__(self) -> Iterator[Dict]:
     return self
 
   def __next__(self) -> Dict:
+    if self.curriculum is not None:
+      stage = self.curriculum.stage_index(self.batches_consumed)
+      if stage != self._stage:
+        self._stage = stage
+        rates = dict(self.curriculum.stages[stage].rates)
+        self._iterator = self._open(rates, skip=0)
+        print(f"curriculum: stage {stage} from batch {self.batches_consumed}, tasks "
+              f"{self.curriculum.rates_at(self.batches_consumed)}", flush=True)
     flat = next(self._iterator)
     self.batches_consumed += 1
     return nest_batch(flat)
 
+  @property
+  def stage(self) -> Optional[int]:
+    """The curriculum stage in effect (None without a curriculum)."""
+    return self._stage
+
   def position(self) -> Dict[str, int]:
     """What a checkpoint stores to resume this stream."""
     return {"batches_consumed": self.batches_consumed, "seed": self.seed}
+
+
+def _curriculum_of(name: str):
+  """The curriculum `registry.add_mixture` stored with a mixture (None for anything else)."""
+  try:
+    return registry.mixture_curriculum(name)
+  except KeyError:
+    return None
 
 
 def process_input_shards(rows: range, batch_size: int, input_shards: int) -> range:
