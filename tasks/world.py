@@ -1,10 +1,10 @@
 """The built-in world's seqio tasks (`world_<name>`) and mixtures (`world_default`, ...).
 
-Each task = a `WorldDataSource` (unified_io/datasets/world: example i of a split is a pure function of
-the seed, the split and i) + one stage-1 preprocessor that words the prompt
-(`unified_io.data.prompts`) and writes boxes as location tokens (`unified_io.data.ops.boxes`),
-+ the unified stage 2 (registry.add_task). The world is drawn at the DataConfig's sizes unless
-gin says otherwise:
+Each task = a `WorldDataSource` (unified_io/datasets/world: example i of a split is a pure function
+of the seed, the split and i) + one stage-1 preprocessor that words the prompt
+(`unified_io.data.prompts`) and writes boxes as location tokens (`unified_io.data.ops.boxes`).
+The world draws at its own sizes (128 px by default; stage 2 resizes to whatever model reads it);
+gin changes them and the difficulty:
 
   make_world_config.difficulty = "medium"
   make_world_config.image_size = 256

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from fixture_media import write_image, write_jsonl, write_video, write_wav
 from test_real_datasets import _refcoco_example, hand_made, picture
-from unified_io.presets import make_config
+from tiny_models import TINY_ALL_MODALITIES
 from unified_io.data import bad_input
 from unified_io.datasets import manifest
 from unified_io.contract import DataConfig
@@ -50,9 +50,7 @@ MANIFEST_STAND_IN = "all_registered_manifest"
 
 BATCH_SIZE = 2
 # gin/models/tiny_multimodal.gin
-MULTIMODAL = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
-                                                   "audio_history"),
-                         target_modalities=("text", "image", "audio"), components="tiny")
+MULTIMODAL = TINY_ALL_MODALITIES
 LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_input_samples": 16, "image_history_input_samples": 8,
            "audio_history_input_samples": 8, "num_frames": 2}

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.presets import make_config
+from tiny_models import TINY_ALL_MODALITIES
 from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
 import unified_io.tasks  # noqa: F401  (registers world_default)
@@ -27,16 +27,13 @@ LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_history_input_samples": 8, "num_frames": 2}
 
 
-MODEL_CFG = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
-                                                  "audio_history"),
-                        target_modalities=("text", "image", "audio"), components="tiny")
+MODEL_CFG = TINY_ALL_MODALITIES
 
 
 def _batches(seed: int) -> List[Dict[str, np.ndarray]]:
   """The first NUM_BATCHES batches of a fresh pipeline, flattened to {feature path: array}."""
   data = TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(DataConfig.from_model(MODEL_CFG)),
-                    seed=seed,
-                    process_index=0, process_count=1)
+                    seed=seed, process_index=0, process_count=1)
   batches = []
   for _ in range(NUM_BATCHES):
     leaves = jax.tree_util.tree_leaves_with_path(next(data))

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from unified_io.presets import make_config
+from tiny_models import TINY_ALL_MODALITIES
 from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.model import UnifiedIOModel
@@ -26,15 +26,12 @@ BATCH_SIZE = 4
 LENGTHS = {"text_inputs": 32, "text_targets": 32, "image_input_samples": 16,
            "audio_input_samples": 16, "image_history_input_samples": 8,
            "audio_history_input_samples": 8, "num_frames": 2}
-MODEL_CFG = make_config("tiny", input_modalities=("text", "image", "audio", "image_history",
-                                                  "audio_history"),
-                        target_modalities=("text", "image", "audio"), components="tiny")
+MODEL_CFG = TINY_ALL_MODALITIES
 
 
 def _input(seed: int, group: bool) -> TrainInput:
   return TrainInput(MIXTURE, LENGTHS, BATCH_SIZE, UnifiedIOFeatureConverter(DataConfig.from_model(MODEL_CFG)),
-                    seed=seed,
-                    process_index=0, process_count=1, group_batches=group)
+                    seed=seed, process_index=0, process_count=1, group_batches=group)
 
 
 def _row_signature(batch: Dict, row: int):

@@ -35,7 +35,7 @@ from unified_io.presets import SIZES, make_config
 from unified_io.model import UnifiedIOModel
 
 HAND_DERIVED = {"large": 776_868_864, "xl": 2_837_194_752, "xxl": 6_520_707_072}
-# DESIGN.md's totals add the frozen ViT and VQ tokenizers to the trunk.
+# The released totals (README, architecture) add the frozen ViT and VQ tokenizers to the trunk.
 DESIGN_TOTAL = {"large": 1.08e9, "xl": 3.18e9, "xxl": 6.86e9}
 LENGTHS = {"text_inputs": 4, "text_targets": 4}
 
@@ -71,7 +71,7 @@ def test_released_sizes_count(size):
   assert formula_count(size) == HAND_DERIVED[size]
   assert count == HAND_DERIVED[size]
   total = DESIGN_TOTAL[size]
-  assert 0.7 * total < count < total, f"{size}: {count:,} vs DESIGN.md's {total:,.0f}"
+  assert 0.7 * total < count < total, f"{size}: {count:,} vs the released {total:,.0f}"
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])

@@ -8,7 +8,7 @@ import pytest
 from unified_io.interop.release import config_from_release, release_config
 from unified_io.model import UnifiedIOModel
 
-# DESIGN.md: trunk + ViTs + resamplers + VQ tokenizers of the released checkpoints.
+# The released checkpoints (README): trunk + ViTs + resamplers + VQ tokenizers of the released checkpoints.
 DESIGN_TOTALS = {"large": 1.08e9, "xl": 3.18e9, "xxl": 6.86e9}
 EMB = {"large": 1024, "xl": 2048, "xxl": 3072}
 RESAMPLER = {"large": 768, "xl": 1024, "xxl": 1024}

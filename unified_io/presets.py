@@ -20,7 +20,7 @@ from unified_io.modalities import Modality
 
 
 # ------------------------------------------------------------------------------------------------
-# Size presets (DESIGN.md). `tiny` is for CI: seconds on CPU, and head_dim != emb_dim so RoPE is on.
+# Size presets (the README's architecture table). `tiny` is for CI: seconds on CPU, and head_dim != emb_dim so RoPE is on.
 # ------------------------------------------------------------------------------------------------
 SIZES = {
     "tiny": dict(emb_dim=128, num_heads=4, head_dim=32, num_encoder_layers=2, num_decoder_layers=2,
