@@ -11,7 +11,8 @@ runs/pretrain.gin on the `world_main` mixture (the gin bindings are printed) wit
 after ~2.5 min of compiling one step per group), then the evaluator
 of `uio2-eval` on the test split, then `unified_io.evaluation.report`. Rerunning with the same
 --out resumes training from its newest checkpoint. Exit status 0 when the run completed (targets
-met or not: the table says), 1 if training or evaluation failed.
+met or not: the table says), 143 on SIGTERM (after a checkpoint), 1 if training or evaluation
+failed.
 """
 
 import argparse
@@ -22,6 +23,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF (used by seqio for data) is chatty
 
 MIXTURE = "world_main"
+EXIT_PREEMPTED = 143  # as uio2-train: 128 + SIGTERM, after the checkpoint
 LENGTHS = {"text_inputs": 32, "text_targets": 32, "image_input_samples": 64,
            "audio_input_samples": 32, "image_history_input_samples": 64,
            "audio_history_input_samples": 32, "num_frames": 4}
@@ -96,7 +98,12 @@ def main(argv=None) -> int:
         + " " + " ".join(f'--gin.{b.replace(" = ", "=")}' for b in bindings), flush=True)
   gin_flags.parse_gin(["models/tiny_multimodal.gin", "runs/pretrain.gin"] + args.gin_file,
                       bindings)
-  trainer.train()  # the world bindings stay in effect: evaluation draws from the same world
+  try:
+    trainer.train()  # the world bindings stay in effect: evaluation draws from the same world
+  except trainer.Preempted as stop:
+    print(f"SIGTERM: checkpoint written at step {stop.step}; rerun the same command to resume",
+          flush=True)
+    return EXIT_PREEMPTED
   trained_at = time.time()
 
   print(f"== evaluate: {args.split} split of every {MIXTURE} task", flush=True)

@@ -1,8 +1,10 @@
 """The training loop behind `uio2-train`: every argument is a gin binding (see gin/runs/*.gin).
 
 One call of `train()`:
-  1. writes MODEL_DIR/config.gin, run-info.json (package versions, git SHA, devices) and
-     model-info.txt (every variable's shape, logical axes and PartitionSpec);
+  1. writes MODEL_DIR/run-config.json (the model config, feature lengths and vocabulary as data,
+     what eval/infer/predict rebuild the model from), config.gin, run-info.json (package
+     versions, git SHA, devices) and model-info.txt (every variable's shape, logical axes and
+     PartitionSpec);
   2. builds the mesh, the model and the optimizer, then resumes from the newest checkpoint in
      MODEL_DIR/checkpoints (state + input position), or initialises (optionally loading parameters
      from INITIAL_CHECKPOINT_PATH with an assignment map);
@@ -38,6 +40,7 @@ from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
+from unified_io.training.run_config import RunConfig
 from unified_io.training.input import ProcessInput, open_process_input, trim_batch
 from unified_io.training.progress import ProgressLog
 from unified_io.training.train_setup import TrainSetup, build_train_setup
@@ -192,6 +195,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     os.makedirs(model_dir, exist_ok=True)
     _write(os.path.join(model_dir, "config.gin"), gin.config_str())
     _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
+    if jax.process_index() == 0:  # the model as data: eval, infer and predict rebuild it from this
+      RunConfig.of_training(model_config, task_feature_lengths, mixture_or_task_name).save(model_dir)
 
     mesh = partitioning.make_mesh(model=model_parallel)
     model = UnifiedIOModel(model_config)
