@@ -54,9 +54,6 @@ MULTIMODAL = TINY_ALL_MODALITIES
 LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_input_samples": 16, "image_history_input_samples": 8,
            "audio_history_input_samples": 8, "num_frames": 2}
-# Features the contract marks optional (unified_io/features.py): the text-to-text converter leaves
-# out loss_mask (the model uses mask).
-OPTIONAL_FEATURES = {"targets/text/loss_mask"}
 
 # Which (side, modality) masks are non-zero in a batch of the task; inputs/text always is.
 _I, _T = "inputs", "targets"
@@ -239,9 +236,9 @@ def _nonzero_masks(flat: Dict[str, np.ndarray]) -> set:
           if key.endswith("/mask") and value.any()}
 
 
-def _check_contract(batch: Dict, spec: Dict, *, exact: bool) -> None:
+def _check_contract(batch: Dict, spec: Dict) -> None:
   got, want = _flat(batch), _flat(spec)
-  missing = set(want) - set(got) - (set() if exact else OPTIONAL_FEATURES)
+  missing = set(want) - set(got)
   assert not missing and not set(got) - set(want), (sorted(missing), sorted(set(got) - set(want)))
   for key, value in got.items():
     assert value.shape == want[key].shape and value.dtype == want[key].dtype, (
@@ -275,7 +272,7 @@ def test_one_converted_batch_matches_the_model_contract(name, tmp_path, monkeypa
     batch = _pull(name)
 
   model = UnifiedIOModel(MULTIMODAL)
-  _check_contract(batch, model.batch_spec(BATCH_SIZE, LENGTHS), exact=True)
+  _check_contract(batch, model.batch_spec(BATCH_SIZE, LENGTHS))
 
   flat = _flat(batch)
   assert flat["inputs/text/mask"].sum(axis=1).min() >= 2, "every row has a prompt (+ EOS)"
