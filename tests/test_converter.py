@@ -246,3 +246,22 @@ def test_text_only_config_emits_only_text(lengths):
   assert sorted(next(iter(ds))) == sorted(
       ["inputs/text/tokens", "inputs/text/mask", "inputs/text/pos_ids", "targets/text/inputs",
        "targets/text/targets", "targets/text/mask", "targets/text/loss_mask"])
+
+
+def test_two_models_pipelines_side_by_side_keep_their_own_sizes():
+  """No global data config: datasets built for two models before either is read each keep their
+  model's sizes (the converter carries the contract into stage 2)."""
+  _register("test_converter_vqa_two", None)
+  small = DataConfig(image_input_size=(32, 32), image_patch_size=16,
+                     input_modalities=("text", "image"), target_modalities=("text",))
+  large = DataConfig(image_input_size=(64, 64), image_patch_size=16,
+                     input_modalities=("text", "image"), target_modalities=("text",))
+  lengths = {"text_inputs": 16, "text_targets": 8}
+  built = {cfg: pipeline.get_dataset("test_converter_vqa_two", UnifiedIOFeatureConverter(cfg),
+                                     {**lengths, "image_input_samples": cfg.num_patches("image")},
+                                     shuffle=False, seed=0)
+           for cfg in (small, large)}
+  for cfg, ds in built.items():
+    row = next(ds.as_numpy_iterator())
+    assert row["inputs/image/input"].shape == (cfg.num_patches("image"), 16 * 16 * 3)
+    assert row["inputs/image/mask"].sum() > 0

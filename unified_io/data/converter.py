@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from unified_io.contract import DataConfig
 from unified_io.data.preprocess import STAGE2_FIELDS
+from unified_io.modalities import Modality
 
 
 def _pad_to(x: tf.Tensor, shape) -> tf.Tensor:
@@ -100,22 +101,23 @@ class UnifiedIOFeatureConverter(seqio.FeatureConverter):
       out["inputs/text/pos_ids"] = tf.range(tf.shape(tokens)[0], dtype=tf.int32)
       for key, (shape, _) in shapes.items():
         side, modality, name = key.split("/")
+        modality = Modality(modality)
         if key in out:
           continue
         if side == "inputs":
-          out[key] = _pad_to(features[f"{modality}_patch_{name}" if name != "input"
-                                      else f"{modality}_patches"], shape)
-        elif modality == "text":
+          out[key] = _pad_to(features[f"{modality.value}_patch_{name}" if name != "input"
+                                      else f"{modality.value}_patches"], shape)
+        elif modality == Modality.TEXT:
           targets = _pad_to(features["text_targets"], shape)
           out["targets/text/targets"] = targets
           out["targets/text/inputs"] = seqio.utils.make_autoregressive_inputs(
               targets, bos_id=self.bos_id)
           out["targets/text/mask"] = tf.cast(targets != 0, tf.int32)
           out["targets/text/loss_mask"] = out["targets/text/mask"]
-        elif name in ("image", "audio"):
-          out[key] = _pad_to(features[f"{modality}_target"], shape)
+        elif name == modality.value:  # the raw target: targets/image/image, targets/audio/audio
+          out[key] = _pad_to(features[f"{modality.value}_target"], shape)
         else:
-          out[key] = _pad_to(features[f"{modality}_target_{name}"], shape)
+          out[key] = _pad_to(features[f"{modality.value}_target_{name}"], shape)
       return out
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -23,6 +23,7 @@ import numpy as np
 from unified_io.data.ops import audio as audio_ops
 from unified_io.data.ops import boxes as boxes_ops
 from unified_io.data.ops import image as image_ops
+from unified_io.modalities import Modality
 
 _MISSING = 0.5  # grey for patches that were not sampled
 _PADDING_TINT = (0.35, 0.45, 0.85)
@@ -49,7 +50,7 @@ def _frames(ex, modality):
   patches = ex.get(f"{modality}_patches")
   if patches is None or patches.shape[0] == 0:
     return None
-  frames = patches if modality.endswith("history") else patches[None]
+  frames = patches if Modality(modality).is_history else patches[None]
   shape = frames.shape[:2]
   return (frames, ex[f"{modality}_patch_pos_ids"].reshape(shape),
           ex[f"{modality}_patch_mask"].reshape(shape))
@@ -81,7 +82,7 @@ def input_image(ex: Dict[str, np.ndarray], modality: str, cfg, tint_padding: boo
       pad = _cell_mask(pos, mask, grid, patch)
       image[pad] = 0.5 * image[pad] + 0.5 * np.array(_PADDING_TINT)
     out.append(np.clip(image, 0, 1))
-  return np.stack(out) if modality.endswith("history") else out[0]
+  return np.stack(out) if Modality(modality).is_history else out[0]
 
 
 def input_spectrogram(ex: Dict[str, np.ndarray], modality: str, cfg, blank_padding: bool = False
@@ -102,7 +103,7 @@ def input_spectrogram(ex: Dict[str, np.ndarray], modality: str, cfg, blank_paddi
     if blank_padding:
       spec[_cell_mask(pos, mask, grid, patch)] = np.nan
     out.append(spec)
-  return np.stack(out) if modality.endswith("history") else out[0]
+  return np.stack(out) if Modality(modality).is_history else out[0]
 
 
 def decode_text(ids: np.ndarray, vocab) -> str:
