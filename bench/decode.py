@@ -5,7 +5,7 @@
 
 The model is `models/tiny_multimodal.gin`'s config (tiny trunk, 128 px images as a 16 x 16 grid
 of VQGAN tokens) with random parameters, reading the inputs of `model.dummy_batch` (every input
-modality present). Greedy decoding, two ways, both jitted whole:
+modality present; a 32-token prompt). Greedy decoding, two ways, both jitted whole:
   cached  `unified_io.decoding.generate`: one token per step over key/value caches (the
           self-attention cache grows by one position a step, cross-attention keys/values are
           computed once);
@@ -44,6 +44,9 @@ from unified_io.presets import make_config
 from unified_io.evaluation.run_loader import abstract_params
 from unified_io.model import UnifiedIOModel
 from unified_io.network.encoder_decoder import UnifiedIONetwork
+
+# The prompt's text length (the other inputs take every patch and frame of the config).
+PROMPT_LENGTHS = {"text_inputs": 32}
 
 
 def tiny_multimodal_config():
@@ -126,7 +129,7 @@ def bench(batch_sizes: List[int], text_tokens: int, iters: int, skip_naive_image
         f"random float32 parameters; text {text_tokens} tokens, image {image_tokens} tokens")
   figures = {}
   for batch_size in batch_sizes:
-    inputs = jax.tree_util.tree_map(jnp.asarray, model.dummy_batch(batch_size)["inputs"])
+    inputs = jax.tree_util.tree_map(jnp.asarray, model.dummy_batch(batch_size, PROMPT_LENGTHS)["inputs"])
     encode = jax.jit(lambda p, x: decoding.encode(model, p, x).hidden)
     t = timed(lambda: encode(params, inputs), iters)
     print(f"batch {batch_size:2d}: encoding the inputs (every input modality) takes "
