@@ -54,7 +54,7 @@ def _loss_on_first_batch(params_dir):
   model = UnifiedIOModel(cfg)
   batch = next(TrainInput(MIXTURE, LENGTHS, BATCH, model.feature_converter(), seed=0))
   target = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
-  loss, _ = model.loss_fn(load_params(params_dir, target), batch)
+  loss, _ = jax.jit(model.loss_fn)(load_params(params_dir, target), batch)
   return float(loss)
 
 

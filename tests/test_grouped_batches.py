@@ -9,14 +9,15 @@ all-modality model's sizes; the model is that model with random parameters.
 
 from typing import Dict
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from test_run_loader import random_params
 from tiny_models import TINY_ALL_MODALITIES
 from unified_io.contract import DataConfig
 from unified_io.data.converter import UnifiedIOFeatureConverter
+from unified_io.evaluation import run_loader
 from unified_io.model import UnifiedIOModel
 import unified_io.tasks  # noqa: F401  (registers world_default)
 from unified_io.training.input import TrainInput, text_target_buckets, trim_batch
@@ -84,21 +85,44 @@ def test_trim_batch_drops_absent_modalities_and_cuts_text(grouped_batches):
         assert value.shape == (BATCH_SIZE, bucket)
 
 
-def test_trimmed_loss_and_gradients_equal_the_full_batch():
-  """On a mixed (ungrouped) batch and on grouped ones: the cut-away parts carry no loss."""
-  mixed = next(_input(seed=3, group=False))
-  grouped = _input(seed=3, group=True)
-  batches = [mixed] + [next(grouped) for _ in range(2)]
+def _mixed_batch(grouped_batches) -> Dict:
+  """A mixed batch as an ungrouped stream gives one: rows of different modality sets (a row from
+  each of the first batches with a new modality set), all with text targets shorter than the full
+  length, so that trimming both drops modalities and cuts the text target."""
+  rows, seen = [], set()
+  for batch in grouped_batches:
+    present, bucket = _row_signature(batch, 0)
+    if present not in seen and bucket < LENGTHS["text_targets"]:
+      seen.add(present)
+      rows.append(jax.tree_util.tree_map(lambda a: a[:1], batch))
+  assert len(rows) >= BATCH_SIZE, f"{len(rows)} modality sets in the grouped batches"
+  return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *rows[:BATCH_SIZE])
+
+
+def _present(batch: Dict):
+  return {f"{side}/{m}" for side in ("inputs", "targets") for m in batch[side]}
+
+
+def test_trimmed_loss_and_gradients_equal_the_full_batch(grouped_batches):
+  """On a mixed batch and on a grouped one: the cut-away parts carry no loss. The mixed batch's
+  trim drops target modalities and cuts the text target, the grouped one's drops input
+  modalities and the text target itself; the model's parameters are random (none is zero)."""
+  mixed = _mixed_batch(grouped_batches)
+  grouped = next(b for b in grouped_batches if "targets/text" not in _row_signature(b, 0)[0])
   model = UnifiedIOModel(MODEL_CFG)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), batches[0]))
+  params = random_params(run_loader.abstract_params(model), seed=0)  # no compiled init
   grad_fn = jax.jit(jax.value_and_grad(lambda p, b: model.loss_fn(p, b)[0]))
-  for batch in batches:
+  for batch in (mixed, grouped):
     trimmed = trim_batch(batch)
+    assert _present(trimmed) < _present(batch)
     full_loss, full_grads = grad_fn(params, batch)
     cut_loss, cut_grads = grad_fn(params, trimmed)
     np.testing.assert_allclose(cut_loss, full_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(cut_grads), jax.tree_util.tree_leaves(full_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+  assert trim_batch(mixed)["targets"]["text"]["targets"].shape[1] < LENGTHS["text_targets"]
+  assert "text" not in trim_batch(grouped)["targets"]
+  assert {"inputs/image", "inputs/audio"} - _present(trim_batch(grouped))
 
 
 def test_a_batch_without_any_target_the_model_writes_is_refused():
