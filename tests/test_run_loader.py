@@ -29,10 +29,8 @@ TEXT_LENGTHS = {"text_inputs": 24, "text_targets": 12}
 
 def config_of(model_gin: str, bindings=()):
   """The model config a size gin (+ bindings) describes; gin is left clear."""
-  gin.clear_config()
   try:
-    gin_flags.parse_gin([model_gin], list(bindings))
-    return make_config()
+    return gin_flags.model_config([model_gin], list(bindings))
   finally:
     gin.clear_config()
 

@@ -18,7 +18,7 @@ The data pipeline (docs/data.md) produces exactly this: stage 1 (task preprocess
 fields, stage 2 (`unified_io.data.preprocess.unified_preprocessor`) tokenises, normalises and
 patchifies them into variable-length fields, and stage 3 (`unified_io.data.converter.
 UnifiedIOFeatureConverter`) pads/trims those to the shapes below, flat as `inputs/text/tokens`
-etc.; `unified_io.data.converter.nest_batch` nests them as batch[side][modality][feature].
+etc.; `nest_batch` (below) nests them as batch[side][modality][feature].
 
 Names follow the release's batch layout. Lengths (the seqio task feature lengths):
   text_inputs / text_targets            L / T of the text parts
@@ -285,7 +285,7 @@ def batch_spec(cfg: UnifiedIOConfig, batch_size: int,
   """Shapes and dtypes of a batch for the config's modalities (the converter's output, batched)."""
   specs = DataConfig.from_model(cfg).feature_specs(lengths)
   return nest_batch({name: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.dtype(dtype))
-               for name, (shape, dtype) in specs.items()})
+                     for name, (shape, dtype) in specs.items()})
 
 
 def dummy_batch(cfg: UnifiedIOConfig, batch_size: int,

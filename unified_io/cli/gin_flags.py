@@ -103,6 +103,15 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: s
     root.removeFilter(_drop_gin_package_probe)
 
 
+def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()):
+  """The model config that size gin files (+ bindings) describe: gin is cleared, they are parsed,
+  and `make_config()` is evaluated (for binaries that take a model gin beside a checkpoint)."""
+  from unified_io.presets import make_config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  parse_gin(gin_files, bindings)
+  return make_config()
+
+
 def _drop_gin_package_probe(record: logging.LogRecord) -> bool:
   return record.msg != "Path not found: %s"
 

@@ -329,12 +329,8 @@ def _gin_model_config(gin_files: Sequence[str], gin_bindings: Sequence[str]):
   """The model config that --gin_file / --gin bindings describe (None when none are given)."""
   if not gin_files and not gin_bindings:
     return None
-  import gin  # pylint: disable=import-outside-toplevel
-  from unified_io.presets import make_config  # pylint: disable=import-outside-toplevel
-  gin.clear_config()  # one prediction's model gin, not an earlier call's
   try:
-    gin_flags.parse_gin(gin_files, gin_bindings)
-    return make_config()
+    return gin_flags.model_config(gin_files, gin_bindings)
   except (OSError, ValueError, SyntaxError, ImportError) as exc:
     raise PredictError(f"--gin_file / --gin: {' '.join(str(exc).split())}") from exc
 

@@ -12,7 +12,6 @@ checkpoint of the current step was written first).
 
 import sys
 
-import gin
 
 from unified_io import gin_required
 from unified_io.cli import gin_flags

@@ -20,9 +20,7 @@ from unified_io.data import visualize as visualize_lib
 
 def model_data_config(model_gin: str) -> DataConfig:
   """The data contract of the model a size gin file configures."""
-  from unified_io.presets import make_config  # pylint: disable=import-outside-toplevel
-  gin_flags.parse_gin([model_gin], [])
-  return DataConfig.from_model(make_config())
+  return DataConfig.from_model(gin_flags.model_config([model_gin]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -79,9 +79,13 @@ class TrainInput:
     else:
       for task in self.curriculum.task_names():  # refuse an unknown task now, not at its stage
         pipeline.registered_task(task, mixture_or_task_name)
-      self._stage = self.curriculum.stage_index(start_batch)
-      stage = self.curriculum.stages[self._stage]
-      self._iterator = self._open(dict(stage.rates), skip=start_batch - stage.start_step)
+      self._open_stage(self.curriculum.stage_index(start_batch), start_batch)
+
+  def _open_stage(self, index: int, position: int) -> None:
+    """Switches to curriculum stage `index`, at batch `position` of the whole stream."""
+    stage = self.curriculum.stages[index]
+    self._stage = index
+    self._iterator = self._open(dict(stage.rates), skip=position - stage.start_step)
 
   def _open_batches(self, name, converter, lengths, rates, *, skip: int, split: str,
                     shuffle: bool, group_batches: bool, shard_info: seqio.ShardInfo):
@@ -106,9 +110,7 @@ class TrainInput:
     if self.curriculum is not None:
       stage = self.curriculum.stage_index(self.batches_consumed)
       if stage != self._stage:
-        self._stage = stage
-        rates = dict(self.curriculum.stages[stage].rates)
-        self._iterator = self._open(rates, skip=0)
+        self._open_stage(stage, self.batches_consumed)
         print(f"curriculum: stage {stage} from batch {self.batches_consumed}, tasks "
               f"{self.curriculum.rates_at(self.batches_consumed)}", flush=True)
     flat = next(self._iterator)

@@ -33,9 +33,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from unified_io import gin_required
-
-from unified_io import partitioning
+from unified_io import gin_required, partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
