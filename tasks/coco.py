@@ -119,6 +119,25 @@ registry.add_task(
     [captions_to_raw, bad_input.skip_bad_examples_preprocessor("coco_captions")],
     modalities=("image", "text"))
 
+@seqio.map_over_dataset(num_seeds=1)
+def image_denoise_to_raw(ex, seed):
+  """TFDS coco_captions example -> the photo as input and as target (for [R] masked-patch
+  denoising in a denoising mixture, e.g. pretrain_mod_real); the captions stay as meta."""
+  return {
+      "image_inputs": ex["image"],
+      "image_targets": ex["image"],
+      "text_inputs": prompts.sample_prompt("image_denoise", seed),
+      "meta/captions": ex["captions"]["text"],
+      "meta/image_id": image_id_string(ex["image/id"]),
+  }
+
+
+registry.add_task(
+    "coco_image_denoise",
+    TfdsSource(CAPTIONS_TFDS, CAPTIONS_SPLITS),
+    [image_denoise_to_raw],
+    modalities=("image", "text"))
+
 registry.add_task(
     "coco_detection",
     TfdsSource(DETECTION_TFDS, DETECTION_SPLITS),

@@ -20,6 +20,8 @@ Raw fields per task (every task also has text_inputs and meta/task, meta/answer)
   world_audio_caption     audio_inputs -> description ("three high beeps of a square wave")
   world_audio_qa          audio_inputs + question (pitch / count / timbre) -> answer
   world_text_to_audio     description (10% null prompt) -> audio_targets
+  world_image_denoise     image_inputs -> image_targets, the same scene (for [R] denoising)
+  world_audio_denoise     audio_inputs -> audio_targets, the same clip (for [R] denoising)
   world_text_scene_qa     a scene described in text + question -> answer
   world_arithmetic        "What is 3 plus 4?" -> "7" (validation/test problems never in train)
 Image tasks carry meta/boxes (float32 [n, 4] pixels of image_inputs), meta/labels, meta/image_size.
@@ -28,10 +30,12 @@ Image tasks carry meta/boxes (float32 [n, 4] pixels of image_inputs), meta/label
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple
 
+import gin
 import seqio
 import tensorflow as tf
 
 from unified_io.data import prompts, registry
+from unified_io.data.curriculum import Curriculum
 from unified_io.data.ops import boxes as box_ops
 from unified_io.datasets.world import GENERATORS, WorldDataSource, make_world_config
 
@@ -75,6 +79,8 @@ TASKS: Dict[str, WorldTask] = {
     "detection": WorldTask("detection", "detection", _IMAGE, text_targets=detection_target),
     "text_to_image": WorldTask("text_to_image", "text_to_image", _IMAGE, null_prompt=True),
     "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE),
+    "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE),
+    "audio_denoise": WorldTask("audio_denoise", "audio_denoise", ("audio", "text")),
     "video_direction": WorldTask("video_direction", "video_qa", _VIDEO),
     "video_count": WorldTask("video_count", "video_qa", _VIDEO),
     "audio_caption": WorldTask("audio_caption", "audio_caption", ("audio", "text")),
@@ -123,7 +129,9 @@ AUDIO = ("audio_caption", "audio_qa", "text_to_audio")
 TEXT = ("text_scene_qa", "arithmetic")
 # Relative rates of world_default: the four VQA topics share one task's weight, as do the two
 # text tasks; every other task counts once.
-DEFAULT_RATES = {**{name: 1.0 for name in TASKS},
+# The denoising tasks copy their input unless a denoising mixture masks it: pretraining only.
+DENOISING = ("image_denoise", "audio_denoise")
+DEFAULT_RATES = {**{name: 1.0 for name in TASKS if name not in DENOISING},
                  **{f"vqa_{t}": 0.25 for t in ("colour", "shape", "count", "position")},
                  "video_direction": 0.5, "video_count": 0.5,
                  "text_scene_qa": 0.5, "arithmetic": 0.5}
@@ -143,3 +151,30 @@ MAIN_RATES = {"vqa_colour": 2.5, "vqa_shape": 1.0, "vqa_count": 0.5, "vqa_positi
               "refexp": 1.5, "caption": 1.5, "audio_qa": 2.0, "text_to_image": 1.0}
 registry.add_mixture("world_main", [(f"world_{n}", r) for n, r in MAIN_RATES.items()],
                      replace=True)
+
+# UIO2-style pretraining on the world: the mixture of denoisers (unified_io.data.denoising) over
+# image-text pairs, audio, video and text, with the image / audio [R] tasks whose input and target
+# show the same picture or clip. The supervised VQA, referring, detection, mask, audio QA and
+# arithmetic tasks are left out, so a pretrained model can be fine-tuned and evaluated on them as
+# unseen tasks. Used by gin/runs/pretrain_mod.gin.
+PRETRAIN_RATES = {"caption": 1.0, "text_scene_qa": 0.5, "text_to_image": 0.5, "image_denoise": 1.0,
+                  "audio_caption": 0.5, "text_to_audio": 0.25, "audio_denoise": 0.5,
+                  "video_direction": 0.25}
+registry.add_mixture("world_pretrain_mod", [(f"world_{n}", r) for n, r in PRETRAIN_RATES.items()],
+                     denoising=True, replace=True)
+
+
+@gin.configurable
+def world_pretrain_curriculum(modality_starts: Optional[Dict[str, int]] = None) -> Curriculum:
+  """The pretraining mixture brought in by modality (UnIVAL): text-only tasks first, then image
+  tasks, then audio and video. `modality_starts` are training steps (gin:
+  `world_pretrain_curriculum.modality_starts = {"text": 0, "image": 200, ...}`)."""
+  starts = modality_starts or {"text": 0, "image": 100, "audio": 200, "image_history": 200,
+                               "audio_history": 200}
+  rates = {f"world_{n}": r for n, r in PRETRAIN_RATES.items()}
+  return Curriculum.by_modality(rates, {t: registry.task_modalities(t) for t in rates}, starts)
+
+
+registry.add_mixture("world_pretrain_mod_curriculum",
+                     [(f"world_{n}", r) for n, r in PRETRAIN_RATES.items()], denoising=True,
+                     curriculum=world_pretrain_curriculum, replace=True)

@@ -67,11 +67,14 @@ CARRIES = {
     "world_vqa_position": _IMAGE_TO_TEXT, "world_refexp": _IMAGE_TO_TEXT,
     "world_detection": _IMAGE_TO_TEXT, "world_text_to_image": {(_T, "image")},
     "world_object_mask": {(_I, "image"), (_T, "image")},
+    "world_image_denoise": {(_I, "image"), (_T, "image")},
+    "world_audio_denoise": {(_I, "audio"), (_T, "audio")},
     "world_video_direction": _VIDEO_TO_TEXT, "world_video_count": _VIDEO_TO_TEXT,
     "world_audio_caption": _AUDIO_TO_TEXT, "world_audio_qa": _AUDIO_TO_TEXT,
     "world_text_to_audio": {(_T, "audio")},
     "world_text_scene_qa": _TEXT_TO_TEXT, "world_arithmetic": _TEXT_TO_TEXT,
     "coco_captions": _IMAGE_TO_TEXT, "coco_detection": _IMAGE_TO_TEXT,
+    "coco_image_denoise": {(_I, "image"), (_T, "image")},
     "refcoco": _IMAGE_TO_TEXT, "refcoco_plus": _IMAGE_TO_TEXT, "refcocog": _IMAGE_TO_TEXT,
     "vqa_v2": _IMAGE_TO_TEXT, "clotho_captions": _AUDIO_TO_TEXT,
     # The fixture clip is silent: silence has no mel power, so audio_history masks stay 0.
@@ -178,6 +181,7 @@ def _files(write: Callable) -> Callable:
 # task -> setup(data_root, task name): a context to pull the batch in. $UIO2_DATA_DIR = data_root.
 FIXTURES: Dict[str, Callable] = {
     "coco_captions": _tfds(num_examples=2),
+    "coco_image_denoise": _tfds(num_examples=2),
     "coco_detection": _tfds(as_dataset_fn=hand_made([_coco_detection_example()])),
     "refcoco": _tfds(as_dataset_fn=hand_made([_refcoco_example()])),
     "refcoco_plus": _tfds(as_dataset_fn=hand_made([_refcoco_example()])),
@@ -189,6 +193,20 @@ FIXTURES: Dict[str, Callable] = {
     "nlp_instructions": _files(_alpaca_files),
     MANIFEST_STAND_IN: _files(_manifest_task),
 }
+
+
+def _all_tasks_of(mixture: str) -> Callable:
+  """A mixture of real-dataset tasks: every task's fixture at once (one TFDS mock at most)."""
+  def setup(root, name):
+    del name
+    stack = contextlib.ExitStack()
+    for task in seqio.get_mixture_or_task(mixture).tasks:
+      stack.enter_context(FIXTURES[task.name](root, task.name))
+    return stack
+  return setup
+
+
+FIXTURES["pretrain_mod_real"] = _all_tasks_of("pretrain_mod_real")
 
 
 def user_manifests() -> set:

@@ -208,3 +208,90 @@ def test_bad_rates_are_refused():
     denoising.DenoisingConfig(image_rates=(0.5, 0.3, 0.2))
   with pytest.raises(ValueError, match="patch_rate"):
     denoising.DenoisingConfig(patch_rate=1.0)
+  with pytest.raises(ValueError, match="must sum to 1"):
+    denoising.DenoisingConfig(text_rates=(0.5, 0.5, 0.5))
+
+
+# ------------------------------------------------------------------------------------------------
+# Denoising mixtures: registered tasks (the world's and a user's own) take the objective
+# ------------------------------------------------------------------------------------------------
+SMALL = DataConfig(image_input_size=(64, 64), image_history_size=(32, 32),
+                   image_target_size=(32, 32), image_history_max_frames=2,
+                   audio_history_max_frames=2)
+LENGTHS = {"text_inputs": 32, "text_targets": 32}
+_PREFIX_NAMES = {v: k for k, v in PREFIX.items()}
+
+
+def _mixture_examples(name, n, seed=0):
+  from unified_io.data import pipeline
+  import unified_io.tasks  # noqa: F401  (registers the world tasks and mixtures)
+  ds = pipeline.mixed_examples(name, SMALL, LENGTHS, split="train", shuffle=True, seed=seed,
+                               num_epochs=None)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def test_world_pretraining_mixture_takes_every_mode():
+  examples = _mixture_examples("world_pretrain_mod", 120)
+  modes = {_PREFIX_NAMES[int(ex["text_inputs"][0])] for ex in examples}
+  assert modes == {"[Text] [S]", "[Text] [R]", "[Text] [X]", "[Image] [S]", "[Image] [R]",
+                   "[Audio] [S]", "[Audio] [R]"}
+  for ex in examples:
+    mode = _PREFIX_NAMES[int(ex["text_inputs"][0])]
+    if mode in ("[Text] [R]", "[Text] [X]"):
+      assert any(t in SENTINELS for t in ex["text_inputs"]), mode
+      assert ex["text_targets"][0] in SENTINELS
+    for m in ("image", "audio"):
+      if mode == f"[{m.capitalize()}] [R]":  # masked input cells <-> noised target tokens
+        assert 0 < ex[f"{m}_patch_mask"].mean() < 1
+        assert 0 < ex[f"{m}_target_task_mask"].mean() < 1
+      elif ex[f"{m}_target_task_mask"].size:
+        assert not ex[f"{m}_target_task_mask"].any()
+
+
+def test_a_users_own_seqio_task_takes_the_objective_in_a_denoising_mixture():
+  from unified_io.data import registry
+  documents = [f"document number {i} says the sky over the hill is {c}"
+               for i, c in enumerate(["blue", "grey", "red", "green"] * 8)]
+  seqio.TaskRegistry.add(
+      "my_documents", source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"text_inputs": ["Continue the text."] * len(documents),
+               "text_targets": documents}),
+          splits=["train"]),
+      preprocessors=[], output_features=registry.raw_output_features())
+  try:
+    registry.add_mixture("my_documents_mod", [("my_documents", 1.0)], denoising=True)
+    examples = _mixture_examples("my_documents_mod", 40)
+  finally:
+    seqio.MixtureRegistry.remove("my_documents_mod")
+    seqio.TaskRegistry.remove("my_documents")
+  modes = [_PREFIX_NAMES[int(ex["text_inputs"][0])] for ex in examples]
+  assert {"[Text] [R]", "[Text] [X]", "[Text] [S]"} == set(modes)
+
+
+def test_a_mode_no_task_can_take_is_refused_in_one_line():
+  from unified_io.data import registry
+  registry.add_mixture("captions_and_drawings_mod", [("world_caption", 1.0), ("world_text_to_image", 1.0)],
+                       denoising=True, replace=True)
+  try:
+    with pytest.raises(ValueError, match=r"\[R\].*world_image_denoise") as error:
+      _mixture_examples("captions_and_drawings_mod", 1)
+    assert "\n" not in str(error.value)
+  finally:
+    seqio.MixtureRegistry.remove("captions_and_drawings_mod")
+
+
+def test_the_world_curriculum_follows_gin():
+  import gin
+  from unified_io.data import registry
+  import unified_io.tasks  # noqa: F401
+  with gin.unlock_config():
+    gin.parse_config("world_pretrain_curriculum.modality_starts = "
+                     "{'text': 0, 'image': 7, 'audio': 9, 'image_history': 9, 'audio_history': 9}")
+  try:
+    curriculum = registry.mixture_curriculum("world_pretrain_mod_curriculum")
+  finally:
+    gin.clear_config()
+  assert [s.start_step for s in curriculum.stages] == [0, 7, 9]
+  assert "world_image_denoise" in dict(curriculum.stages[1].rates)
+  assert "world_audio_denoise" not in dict(curriculum.stages[1].rates)

@@ -58,10 +58,13 @@ class DenoisingConfig:
                            ("audio_rates", "audio")):
       rates = tuple(float(r) for r in getattr(self, name))
       object.__setattr__(self, name, rates)
-      if len(rates) != len(_TARGET_MODES[modality]) or min(rates) < 0 or sum(rates) <= 0:
+      modes = " ".join(f"[{m}]" for m in _TARGET_MODES[modality])
+      if len(rates) != len(_TARGET_MODES[modality]) or min(rates) < 0:
         raise ValueError(f"DenoisingConfig.{name} = {rates}: needs "
-                         f"{len(_TARGET_MODES[modality])} non-negative rates for "
-                         f"{['[' + m + ']' for m in _TARGET_MODES[modality]]}, not all 0")
+                         f"{len(_TARGET_MODES[modality])} non-negative rates, for {modes}")
+      if abs(sum(rates) - 1.0) > 1e-6:
+        raise ValueError(f"DenoisingConfig.{name} = {rates}: the rates of {modes} are "
+                         f"probabilities and must sum to 1 (they sum to {sum(rates):g})")
     for name in ("r_noise_density", "x_noise_density", "patch_rate"):
       if not 0.0 < getattr(self, name) < 1.0:
         raise ValueError(f"DenoisingConfig.{name} = {getattr(self, name)}: must be in (0, 1)")
@@ -181,6 +184,45 @@ def mask_patches(patch_mask: tf.Tensor, pos_ids: tf.Tensor, target_mask: tf.Tens
   new_patch_mask = patch_mask * tf.cast(~dropped, tf.int32)
   task_mask = tf.gather(masked, target_cells(input_grid, target_grid))
   return new_patch_mask, tf.cast(task_mask, tf.int32) * tf.cast(target_mask, tf.int32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which modes a mixture's tasks can take (checked once, from static shapes, before any data flows)
+# ------------------------------------------------------------------------------------------------
+def takeable_modes(spec: Mapping[str, tf.TensorSpec]) -> Dict[str, Tuple[str, ...]]:
+  """{target modality: modes its examples can take} for a task's stage-2 element spec.
+
+  A field of static length 0 is a modality the task never has. Text [R] / [X] need a text
+  target (a document to corrupt); image / audio [R] need that input and target together.
+  """
+  def present(field):
+    return spec[field].shape.rank >= 1 and spec[field].shape[0] != 0
+
+  modes = {}
+  if present("text_targets"):
+    modes["text"] = ("S", "R", "X")
+  for m in ("image", "audio"):
+    if present(f"{m}_target_mask"):
+      modes[m] = ("S", "R") if present(f"{m}_patch_mask") else ("S",)
+  return modes
+
+
+def check_modes(mixture: str, config: DenoisingConfig,
+                specs: Mapping[str, Mapping[str, tf.TensorSpec]]) -> None:
+  """Refuses, in one line, a mode with a positive rate that no task of `mixture` can take (for
+  a target modality some task has; rates of modalities no task targets are never used)."""
+  takeable: Dict[str, set] = {}
+  for spec in specs.values():
+    for modality, modes in takeable_modes(spec).items():
+      takeable.setdefault(modality, set()).update(modes)
+  for modality, modes in takeable.items():
+    for mode, rate in zip(_TARGET_MODES[modality], config.rates(modality)):
+      if rate > 0 and mode not in modes:
+        need = {"R": f"an {modality} input and an {modality} target in one example"}[mode]
+        raise ValueError(
+            f"denoising mixture {mixture!r}: DenoisingConfig.{modality}_rates gives [{mode}] "
+            f"rate {rate:g}, but no task in it can take [{mode}] (it needs {need}, e.g. "
+            f"world_{modality}_denoise); add such a task or set that rate to 0")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
   stage 1   the task's own preprocessors (seqio `Task.get_dataset`): raw fields (docs/data.md),
             shuffled with the task's buffer, sharded, repeated
   stage 2   `unified_preprocessor` at the contract's sizes (tokens, patches, target images and
-            spectrograms), then the task's after-stage-2 steps (e.g. the denoising objective)
+            spectrograms), then the task's after-stage-2 steps, then, in a mixture registered
+            with `denoising=True`, the mixture of denoisers (`unified_io.data.denoising`)
   mixing    a mixture's tasks sampled by their rates (as seqio's `Mixture.get_dataset` does)
   stage 3   the model's feature converter: static shapes, flat `inputs/...` / `targets/...`
 
@@ -13,15 +14,16 @@ randomness (patch sampling, the denoising modes) is seeded per task from the run
 same seed gives the same examples.
 """
 
+import functools
 import inspect
 import zlib
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
 
 from unified_io.contract import DataConfig
-from unified_io.data import registry
+from unified_io.data import denoising, registry
 from unified_io.data.converter import UnifiedIOFeatureConverter
 from unified_io.data.preprocess import STAGE2_FIELDS, unified_preprocessor
 
@@ -37,15 +39,17 @@ def _stage2_seed(seed: Optional[int], task_name: str) -> int:
 def task_examples(task: seqio.Task, data_config: DataConfig, lengths: Mapping[str, int], *,
                   split: str, shuffle: bool, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None,
-                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-  """Stage-2 examples of one task (with its `meta/*` fields) at `data_config`'s sizes."""
+                  num_epochs: Optional[int] = 1,
+                  extra_steps: Sequence[Callable] = ()) -> tf.data.Dataset:
+  """Stage-2 examples of one task (with its `meta/*` fields) at `data_config`'s sizes; the
+  `extra_steps` (e.g. a denoising mixture's `denoise`) run after the task's own steps."""
   if split not in task.splits:
     raise ValueError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
   raw = task.get_dataset(None, split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
                          num_epochs=num_epochs, use_cached=False, trim_output_features=False)
   with seqio.utils.map_seed_manager(_stage2_seed(seed, task.name)):
     examples = unified_preprocessor(raw, lengths, task.output_features, data_config=data_config)
-    for step in registry.after_stage2_steps(task.name):
+    for step in registry.after_stage2_steps(task.name) + tuple(extra_steps):
       examples = _run_step(step, examples, sequence_length=dict(lengths),
                            output_features=task.output_features, data_config=data_config)
   return examples
@@ -80,8 +84,13 @@ def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int
   tasks = [t for t in tasks if split in t.splits]
   if not tasks:
     raise ValueError(f"mixture {name!r}: no task has a split {split!r}")
-  datasets = [task_examples(t, data_config, lengths, **kwargs).map(_model_fields)
-              for t in tasks]
+  if registry.mixture_denoising(name):
+    config = denoising.DenoisingConfig()  # the rates gin binds
+    kwargs["extra_steps"] = (functools.partial(denoising.denoise, config=config),)
+  datasets = [task_examples(t, data_config, lengths, **kwargs) for t in tasks]
+  if registry.mixture_denoising(name):
+    denoising.check_modes(name, config, {t.name: d.element_spec for t, d in zip(tasks, datasets)})
+  datasets = [d.map(_model_fields) for d in datasets]
   rates = [float(rates[t.name]) for t in tasks]
   sample_seed = seed if seed is not None else (None if shuffle else _UNSHUFFLED_SAMPLE_SEED)
   return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=sample_seed,

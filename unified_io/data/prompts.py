@@ -65,6 +65,20 @@ PROMPTS: Dict[str, List[str]] = {
         "Highlight {} in the image.",
         "Produce a segmentation mask for {}.",
     ],
+    # Masked-patch denoising ([R] image / audio): the input shows the picture or sound with
+    # patches masked out, the target is the whole of it.
+    "image_denoise": [
+        "Fill in the masked parts of the image.",
+        "Reconstruct the image.",
+        "Restore the missing patches of this picture.",
+        "What does the complete image look like?",
+    ],
+    "audio_denoise": [
+        "Fill in the masked parts of the audio.",
+        "Reconstruct the sound.",
+        "Restore the missing parts of this recording.",
+        "What does the complete recording sound like?",
+    ],
     "video_caption": [
         "Describe what happens in the video.",
         "Write a caption for this clip.",

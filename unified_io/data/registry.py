@@ -2,13 +2,17 @@
 
   add_task("my_captions", source, [my_stage1_fn], metric_fns=[...], modalities=("image", "text"))
   add_mixture("my_mixture", [("my_captions", 1.0), ("world_vqa", 0.5)], curriculum=...)
+  add_mixture("my_pretraining", [("my_captions", 1.0), ("world_image_denoise", 0.5)], denoising=True)
 
 A task's preprocessors are its own stage-1 functions, ending in raw fields (docs/data.md):
 strings for text, images, waveforms, frames, plus `meta/*`. Everything that depends on the model
 (sizes, patches, tokens) happens later, in `unified_io.data.pipeline`, with the data contract of
 the model being trained or evaluated: stage 2 (`unified_preprocessor`), then the task's
 `after_stage2` steps (e.g. the denoising objective, which works on stage-2 fields), then the
-model's feature converter. Any seqio Task whose preprocessors end in raw fields works the same;
+model's feature converter. A mixture registered with `denoising=True` applies the mixture of
+denoisers (`unified_io.data.denoising`, its rates from gin's `DenoisingConfig`) to every one of its
+tasks' stage-2 examples, so any task, a user's own seqio task included, takes the pretraining
+objective by being named in such a mixture. Any seqio Task whose preprocessors end in raw fields works the same;
 `raw_output_features()` gives the output features to declare.
 """
 
@@ -24,6 +28,7 @@ from unified_io.modalities import Modality
 _TASK_MODALITIES: Dict[str, Tuple[Modality, ...]] = {}
 _TASK_AFTER_STAGE2: Dict[str, Tuple[Callable, ...]] = {}
 _MIXTURE_CURRICULA: Dict[str, Any] = {}
+_MIXTURE_DENOISING: Dict[str, bool] = {}
 
 
 def raw_output_features(vocabulary: Optional[seqio.Vocabulary] = None
@@ -68,13 +73,16 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
 
 
 def add_mixture(name: str, tasks_and_rates: Sequence[Union[str, Tuple[str, float]]],
-                *, curriculum: Any = None, default_rate: Optional[float] = None,
-                replace: bool = False) -> seqio.Mixture:
-  """Register a seqio Mixture; `curriculum` (unified_io.data.curriculum) is stored with it."""
+                *, curriculum: Any = None, denoising: bool = False,
+                default_rate: Optional[float] = None, replace: bool = False) -> seqio.Mixture:
+  """Register a seqio Mixture; `curriculum` (a unified_io.data.curriculum.Curriculum, or a
+  function that builds one when training starts) is stored with it, and
+  `denoising=True` puts every example of its tasks through the mixture of denoisers."""
   if replace:
     seqio.MixtureRegistry.remove(name)
   mixture = seqio.MixtureRegistry.add(name, list(tasks_and_rates), default_rate=default_rate)
   _MIXTURE_CURRICULA[name] = curriculum
+  _MIXTURE_DENOISING[name] = bool(denoising)
   return mixture
 
 
@@ -90,11 +98,18 @@ def task_modalities(name: str) -> Optional[Tuple[Modality, ...]]:
   return _TASK_MODALITIES[name]
 
 
+def mixture_denoising(name: str) -> bool:
+  """Whether `name` is a mixture registered with `denoising=True` (False for anything else)."""
+  return _MIXTURE_DENOISING.get(name, False)
+
+
 def mixture_curriculum(name: str) -> Any:
-  """The curriculum given to `add_mixture` (None if none)."""
+  """The curriculum given to `add_mixture` (None if none). A callable given there is called now,
+  so a curriculum built by a gin-configurable function follows the run's gin bindings."""
   if name not in _MIXTURE_CURRICULA:
     raise KeyError(f"mixture {name!r} was not registered with unified_io.data.registry.add_mixture")
-  return _MIXTURE_CURRICULA[name]
+  curriculum = _MIXTURE_CURRICULA[name]
+  return curriculum() if callable(curriculum) else curriculum
 
 
 def task_names(mixture_or_task: str) -> Tuple[str, ...]:

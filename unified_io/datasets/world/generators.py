@@ -139,6 +139,16 @@ def text_to_image(rng, cfg):
           "prompt_text": _text(text), "meta/answer": _text(text)}
 
 
+def image_denoise(rng, cfg):
+  """The same scene as input and target (for [R] masked-patch denoising, which masks the input
+  and reconstructs the target); the caption is kept as the answer."""
+  scene = scenes.sample_scene(rng, cfg)
+  text = language.describe_scene(scene, cfg.min_object_size, cfg.max_object_size)
+  return _image_example(cfg, scene, range(len(scene.objects)), prompt_text=_text(""),
+                        image_targets=scenes.render(scene, cfg.target_size).image_hw3,
+                        **{"meta/answer": _text(text)})
+
+
 def object_mask(rng, cfg):
   scene = scenes.sample_scene(rng, cfg)
   index, expression = _referred_object(rng, scene)
@@ -193,6 +203,14 @@ def text_to_audio(rng, cfg):
           "meta/frequency_hz": np.float32(beeps.frequency_hz)}
 
 
+def audio_denoise(rng, cfg):
+  """The same clip as input and target (for [R] masked-patch denoising of the spectrogram)."""
+  beeps, waveform = _beeps_audio(rng, cfg)
+  text = language.describe_beeps(beeps)
+  return {"audio_inputs": waveform, "audio_targets": waveform, "prompt_text": _text(""),
+          "meta/answer": _text(text), "meta/frequency_hz": np.float32(beeps.frequency_hz)}
+
+
 # ------------------------------------------------------------------------------------ text only
 
 def text_scene_qa(rng, cfg):
@@ -234,6 +252,8 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
     Generator("refexp", refexp, IMAGE_FIELDS),
     Generator("detection", detection, IMAGE_FIELDS),
     Generator("text_to_image", text_to_image, {"image_targets": (np.uint8, _target)}),
+    Generator("image_denoise", image_denoise,
+              {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)}),
     Generator("object_mask", object_mask, {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)}),
     Generator("video_direction", _video("direction"),
               {"image_history": (np.uint8, _frames), "audio_history": (np.float32, _segments),
@@ -247,6 +267,9 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
               {"audio_inputs": (np.float32, _audio), **TEXT_TARGET, **_FREQUENCY}),
     Generator("text_to_audio", text_to_audio,
               {"audio_targets": (np.float32, _audio), **_FREQUENCY}),
+    Generator("audio_denoise", audio_denoise,
+              {"audio_inputs": (np.float32, _audio), "audio_targets": (np.float32, _audio),
+               **_FREQUENCY}),
     Generator("text_scene_qa", text_scene_qa, TEXT_TARGET),
     Generator("arithmetic", arithmetic, TEXT_TARGET, content_split=arithmetic_split),
 ]}
