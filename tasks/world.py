@@ -178,3 +178,11 @@ def world_pretrain_curriculum(modality_starts: Optional[Dict[str, int]] = None) 
 registry.add_mixture("world_pretrain_mod_curriculum",
                      [(f"world_{n}", r) for n, r in PRETRAIN_RATES.items()], denoising=True,
                      curriculum=world_pretrain_curriculum, replace=True)
+
+# Supervised tasks the pretraining mixture leaves out: fine-tuned and evaluated after pretraining
+# (unified_io/experiments/pretrain_vs_scratch.py), unseen by the denoising objective.
+HELDOUT_RATES = {"vqa_colour": 1.0, "vqa_shape": 1.0, "vqa_count": 0.5, "vqa_position": 0.5,
+                 "refexp": 1.0, "audio_qa": 1.0}
+assert not set(HELDOUT_RATES) & set(PRETRAIN_RATES)
+registry.add_mixture("world_heldout", [(f"world_{n}", r) for n, r in HELDOUT_RATES.items()],
+                     replace=True)
