@@ -10,7 +10,8 @@ boundaries with ("batch", "length", "embed"). The rules below decide where each 
 
 The train state follows its parameters: optimizer state leaves shaped like their parameter
 (Adafactor's unfactored second moment, momentum) take the parameter's sharding; factored row/column
-statistics and counters are replicated (they are a vector per matrix). Batches are split over
+statistics and counters are replicated (they are a vector per matrix; [layers, rows] per stacked
+matrix of scanned layers, whose layers axis is never split anyway). Batches are split over
 `data` on their leading axis; each process contributes the rows its devices hold (`process_rows`,
 `global_batch`).
 """

@@ -1,21 +1,46 @@
 """The optimizer and learning-rate schedules, with the defaults t5x users expect.
 
-`adafactor` is optax's Adafactor with t5x's defaults: second-moment decay exponent 0.8, factored
-second moments for parameters whose two largest dimensions are both >= 128, update clipping at RMS
-1.0, step size scaled by the parameter's RMS (floored at 1e-3), no first moment unless `beta1` is
-given; plus optional global-norm gradient clipping in front (t5x's `global_norm_clip`).
+`adafactor` is Adafactor with t5x's defaults: second-moment decay exponent 0.8 (decay
+1 - (t + 1)^-0.8 at step t), factored second moments for parameters whose two largest dimensions
+are both >= 128, update clipping at RMS 1.0, step size scaled by the parameter's RMS (floored at
+1e-3), no first moment unless `beta1` is given; plus optional global-norm gradient clipping in
+front (t5x's `global_norm_clip`). It is optax's `adafactor` chain, step for step, with batch axes:
+
+Batch axes. Scanned layers (`TrunkConfig.scan_layers`) keep each stack's layers as one array with
+a leading layer axis (logical name "layers", [L, ...]). Each index along a batch axis is its own
+parameter: which two axes a second moment is factored over (chosen among the other axes), the
+factored row/column statistics (averaged over the other axes only, so they keep the batch axis:
+[L, rows] and [L, cols]), the parameter-scale RMS and the update-clipping RMS are all taken per
+layer. Without this the stacked array is one parameter: one RMS for all layers (layers of RMS 0.02
+and 0.2 would step alike, where per-layer training steps them 10x apart) and possibly a second
+moment factored over the layer axis, so scanned training would be another optimiser than per-layer
+training. t5x's Adafactor does the same (`FactorDim.BATCH` for "layers" in its factor rules).
+A parameter without batch axes is updated exactly as `optax.adafactor` updates it.
+
+The optimizer learns its batch axes from the parameters' logical axis names, as t5x's
+`set_param_axes`: `adafactor(...)` returns an `AxisAwareTransformation` and
+`train_setup.build_train_setup` remakes it with `for_param_axes(optimizer, logical_specs)` (an axis
+named in `BATCH_AXIS_NAMES` is a batch axis), so `train.optimizer = @adafactor` in a gin file is
+right for scanned and per-layer models alike. `batch_axes=` gives them directly.
 
 `learning_rate_schedule` reads t5x's factor strings, e.g. "constant * rsqrt_decay" (the t5x
 default: base / sqrt(max(step, warmup))) or "constant * linear_warmup * rsqrt_decay".
 """
 
-from typing import Callable, Optional
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import gin
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import PartitionSpec
+
+from unified_io.network.trunk import LAYERS_AXIS
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
+# Logical axis names whose every index is a separate parameter (`for_param_axes`).
+BATCH_AXIS_NAMES = (LAYERS_AXIS,)
 _FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay", "linear_decay",
             "cosine_decay")
 
@@ -65,17 +90,181 @@ def learning_rate_schedule(factors: str = "constant * rsqrt_decay",
   return schedule
 
 
+class AxisAwareTransformation(NamedTuple):
+  """An optax transformation that can be remade for its parameters' logical axis names.
+
+  `init` / `update` run it as it was made; `for_param_axes(logical_specs)` (a tree like the
+  parameters of logical PartitionSpecs, `partitioning.logical_specs`) returns it made for those
+  parameters, as t5x's `Adafactor.set_param_axes` does. Call the module's `for_param_axes`, which
+  takes any optimizer.
+  """
+  init: optax.TransformInitFn
+  update: optax.TransformUpdateFn
+  for_param_axes: Callable[[Any], optax.GradientTransformation]
+
+
+def for_param_axes(optimizer: optax.GradientTransformation,
+                   logical_specs: Any) -> optax.GradientTransformation:
+  """`optimizer` as it should run on parameters with these logical axis names: remade when it
+  reads them (an `AxisAwareTransformation`, e.g. `adafactor`'s), otherwise unchanged."""
+  remake = getattr(optimizer, "for_param_axes", None)
+  return optimizer if remake is None else remake(logical_specs)
+
+
+def batch_axes_of(logical_specs: Any) -> Any:
+  """Per parameter, the indices of its axes named in `BATCH_AXIS_NAMES` (a tree of tuples)."""
+  return jax.tree_util.tree_map(
+      lambda spec: tuple(i for i, name in enumerate(spec) if name in BATCH_AXIS_NAMES),
+      logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 @gin.configurable
 def adafactor(learning_rate: Schedule = gin.REQUIRED, *, decay_rate: float = 0.8,
               min_dim_size_to_factor: int = 128, clipping_threshold: Optional[float] = 1.0,
               multiply_by_parameter_scale: bool = True, beta1: Optional[float] = None,
-              weight_decay_rate: Optional[float] = None,
-              global_norm_clip: Optional[float] = None) -> optax.GradientTransformation:
-  """Adafactor with the t5x defaults (see the module docstring)."""
-  inner = optax.adafactor(learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-                          decay_rate=decay_rate, multiply_by_parameter_scale=multiply_by_parameter_scale,
-                          clipping_threshold=clipping_threshold, momentum=beta1,
-                          weight_decay_rate=weight_decay_rate)
-  if global_norm_clip is None:
-    return inner
-  return optax.chain(optax.clip_by_global_norm(global_norm_clip), inner)
+              weight_decay_rate: Optional[float] = None, global_norm_clip: Optional[float] = None,
+              batch_axes: Any = None) -> AxisAwareTransformation:
+  """Adafactor with the t5x defaults, per slice along batch axes (see the module docstring).
+
+  `batch_axes`: a tree like the parameters of tuples of axis indices (None: no batch axes).
+  The result's `for_param_axes(logical_specs)` is the same optimizer with the batch axes the
+  parameters' logical axis names give (`batch_axes_of`).
+  """
+  def make(axes) -> optax.GradientTransformation:
+    # optax.adafactor's chain, with the three steps that take a parameter's statistics batched.
+    steps = [scale_by_factored_rms(axes, decay_rate, min_dim_size_to_factor)]
+    if clipping_threshold is not None:
+      steps.append(clip_by_block_rms(axes, clipping_threshold))
+    steps.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if multiply_by_parameter_scale:
+      steps.append(scale_by_param_block_rms(axes))
+    if beta1 is not None:
+      steps.append(optax.ema(beta1, debias=False, accumulator_dtype=jnp.float32))
+    if weight_decay_rate is not None:
+      steps.append(optax.add_decayed_weights(weight_decay_rate))
+    steps.append(optax.scale(-1.0))
+    inner = optax.chain(*steps)
+    if global_norm_clip is None:
+      return inner
+    return optax.chain(optax.clip_by_global_norm(global_norm_clip), inner)
+
+  tx = make(batch_axes)
+  return AxisAwareTransformation(tx.init, tx.update,
+                                 lambda logical_specs: make(batch_axes_of(logical_specs)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Adafactor's steps that take statistics of a parameter, each statistic per slice along the
+# parameter's batch axes. `batch_axes`: a tree like the parameters of tuples of axis indices, or
+# None (no batch axes: optax's transformations exactly).
+# ------------------------------------------------------------------------------------------------
+def _leaves(batch_axes: Any, tree: Any, *like_tree: Any):
+  """(treedef of `tree`, [(leaf, *the leaves of `like_tree` there, its batch axes), ...])."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  batches = [()] * len(leaves) if batch_axes is None else treedef.flatten_up_to(batch_axes)
+  others = [treedef.flatten_up_to(t) for t in like_tree]
+  return treedef, list(zip(leaves, *others, batches))
+
+
+def _unzip(treedef, outputs: List[tuple], n: int) -> List[Any]:
+  """Per-leaf n-tuples -> n trees."""
+  return [treedef.unflatten([out[i] for out in outputs]) for i in range(n)]
+
+
+def _averaged_axes(ndim: int, batch: Sequence[int]) -> Tuple[int, ...]:
+  """The axes a statistic of a parameter averages over: all but its batch axes."""
+  for axis in batch:
+    if not 0 <= axis < ndim:
+      raise ValueError(f"adafactor: batch axis {axis} for a parameter of rank {ndim}")
+  return tuple(i for i in range(ndim) if i not in batch)
+
+
+def _block_rms(x: jax.Array, batch: Sequence[int]) -> jax.Array:
+  """The RMS of each slice of `x` along its batch axes, shaped to broadcast against `x`."""
+  return jnp.sqrt(jnp.mean(x * x, axis=_averaged_axes(x.ndim, batch), keepdims=True))
+
+
+def factored_dims(shape: Sequence[int], batch: Sequence[int], min_dim_size_to_factor: int
+                  ) -> Optional[Tuple[int, int]]:
+  """(row, column) axes of a factored second moment: the second largest and the largest non-batch
+  axis, when both have >= `min_dim_size_to_factor` elements; None: a full second moment.
+  optax's rule, applied to one slice."""
+  axes = _averaged_axes(len(shape), batch)
+  if len(axes) < 2:
+    return None
+  by_size = [axes[i] for i in np.argsort([shape[a] for a in axes])]
+  if shape[by_size[-2]] < min_dim_size_to_factor:
+    return None
+  return by_size[-2], by_size[-1]
+
+
+def scale_by_factored_rms(batch_axes: Any, decay_rate: float, min_dim_size_to_factor: int,
+                          epsilon: float = 1e-30) -> optax.GradientTransformation:
+  """g / sqrt(second moment estimate): optax's `scale_by_factored_rms` (its state, its decay
+  1 - (t + 1)^-decay_rate at step t), the row and column statistics kept per batch index."""
+  def init(params):
+    def moments(p, batch):
+      dims = factored_dims(p.shape, batch, min_dim_size_to_factor)
+      # (a new placeholder per leaf: leaves sharing one buffer cannot be donated to a step)
+      unused = lambda: jnp.zeros((1,), p.dtype)  # noqa: E731
+      if dims is None:
+        return unused(), unused(), jnp.zeros_like(p)
+      row, col = dims  # v_row averages over the column axis, v_col over the row axis
+      return (jnp.zeros(tuple(np.delete(p.shape, col)), p.dtype),
+              jnp.zeros(tuple(np.delete(p.shape, row)), p.dtype), unused())
+
+    treedef, leaves = _leaves(batch_axes, params)
+    v_row, v_col, v = _unzip(treedef, [moments(*leaf) for leaf in leaves], 3)
+    return optax.FactoredState(count=jnp.zeros([], jnp.int32), v_row=v_row, v_col=v_col, v=v)
+
+  def update(grads, state, params):
+    t = jnp.asarray(state.count + 1, jnp.float32)
+    decay = 1.0 - t ** (-decay_rate)
+
+    def scaled(g, v_row, v_col, v, p, batch):
+      dims = factored_dims(p.shape, batch, min_dim_size_to_factor)
+      g_sqr = g * g + epsilon
+      unused = lambda: jnp.zeros((1,), p.dtype)  # noqa: E731
+      if dims is None:
+        v = (decay * v + (1.0 - decay) * g_sqr).astype(p.dtype)
+        return g * v ** -0.5, unused(), unused(), v
+      row, col = dims
+      v_row = (decay * v_row + (1.0 - decay) * jnp.mean(g_sqr, axis=col)).astype(p.dtype)
+      v_col = (decay * v_col + (1.0 - decay) * jnp.mean(g_sqr, axis=row)).astype(p.dtype)
+      row_in_v_row = row - 1 if row > col else row
+      row_factor = (v_row / jnp.mean(v_row, axis=row_in_v_row, keepdims=True)) ** -0.5
+      col_factor = v_col ** -0.5
+      update = g * jnp.expand_dims(row_factor, axis=col) * jnp.expand_dims(col_factor, axis=row)
+      return update, v_row, v_col, unused()
+
+    treedef, leaves = _leaves(batch_axes, grads, state.v_row, state.v_col, state.v, params)
+    updates, v_row, v_col, v = _unzip(treedef, [scaled(*leaf) for leaf in leaves], 4)
+    return updates, optax.FactoredState(count=optax.safe_increment(state.count), v_row=v_row,
+                                        v_col=v_col, v=v)
+
+  return optax.GradientTransformation(init, update)
+
+
+def clip_by_block_rms(batch_axes: Any, threshold: float) -> optax.GradientTransformation:
+  """Each slice of each update scaled down to RMS <= `threshold` (optax's `clip_by_block_rms`)."""
+  def update(updates, state, params=None):
+    del params
+    treedef, leaves = _leaves(batch_axes, updates)
+    clipped = [u / jnp.maximum(1.0, _block_rms(u, batch) / threshold) for u, batch in leaves]
+    return treedef.unflatten(clipped), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def scale_by_param_block_rms(batch_axes: Any, min_scale: float = 1e-3
+                             ) -> optax.GradientTransformation:
+  """Each slice of each update times its parameter slice's RMS, floored at `min_scale` (optax's
+  `scale_by_param_block_rms`: steps relative to the parameter's size)."""
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError("adafactor: multiply_by_parameter_scale needs the parameters in update()")
+    treedef, leaves = _leaves(batch_axes, updates, params)
+    scaled = [u * jnp.maximum(_block_rms(p, batch), min_scale) for u, p, batch in leaves]
+    return treedef.unflatten(scaled), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)

@@ -7,7 +7,9 @@
     state, metrics = setup.step(setup.state, first, rng)
 
 In order: the logical axis rules; the abstract state (`jax.eval_shape` of `model.init` on
-`init_batch` and `TrainState.create`, nothing allocated) and its shardings
+`init_batch` and `TrainState.create`, nothing allocated), the optimizer remade for the parameters'
+logical axes (`optim.for_param_axes`: Adafactor takes scanned layers' stacked axis as a batch of
+layers) and the state's shardings
 (`partitioning.state_shardings`); model-info.txt when asked (every variable's shape, logical axes
 and PartitionSpec, written before any state is allocated); the state, created directly on its
 shardings, restored onto them from a checkpoint (`resume_step`), or created and then given
@@ -27,6 +29,7 @@ from jax.sharding import Mesh
 from unified_io import partitioning
 from unified_io.model import UnifiedIOModel
 from unified_io.training import checkpoints as ckpt_lib
+from unified_io.training import optim
 from unified_io.training.train_state import TrainState
 from unified_io.training.train_step import jit_train_step, make_train_step
 
@@ -37,7 +40,7 @@ class TrainSetup:
   mesh: Mesh
   rules: partitioning.Rules
   model: UnifiedIOModel
-  optimizer: optax.GradientTransformation
+  optimizer: optax.GradientTransformation  # as the step runs it (`optim.for_param_axes`)
   boxed_params: Any    # abstract parameters with their logical axes (`partitioning.describe`)
   shardings: TrainState  # a NamedSharding per leaf of the state
   state: TrainState
@@ -50,8 +53,10 @@ class TrainSetup:
 
 def abstract_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation
                    ) -> Tuple[Any, TrainState]:
-  """(boxed abstract params, abstract TrainState) without allocating anything."""
+  """(boxed abstract params, abstract TrainState) without allocating anything; the state of
+  `optimizer` remade for the parameters' logical axes, as `build_train_setup` runs it."""
   boxed = jax.eval_shape(init_params)
+  optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
   return boxed, jax.eval_shape(lambda: TrainState.create(nn.meta.unbox(boxed), optimizer))
 
 
@@ -67,7 +72,9 @@ def build_train_setup(
 
   `init_batch`: a (global) batch with every modality the data has; parameters are created from it
   with `jax.random.PRNGKey(seed)`. `learning_rate`: the schedule `optimizer` was made with (the
-  step logs it). `resume_step`: restore that step from `checkpoints` instead of initialising.
+  step logs it); it is remade for the parameters' logical axes (`optim.for_param_axes`), and the
+  result's `optimizer` is the one the step runs. `resume_step`: restore that step from
+  `checkpoints` instead of initialising.
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules(fsdp)
@@ -75,6 +82,8 @@ def build_train_setup(
   init_params = lambda: model.init(init_rng, init_batch)  # noqa: E731
   with partitioning.activated(mesh, rules):
     boxed, abstract = abstract_state(init_params, optimizer)
+    # The optimizer `abstract` holds the state of (the step must run that one).
+    optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
     shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
     if model_info_path and jax.process_index() == 0:
       with open(model_info_path, "w") as f:
