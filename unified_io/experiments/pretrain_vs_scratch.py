@@ -12,7 +12,7 @@ On the built-in world, with the tiny all-modality model (models/tiny_multimodal.
               pretraining mixture never shows), starting from the pretrained parameters
   scratch     `--pretrain_steps + --finetune_steps` on world_heldout from random parameters
 Both supervised runs use runs/pretrain.gin's optimiser (Adafactor, learning rate 0.01 throughout
-these short runs) and the same batch size; each phase is the documented binary (`uio2-train`, run
+these short runs), the same batch size and grouped batches (`train.group_batches`); each phase is the documented binary (`uio2-train`, run
 as `python -m unified_io.cli.train`) in its own process, and its command is printed. Then both
 are evaluated on the test split of every world_heldout task (the world eval specs' metrics) and
 one table compares them. The world is the main job's (at most two objects, 16-34 % of the image).
@@ -36,7 +36,8 @@ MODEL_GIN = "models/tiny_multimodal.gin"
 def _train(model_dir: str, gin_files, bindings, log_path: str) -> None:
   """One `uio2-train` run in its own process; its output goes to `log_path` (and a tail on error)."""
   command = [sys.executable, "-m", "unified_io.cli.train"] + [f"--gin_file={f}" for f in gin_files]
-  command += [f"--gin.{b}" for b in [f"MODEL_DIR='{model_dir}'", *bindings, *WORLD_BINDINGS]]
+  command += [f"--gin.{b.replace(' = ', '=')}"
+              for b in [f"MODEL_DIR='{model_dir}'", *bindings, *WORLD_BINDINGS]]
   print("$ uio2-train " + " ".join(command[3:]), flush=True)
   started = time.time()
   with open(log_path, "w") as log:
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
   os.makedirs(out, exist_ok=True)
   dirs = {name: os.path.join(out, name) for name in ("pretrain", "finetune", "scratch")}
   common = [f"BATCH_SIZE={args.batch_size}", "train.log_every=50"]
-  supervised = [f"MIXTURE_OR_TASK_NAME='{HELDOUT}'", f"TASK_FEATURE_LENGTHS={LENGTHS!r}"]
+  # (grouped batches, as the main job trains: a step runs only what its examples use)
+  supervised = [f"MIXTURE_OR_TASK_NAME='{HELDOUT}'", f"TASK_FEATURE_LENGTHS={LENGTHS!r}",
+                "train.group_batches=True"]
   started = time.time()
 
   print(f"== pretrain: {args.pretrain_steps} steps of the mixture of denoisers on {PRETRAIN}")
