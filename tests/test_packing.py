@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from unified_io import decoding
 from unified_io.network import packing
+from unified_io.network.encoder_decoder import UnifiedIONetwork
 from unified_io.config import ConfigError
 from unified_io.presets import make_config
 from unified_io.interop.check_reference import nest_inputs
@@ -131,7 +133,7 @@ def test_cross_example_attention_is_blocked(setup):
   changed["inputs"]["text"]["tokens"][1] = (changed["inputs"]["text"]["tokens"][1] + 7) % 1000
   changed["inputs"]["image"]["input"][1] += 1.0
   changed["targets"]["text"]["inputs"][1] = (changed["targets"]["text"]["inputs"][1] + 3) % 1000
-  outputs = jax.jit(model.outputs)
+  outputs = jax.jit(lambda p, b: model.training_outputs(p, b)[0])
   a, b = outputs(params, batch), outputs(params, changed)
   for name in a:
     mask = np.asarray(batch["targets"][name]["mask"]) > 0
@@ -178,3 +180,42 @@ def test_pair_order_makes_pairs_fit(setup):
   reordered = packing.take_examples(unbalanced, packing.pair_order(unbalanced, tight))
   packing.check_pairs_fit(reordered, tight)
   assert sorted(packing.pair_order(unbalanced, tight).tolist()) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing is a training layout: decoding, scoring and evaluation run one example per row
+# ------------------------------------------------------------------------------------------------
+def test_a_packed_config_decodes_and_scores_as_the_unpacked_one():
+  """Same parameters, same tokens, scores and losses; an odd batch (which packing refuses) too."""
+  cfg = make_config("tiny", text_vocab_size=128, num_encoder_layers=1, num_decoder_layers=1)
+  plain = UnifiedIOModel(cfg)
+  packed = UnifiedIOModel(dataclasses.replace(cfg, pack_pairs=True))
+  rng = np.random.default_rng(0)
+  inputs = {"text": {"tokens": rng.integers(2, 128, (3, 6)).astype(np.int32),
+                     "mask": np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 6], np.int32)}}
+  targets = rng.integers(2, 128, (3, 5)).astype(np.int32)
+  mask = np.array([[1] * 5, [1] * 5, [1] * 3 + [0] * 2], np.int32)
+  batch = {"inputs": inputs, "targets": {"text": {
+      "inputs": np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], 1),
+      "targets": targets, "mask": mask}}}
+  params = nn.meta.unbox(jax.jit(plain.init)(jax.random.PRNGKey(0), batch))
+
+  options = decoding.DecodeOptions(max_length=5)
+  want, got = (decoding.generate(m, params, inputs, "text", options) for m in (plain, packed))
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got.lengths, want.lengths)
+  np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+  losses = [jax.jit(decoding.example_losses, static_argnums=0)(m, params, batch)
+            for m in (plain, packed)]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+  answers = np.array([[[5, 1, 0], [7, 8, 1]]] * 3, np.int32)
+  scores = [decoding.score_options(m, params, inputs, answers) for m in (plain, packed)]
+  np.testing.assert_allclose(scores[1], scores[0], rtol=1e-6)
+
+  # The training forward still packs (its statistics say so) ...
+  _, aux = jax.eval_shape(packed.loss_fn, params, jax.tree_util.tree_map(lambda a: a[:2], batch))
+  assert "packing/decoder_fill" in aux
+  # ... and the packed network itself refuses to decode incrementally, naming the way out.
+  with pytest.raises(ValueError, match="pack_pairs off .*inference_module"):
+    packed.module.apply({"params": params}, "text", targets[:, :1], 0, inputs["text"]["mask"],
+                        None, None, 5, method=UnifiedIONetwork.decode_cached, mutable=["cache"])

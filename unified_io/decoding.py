@@ -3,11 +3,14 @@ guidance, vocabulary masks per target modality, and scoring of answer options.
 
 Axis legend: B batch, N beams or options, T generated length, V vocab, S encoder length.
 
-Everything is jitted with static shapes. The decoder runs one token per step over key/value caches
-(`UnifiedIONetwork.decode_cached`): the self-attention cache holds every position decoded so far,
-the cross-attention cache the encoder's keys and values, computed once. Text stops at EOS (a
-`while_loop` ends when every row is done); image and audio targets always fill their token grid
-and never emit EOS, only VQ codes (`allowed_tokens`).
+Everything runs on `UnifiedIOModel.inference_module`, one example per row (a config's pair
+packing is a training layout), and is jitted with static shapes. The decoder runs one token per
+step over key/value caches (`UnifiedIONetwork.decode_cached`): the self-attention cache holds
+every position decoded so far, the cross-attention cache the encoder's keys and values, computed
+once. With `cfg.dynamic_masking` the cached decoder applies the full pass's attention patterns to
+image and audio targets (nothing is noised while generating). Text stops at EOS (a `while_loop`
+ends when every row is done); image and audio targets always fill their token grid and never emit
+EOS, only VQ codes (`allowed_tokens`).
 
 Beam search keeps N live hypotheses and the N best finished ones per example; a hypothesis that
 emits EOS is finished with score log p / ((5 + length) / 6) ** alpha (length counts the EOS; the
@@ -128,14 +131,14 @@ def null_prompt_inputs(inputs: Mapping[str, Mapping[str, jax.Array]]) -> Dict[st
 # The cached decoder, one call per step.
 # ------------------------------------------------------------------------------------------------
 def encode(model: UnifiedIOModel, params, inputs) -> Encoded:
-  return model.module.apply({"params": params}, inputs, method=UnifiedIONetwork.encode)
+  return model.inference_module.apply({"params": params}, inputs, method=UnifiedIONetwork.encode)
 
 
 def start_decoding(model: UnifiedIOModel, params, modality: Modality, encoded: Encoded,
                    length: int):
   """Feeds BOS at position 0: (logits [B, V] of the first token, the cache)."""
   bos_b1 = jnp.full((encoded.hidden.shape[0], 1), BOS_ID, jnp.int32)
-  logits_b1v, variables = model.module.apply(
+  logits_b1v, variables = model.inference_module.apply(
       {"params": params}, modality, bos_b1, jnp.int32(0), encoded.mask, encoded.hidden,
       encoded.rope, length, method=UnifiedIONetwork.decode_cached, mutable=["cache"])
   return logits_b1v[:, 0], variables["cache"]
@@ -144,7 +147,7 @@ def start_decoding(model: UnifiedIOModel, params, modality: Modality, encoded: E
 def decode_step(model: UnifiedIOModel, params, cache, modality: Modality, tokens_b: jax.Array,
                 position: jax.Array, enc_mask_bs: jax.Array, length: int):
   """Feeds `tokens_b` at `position`: (logits [B, V] of the next token, the updated cache)."""
-  logits_b1v, variables = model.module.apply(
+  logits_b1v, variables = model.inference_module.apply(
       {"params": params, "cache": cache}, modality, tokens_b[:, None].astype(jnp.int32), position,
       enc_mask_bs, None, None, length, method=UnifiedIONetwork.decode_cached, mutable=["cache"])
   return logits_b1v[:, 0], variables["cache"]
@@ -366,7 +369,8 @@ def generate(model: UnifiedIOModel, params, inputs: Mapping[str, Mapping[str, An
 
 
 def example_losses(model: UnifiedIOModel, params, batch) -> jax.Array:
-  """[B]: each example's own loss, exactly `model.loss_fn` on a batch of that example alone."""
+  """[B]: each example's own loss, exactly `model.loss_fn` on a batch of that example alone
+  (with pair packing: of the same model unpacked)."""
   outputs = model.outputs(params, batch)
   return sum(_per_example_loss(model, out) for out in outputs.values())
 
@@ -395,7 +399,7 @@ def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax
         lambda a: jnp.repeat(a, num_options, axis=0) if a is not None else a, encoded)
     return module.decode({Modality.TEXT.value: text}, tiled)[Modality.TEXT.value]
 
-  out = model.module.apply({"params": params}, method=run)
+  out = model.inference_module.apply({"params": params}, method=run)
   return _per_example_loss(model, out).reshape(batch, num_options)
 
 

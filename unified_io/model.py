@@ -2,8 +2,13 @@
 
 Loss: per target modality, the token mean over loss_mask of cross-entropy + z_loss * logZ^2, and
 the modalities summed (the original UIO2 `multi_modality_loss`, label smoothing 0).
+
+Pair packing (`cfg.pack_pairs`) is a training layout: `loss_fn` packs, while `outputs`, scoring
+and decoding run one example per row (`inference_module`) with the same parameters; an example's
+numbers are the same either way (save tokens a packed row had no slot for).
 """
 
+import dataclasses
 from typing import Dict, Mapping, Optional, Tuple
 
 import jax
@@ -30,7 +35,12 @@ class UnifiedIOModel:
 
   def __init__(self, cfg: UnifiedIOConfig):
     self.cfg = cfg
-    self.module = UnifiedIONetwork(cfg)
+    self.module = UnifiedIONetwork(cfg)  # the training layout (packs pairs if the config says so)
+    # One example per row, for evaluation, scoring and decoding: packing off, same parameters.
+    self.inference_module = self.module
+    if cfg.pack_pairs:
+      self.inference_module = UnifiedIONetwork(dataclasses.replace(
+          cfg, pack_pairs=False, packed_encoder_length=None, packed_decoder_length=None))
 
   # -- the data contract (unified_io/contract.py) --------------------------------------------
   @property
@@ -61,11 +71,15 @@ class UnifiedIOModel:
   # -- loss -----------------------------------------------------------------------------------
   def outputs(self, params, batch, dropout_rng: Optional[jax.Array] = None
               ) -> Dict[str, TargetOutput]:
-    return self._outputs_and_metrics(params, batch, dropout_rng)[0]
+    """Each example's outputs on its own row (evaluation, scoring): never packed."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    return self.inference_module.apply({"params": params}, batch, rngs=rngs,
+                                       deterministic=dropout_rng is None)
 
-  def _outputs_and_metrics(self, params, batch, dropout_rng: Optional[jax.Array]
-                           ) -> Tuple[Dict[str, TargetOutput], Dict[str, jax.Array]]:
-    """The outputs, and with pair packing its statistics (`packing/*`, see unified_io.network.packing)."""
+  def training_outputs(self, params, batch, dropout_rng: Optional[jax.Array] = None
+                       ) -> Tuple[Dict[str, TargetOutput], Dict[str, jax.Array]]:
+    """The training forward: (outputs, in the unpacked layout; with pair packing its statistics,
+    `packing/*`, see unified_io.network.packing)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     kwargs = dict(deterministic=dropout_rng is None, rngs=rngs)
     if not self.cfg.pack_pairs:
@@ -84,7 +98,7 @@ class UnifiedIOModel:
               ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """(total loss, {"loss/<modality>": loss, and "packing/*" statistics when packing});
     dropout is on iff a dropout rng is given."""
-    outputs, metrics = self._outputs_and_metrics(params, batch, dropout_rng)
+    outputs, metrics = self.training_outputs(params, batch, dropout_rng)
     per_modality = {f"loss/{name}": modality_loss(o.logits, o.targets, o.loss_mask,
                                                   self.cfg.trunk.z_loss)
                     for name, o in outputs.items()}

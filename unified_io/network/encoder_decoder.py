@@ -54,6 +54,8 @@ def target_layout(parts: Sequence[TargetPart]) -> masks.TargetLayout:
   lengths = [p.embed.shape[1] for p in parts]
   index = jnp.concatenate([jnp.arange(n, dtype=jnp.int32) for n in lengths])
   width = jnp.concatenate([jnp.full((n,), p.grid_width, jnp.int32) for p, n in zip(parts, lengths)])
+  if all(p.noisy is None for p in parts):  # no task mask: nothing is noised
+    return masks.TargetLayout(index, width)
   noisy = jnp.concatenate([jnp.zeros((batch, n), bool) if p.noisy is None else p.noisy.astype(bool)
                            for p, n in zip(parts, lengths)], axis=1)
   return masks.TargetLayout(index, width, noisy)
@@ -152,9 +154,10 @@ class UnifiedIONetwork(nn.Module):
     if layout is not None:
       def per_example(a_t):
         return jnp.broadcast_to(a_t, mask_et.shape)
-      layout = masks.TargetLayout(packing.pack(per_example(layout.index), pairs),
-                                  packing.pack(per_example(layout.grid_width), pairs),
-                                  packing.pack(layout.noisy, pairs))
+      layout = masks.TargetLayout(
+          packing.pack(per_example(layout.index), pairs),
+          packing.pack(per_example(layout.grid_width), pairs),
+          None if layout.noisy is None else packing.pack(layout.noisy, pairs))
     hidden_bqd = self.decoder(
         packing.pack(embed_etd, pairs), pairs.valid_bp, segment_ids_bq,
         packing.pack(rope_etk, pairs), encoded.hidden, encoded.mask, encoded.rope, deterministic,
@@ -169,19 +172,27 @@ class UnifiedIONetwork(nn.Module):
     start .. start + L - 1, given everything before them through the "cache" collection.
 
     The first call (start 0) passes the encoder output and its RoPE rows, which the cross-attention
-    caches; later calls pass None for both. `unified_io.decoding` drives this.
+    caches; later calls pass None for both. `unified_io.decoding` drives this. With
+    `cfg.dynamic_masking`, each layer applies its attention pattern over the target's grid, as the
+    full pass does for a target with no task mask (nothing is noised while generating).
     """
     if self.cfg.pack_pairs:
-      raise ValueError("decode with pack_pairs off (packing is for training)")
+      raise ValueError("decode_cached runs one example per row: decode with a network whose config "
+                       "has pack_pairs off (UnifiedIOModel.inference_module)")
     if modality not in self.target_embedders:
       raise ValueError(f"cannot decode {modality!r}: target modalities of this model are "
                        f"{list(self.target_embedders)}")
-    positions_bl = start + jnp.broadcast_to(jnp.arange(inputs_bl.shape[1], dtype=jnp.int32),
-                                            inputs_bl.shape)
-    embed_bld, rope_blk = self.target_embedders[modality].embed_tokens(inputs_bl, positions_bl)
+    embedder = self.target_embedders[modality]
+    positions_l = start + jnp.arange(inputs_bl.shape[1], dtype=jnp.int32)
+    embed_bld, rope_blk = embedder.embed_tokens(inputs_bl,
+                                                jnp.broadcast_to(positions_l, inputs_bl.shape))
+    layout = None
+    if self.cfg.dynamic_masking:
+      layout = masks.TargetLayout(positions_l, jnp.full(positions_l.shape, embedder.grid_width(),
+                                                        jnp.int32))
     valid_bl = jnp.ones(inputs_bl.shape, jnp.int32)
     hidden_bld = self.decoder(embed_bld, valid_bl, valid_bl, rope_blk, encoded_bsd, enc_mask_bs,
-                              enc_rope_bsk, True, cache_length=cache_length)
+                              enc_rope_bsk, True, layout, cache_length=cache_length)
     return self.token_embedders[modality].logits(hidden_bld)
 
   def render(self, modality: str, targets_bt: jax.Array) -> jax.Array:

@@ -8,7 +8,7 @@ attention turns into a uniform average, exactly as the release does.
 """
 
 import enum
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,24 @@ class TargetLayout(NamedTuple):
   # [T], or [B, T] when packing moves tokens per row:
   index: jax.Array  # int32 position within its target part
   grid_width: jax.Array  # int32 width of its target's token grid; 0 = no pattern (text)
-  noisy: jax.Array  # [B, T] bool: the decoder INPUT at this position is a masked (noised) token
+  # [B, T] bool: the decoder INPUT at this position is a masked (noised) token. None: nothing is
+  # noised (no task mask, as when generating), so the dynamic mask allows everything.
+  noisy: Optional[jax.Array] = None
+
+
+def _pattern_allows(t_q: jax.Array, t_k: jax.Array, width: jax.Array,
+                    pattern: Pattern) -> jax.Array:
+  """True where the query at grid index `t_q` may see the key at `t_k` (arrays broadcast);
+  `width` 0 = no grid (text): everything is allowed."""
+  w = jnp.maximum(width, 1)
+  if pattern == Pattern.ROW:
+    allowed = t_q - t_k <= w
+  elif pattern == Pattern.COLUMN:
+    allowed = (t_q - t_k) % w == 0
+  else:
+    rows = t_q // w - t_k // w
+    allowed = (rows <= CONV_HALF_WIDTH) & (jnp.abs(t_q % w - t_k % w) <= CONV_HALF_WIDTH)
+  return allowed | (width == 0)
 
 
 def pattern_mask(layout: TargetLayout, pattern: Pattern) -> jax.Array:
@@ -68,16 +85,8 @@ def pattern_mask(layout: TargetLayout, pattern: Pattern) -> jax.Array:
 
   Only meaningful inside a segment and under the causal mask, which the caller ANDs in.
   """
-  t_q, t_k = layout.index[..., :, None], layout.index[..., None, :]
-  width = jnp.maximum(layout.grid_width[..., :, None], 1)
-  if pattern == Pattern.ROW:
-    allowed = t_q - t_k <= width
-  elif pattern == Pattern.COLUMN:
-    allowed = (t_q - t_k) % width == 0
-  else:
-    rows = t_q // width - t_k // width
-    allowed = (rows <= CONV_HALF_WIDTH) & (jnp.abs(t_q % width - t_k % width) <= CONV_HALF_WIDTH)
-  allowed = allowed | (layout.grid_width[..., :, None] == 0)
+  allowed = _pattern_allows(layout.index[..., :, None], layout.index[..., None, :],
+                            layout.grid_width[..., :, None], pattern)
   return allowed[None, None] if allowed.ndim == 2 else allowed[:, None]
 
 
@@ -90,5 +99,22 @@ def dynamic_mask(noisy_bt: jax.Array) -> jax.Array:
 
 def decoder_layer_masks(base_b1tt: jax.Array, layout: TargetLayout) -> Dict[Pattern, jax.Array]:
   """The decoder self-attention mask of each pattern: base & pattern & dynamic, built once."""
-  common_b1tt = base_b1tt & dynamic_mask(layout.noisy)
+  common_b1tt = base_b1tt if layout.noisy is None else base_b1tt & dynamic_mask(layout.noisy)
   return {p: common_b1tt & pattern_mask(layout, p) for p in Pattern}
+
+
+def cached_layer_masks(layout: TargetLayout, cache_length: int) -> Dict[Pattern, jax.Array]:
+  """Incremental decoding of ONE target: each pattern's mask [1, 1, L, S] from the L new tokens
+  (`layout.index` [L]: their positions in the target; `layout.grid_width` [L]) to the cache's
+  slots 0 .. S - 1, slot s holding the token at position s of the same target.
+
+  These are the rows `decoder_layer_masks` gives those positions in the full pass of a lone target
+  with nothing noised; the cache ANDs in the causal mask. A noised input has no meaning here
+  (generation writes no task mask), so a layout with `noisy` is refused.
+  """
+  if layout.noisy is not None:
+    raise ValueError("cached decoding has no noised (task-masked) inputs; pass noisy=None")
+  slots_1s = jnp.arange(cache_length, dtype=jnp.int32)[None, :]
+  allowed = {p: _pattern_allows(layout.index[:, None], slots_1s, layout.grid_width[:, None], p)
+             for p in Pattern}
+  return {p: a_ls[None, None] for p, a_ls in allowed.items()}

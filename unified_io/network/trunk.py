@@ -205,27 +205,19 @@ class Decoder(nn.Module):
     `cache_length` > 0: incremental decoding (`unified_io.decoding`). `y_btd` holds the next tokens
     of ONE target, all valid; self-attention sees every position decoded so far through the cache
     (causal by position); `encoded_bld` is given on the first call and None afterwards (the
-    cross-attention keys and values are cached).
+    cross-attention keys and values are cached). A `layout` then describes the new tokens only
+    (`masks.cached_layer_masks`): each layer applies its pattern over the cached positions.
     """
     cfg = self.cfg
     if cache_length:
-      if layout is not None or example_ids is not None or segments is not None:
-        raise NotImplementedError("cached decoding supports neither attention patterns / dynamic "
-                                  "masking nor packed rows; decode with those off")
-      cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)
-      if cfg.scan_layers:
-        stack_cls = nn.map_variables(
-            _scan_stack(_ScannedDecoderLayer, cfg, cfg.num_decoder_layers, 1, 5), "cache",
-            _cache_to_scan_layout, partial(_cache_to_batch_layout, y_btd.shape[0]), mutable=True)
-        y_btd, _ = stack_cls(cfg, True, None, cache_length, name=LAYERS_AXIS)(
-            y_btd, None, None, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
-      else:
-        for i in range(cfg.num_decoder_layers):
-          y_btd = DecoderLayer(cfg, True, None, cache_length, name=f"layers_{i}")(
-              y_btd, None, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
-      return RMSNorm(cfg.norm_eps, name="decoder_norm")(y_btd)
-    self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
-    per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
+      if example_ids is not None or segments is not None:
+        raise NotImplementedError("cached decoding runs one target per row: no packed rows or "
+                                  "segments")
+      self_mask_b1tt = None  # the cache applies the causal mask
+      per_pattern = None if layout is None else masks.cached_layer_masks(layout, cache_length)
+    else:
+      self_mask_b1tt = masks.decoder_self_mask(valid_bt, segment_ids_bt)
+      per_pattern = None if layout is None else masks.decoder_layer_masks(self_mask_b1tt, layout)
     cross_mask_b1tl = masks.padding_mask(valid_bt, enc_valid_bl)
     if example_ids is not None:
       cross_mask_b1tl = cross_mask_b1tl & masks.same_segment(*example_ids)
@@ -236,16 +228,19 @@ class Decoder(nn.Module):
       patterns_n, self_masks = None, self_mask_b1tt
       if per_pattern is not None:
         patterns_n = jnp.asarray(_layer_patterns(cfg.num_decoder_layers))
-        self_masks = jnp.stack([per_pattern[p] for p in masks.Pattern])  # [P, B, 1, T, T]
+        self_masks = jnp.stack([per_pattern[p] for p in masks.Pattern])  # [P, B or 1, 1, T, T]
       stack_cls = _scan_stack(_ScannedDecoderLayer, cfg, cfg.num_decoder_layers, 1, 5)
-      y_btd, _ = stack_cls(cfg, deterministic, segments, name=LAYERS_AXIS)(
+      if cache_length:  # the caches are stored batch-major (see _cache_to_scan_layout)
+        stack_cls = nn.map_variables(stack_cls, "cache", _cache_to_scan_layout,
+                                     partial(_cache_to_batch_layout, y_btd.shape[0]), mutable=True)
+      y_btd, _ = stack_cls(cfg, deterministic, segments, cache_length, name=LAYERS_AXIS)(
           y_btd, patterns_n, self_masks, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
     else:
-      layer_cls = _maybe_remat(DecoderLayer, cfg)
+      layer_cls = DecoderLayer if cache_length else _maybe_remat(DecoderLayer, cfg)
       for i in range(cfg.num_decoder_layers):
         layer_mask_b1tt = (self_mask_b1tt if per_pattern is None else
                            per_pattern[masks.layer_pattern(i, cfg.num_decoder_layers)])
-        y_btd = layer_cls(cfg, deterministic, segments, name=f"layers_{i}")(
+        y_btd = layer_cls(cfg, deterministic, segments, cache_length, name=f"layers_{i}")(
             y_btd, layer_mask_b1tt, rope_btk, encoded_bld, cross_mask_b1tl, enc_rope_blk)
     y_btd = RMSNorm(cfg.norm_eps, name="decoder_norm")(y_btd)
     return nn.Dropout(cfg.dropout_rate)(y_btd, deterministic=deterministic)

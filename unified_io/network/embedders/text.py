@@ -57,6 +57,10 @@ class TextTargetEmbedder(nn.Module):
   def setup(self):
     self.modality_vector = modality_embedding(self, self.cfg.trunk.emb_dim)
 
+  def grid_width(self) -> int:
+    """0: a sequence, without attention patterns."""
+    return 0
+
   def embed_tokens(self, inputs_bt: jax.Array, positions_bt: jax.Array):
     """(embeddings, RoPE rows) of decoder input tokens at the given positions (decoding)."""
     trunk = self.cfg.trunk

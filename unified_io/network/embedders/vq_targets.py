@@ -48,6 +48,10 @@ class _VQTargetEmbedder(nn.Module):
     """((rope grid h, w), pattern row width)."""
     raise NotImplementedError
 
+  def grid_width(self) -> int:
+    """The row length of the token order (the attention patterns' W)."""
+    return self.grids()[1]
+
   def raw_shape(self) -> Tuple[int, ...]:
     """The raw target's shape without the batch axis."""
     raise NotImplementedError
