@@ -278,7 +278,9 @@ class UnifiedIOConfig:
   # targets. The release computes them but never applies them: off = the release's numbers.
   dynamic_masking: bool = False
   # Pair packing (unified_io/network/packing.py): examples 2i and 2i+1 of a batch share one encoder row and
-  # one decoder row of these lengths; None = the pair's full unpacked length (nothing is dropped).
+  # one decoder row of these lengths. None = as long as one unpacked row, so a packed batch runs the
+  # trunk on half the rows of the same length (a pair whose tokens do not fit loses the tail,
+  # counted in packing/*_dropped; bench/packing.py shows the fill and drops for a mixture).
   pack_pairs: bool = False
   packed_encoder_length: Optional[int] = None
   packed_decoder_length: Optional[int] = None

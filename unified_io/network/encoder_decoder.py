@@ -103,7 +103,7 @@ class UnifiedIONetwork(nn.Module):
     rope_blk = jnp.concatenate([p.rope for p in parts], axis=1)
     if not self.cfg.pack_pairs:
       return Encoded(self.encoder(embed_bld, mask_bl, rope_blk, deterministic), mask_bl, rope_blk)
-    layout = packing.pair_layout(mask_bl, self.cfg.packed_encoder_length or 2 * mask_bl.shape[1])
+    layout = packing.pair_layout(mask_bl, self.cfg.packed_encoder_length or mask_bl.shape[1])
     rope_bpk = packing.pack(rope_blk, layout)
     hidden_bpd = self.encoder(packing.pack(embed_bld, layout), layout.valid_bp, rope_bpk,
                               deterministic, layout.example_bp)
@@ -149,7 +149,7 @@ class UnifiedIONetwork(nn.Module):
                      deterministic: bool) -> Tuple[jax.Array, jax.Array]:
     """The decoder over packed pairs of examples (E = 2B of them); hidden states come back
     unpacked [E, T, D], with [E, T] saying which tokens had a slot in their row."""
-    pairs = packing.pair_layout(mask_et, self.cfg.packed_decoder_length or 2 * mask_et.shape[1])
+    pairs = packing.pair_layout(mask_et, self.cfg.packed_decoder_length or mask_et.shape[1])
     segment_ids_bq = pairs.example_bp * _NUM_TARGET_IDS + packing.pack(segment_ids_et, pairs)
     if layout is not None:
       def per_example(a_t):
