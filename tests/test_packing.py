@@ -235,3 +235,12 @@ def test_default_packed_rows_make_a_step_cheaper(setup):
   # These golden rows are nearly full, so pairs overflow one row: the tail is dropped and counted.
   _, metrics = jax.jit(UnifiedIOModel(packed).loss_fn)(params, batch)
   assert int(metrics["packing/encoder_dropped"]) > 0 and np.isfinite(metrics["loss/text"])
+
+
+def test_a_packed_run_loads_like_any_other(tmp_path):
+  """run_loader builds abstract parameters from a batch of one: init must not pack."""
+  from test_run_loader import write_run
+  from unified_io.evaluation import run_loader
+  write_run(str(tmp_path), bindings=["make_config.pack_pairs = True"])
+  run = run_loader.load_run(str(tmp_path))
+  assert run.step == 3 and run.model.cfg.pack_pairs

@@ -65,8 +65,9 @@ class UnifiedIOModel:
 
   # -- parameters -----------------------------------------------------------------------------
   def init(self, rng: jax.Array, batch) -> Dict:
-    """Boxed (logically partitioned) parameters; `flax.linen.meta.unbox` strips the boxes."""
-    return self.module.init(rng, batch)["params"]
+    """Boxed (logically partitioned) parameters; `flax.linen.meta.unbox` strips the boxes.
+    (Made unpacked: the parameters do not depend on packing, and any batch size works.)"""
+    return self.inference_module.init(rng, batch)["params"]
 
   # -- loss -----------------------------------------------------------------------------------
   def outputs(self, params, batch, dropout_rng: Optional[jax.Array] = None
