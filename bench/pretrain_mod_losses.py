@@ -65,7 +65,7 @@ def main():
                   if s.isdigit()))
   first = run_loader.load_run(args.model_dir, steps[0])
   lengths = first.task_feature_lengths
-  converter = first.model.feature_converter(task_masks=True)
+  converter = first.model.feature_converter(task_masks=first.model.cfg.dynamic_masking)
   dataset = pipeline.get_dataset(mixture, converter, lengths, split="validation", shuffle=False,
                                  seed=0, num_epochs=1)
   batches = [nest_batch(b) for b in dataset.take(args.examples).batch(args.batch)

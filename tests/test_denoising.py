@@ -295,3 +295,12 @@ def test_the_world_curriculum_follows_gin():
   assert [s.start_step for s in curriculum.stages] == [0, 7, 9]
   assert "world_image_denoise" in dict(curriculum.stages[1].rates)
   assert "world_audio_denoise" not in dict(curriculum.stages[1].rates)
+
+
+def test_task_masks_without_dynamic_masking_are_refused():
+  from unified_io.model import UnifiedIOModel
+  from unified_io.presets import make_config
+  with pytest.raises(ValueError, match="dynamic_masking is off"):
+    UnifiedIOModel(make_config("tiny")).feature_converter(task_masks=True)
+  assert UnifiedIOModel(make_config("tiny", dynamic_masking=True)).feature_converter(
+      task_masks=True).task_masks

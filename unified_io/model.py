@@ -53,7 +53,12 @@ class UnifiedIOModel:
     `options` (e.g. `task_masks=True`) and gin bindings of `UnifiedIOFeatureConverter` apply."""
     # Imported here: the converter brings TensorFlow, which the network and loss never need.
     from unified_io.data.converter import UnifiedIOFeatureConverter  # pylint: disable=import-outside-toplevel
-    return UnifiedIOFeatureConverter(data_config=self.data_config, **options)
+    converter = UnifiedIOFeatureConverter(data_config=self.data_config, **options)
+    if converter.task_masks and not self.cfg.dynamic_masking:
+      raise ValueError("UnifiedIOFeatureConverter.task_masks is on but make_config.dynamic_masking "
+                       "is off: the model would ignore the denoising task masks; turn "
+                       "dynamic_masking on (runs/pretrain_mod.gin does) or task_masks off")
+    return converter
 
   def batch_spec(self, batch_size: int, lengths: Optional[Mapping[str, int]] = None):
     """Shapes and dtypes of a batch for this config (for init, eval_shape and shardings)."""
