@@ -10,13 +10,17 @@ On the built-in world, with the tiny all-modality model (models/tiny_multimodal.
               mode at each of its checkpoints (bench/pretrain_mod_losses.py's measure)
   finetune    `--finetune_steps` on world_heldout (VQA, referring expressions, audio QA: tasks the
               pretraining mixture never shows), starting from the pretrained parameters
-  scratch     `--pretrain_steps + --finetune_steps` on world_heldout from random parameters
+  scratch     `--pretrain_steps + --finetune_steps` on world_heldout from random parameters (the
+              same total steps: the comparison the last line reports)
+  short       `--finetune_steps` on world_heldout from random parameters (the same supervised
+              steps as the fine-tuning: does pretraining help per supervised step?)
 Both supervised runs use runs/pretrain.gin's optimiser (Adafactor, learning rate 0.01 throughout
 these short runs), the same batch size and grouped batches (`train.group_batches`); each phase is the documented binary (`uio2-train`, run
 as `python -m unified_io.cli.train`) in its own process, and its command is printed. Then both
 are evaluated on the test split of every world_heldout task (the world eval specs' metrics) and
 one table compares them. The world is the main job's (at most two objects, 16-34 % of the image).
-The last line is `heldout_mean_gain <mean over tasks of (pretrained - scratch) first metric>`.
+The last lines are `heldout_mean_gain_same_supervised <mean over tasks of (pretrained - short)>`
+and `heldout_mean_gain <mean over tasks of (pretrained - scratch)>`, of each task's first metric.
 """
 
 import argparse
@@ -80,7 +84,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
-  dirs = {name: os.path.join(out, name) for name in ("pretrain", "finetune", "scratch")}
+  names = ("finetune", "scratch", "short")
+  dirs = {name: os.path.join(out, name) for name in ("pretrain",) + names}
   common = [f"BATCH_SIZE={args.batch_size}", "train.log_every=50"]
   # (grouped batches, as the main job trains: a step runs only what its examples use)
   supervised = [f"MIXTURE_OR_TASK_NAME='{HELDOUT}'", f"TASK_FEATURE_LENGTHS={LENGTHS!r}",
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     print("== held-out loss per denoising mode at each pretraining checkpoint", flush=True)
     result = subprocess.run([sys.executable, losses_script, dirs["pretrain"]],
                             capture_output=True, text=True, check=False)
-    print("\n".join(line for line in result.stdout.splitlines()), flush=True)
+    print(result.stdout if result.returncode == 0 else
+          f"(failed: {result.stderr.strip().splitlines()[-1:]})", flush=True)
 
   print(f"== fine-tune the pretrained model: {args.finetune_steps} steps on {HELDOUT}")
   pretrained = os.path.join(dirs["pretrain"], "checkpoints", str(args.pretrain_steps))
@@ -113,22 +119,31 @@ def main(argv=None) -> int:
          [*supervised, f"TRAIN_STEPS={total}", f"train.checkpoint_every={total}", *common],
          os.path.join(out, "scratch.log"))
 
-  print(f"== evaluate both on the {args.split} split of every {HELDOUT} task "
+  print(f"== from scratch, as many steps as the fine-tuning: {args.finetune_steps} on {HELDOUT}")
+  _train(dirs["short"], [MODEL_GIN, "runs/pretrain.gin"],
+         [*supervised, f"TRAIN_STEPS={args.finetune_steps}",
+          f"train.checkpoint_every={args.finetune_steps}", *common],
+         os.path.join(out, "short.log"))
+
+  print(f"== evaluate all three on the {args.split} split of every {HELDOUT} task "
         f"({args.eval_examples} examples each)", flush=True)
   results = {name: _evaluate(dirs[name], os.path.join(out, f"eval_{name}"), args.split,
-                             args.eval_examples) for name in ("finetune", "scratch")}
+                             args.eval_examples) for name in names}
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  print(f"{'task':24s} {'metric':14s} {'pretrained+ft':>14s} {'scratch':>10s}")
-  gains = []
+  print(f"{'task':20s} {'metric':18s} {'pretrained+ft':>14s} {f'scratch {total}':>13s} "
+        f"{f'scratch {args.finetune_steps}':>13s}")
+  gains = {"scratch": [], "short": []}
   for task in sorted(results["scratch"]):
-    for i, (metric, value) in enumerate(sorted(results["scratch"][task].items())):
-      mine = results["finetune"][task].get(metric, float("nan"))
-      print(f"{task:24s} {metric:14s} {mine:14.3f} {value:10.3f}")
+    for i, metric in enumerate(sorted(results["scratch"][task])):
+      row = [results[n][task].get(metric, float("nan")) for n in names]
+      print(f"{task:20s} {metric:18s} {row[0]:14.3f} {row[1]:13.3f} {row[2]:13.3f}")
       if i == 0:
-        gains.append(mine - value)
+        gains["scratch"].append(row[0] - row[1])
+        gains["short"].append(row[0] - row[2])
   print(f"(total {time.time() - started:.0f} s; results.json in {out})")
-  print(f"heldout_mean_gain {sum(gains) / len(gains):.4f}")
+  print(f"heldout_mean_gain_same_supervised {sum(gains['short']) / len(gains['short']):.4f}")
+  print(f"heldout_mean_gain {sum(gains['scratch']) / len(gains['scratch']):.4f}")
   return 0
 
 
