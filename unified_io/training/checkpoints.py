@@ -2,20 +2,28 @@
 
 Layout of MODEL_DIR/checkpoints/<step>/:
   state/   the `TrainState` (step, params, optimizer state, non-finite count), sharded arrays
-  data/    JSON: how many batches the input pipeline has handed out, and its seed
+  data/    JSON: how many batches the input pipeline has handed out, its seed and input shards
+  input/   per input shard, `shard-<j>-of-<n>.zip`: its tf.data iterator state at that position
+           (`unified_io.training.input`), written by the process that reads the shard; absent
+           when the pipeline cannot be saved and in older checkpoints (the input then replays)
 
 `TrainCheckpoints` saves asynchronously every `save_every` steps (training goes on while the arrays
-are written), keeps the newest `keep`, restores the latest (auto-resume) or a given step into the
-shardings of an abstract state. A preempted run (SIGTERM) calls `save(step, ..., force=True)` and
-`wait()` before exiting.
+and input states are written), keeps the newest `keep` (an input state goes with its step),
+restores the latest (auto-resume) or a given step into the shardings of an abstract state. Every
+item of a step is written under a temporary name that orbax renames once all are complete, so a
+save cut short (kill -9) is never read: the previous step is the latest. A preempted run (SIGTERM)
+calls `save(step, ..., force=True)` and `wait()` before exiting.
 
 `load_params` is the fine-tuning / inference path: parameters only, from a training checkpoint or a
 converted release (`uio2-convert` output), renamed by an assignment map and cast to a dtype.
 """
 
+import dataclasses
+import io
 import os
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+import zipfile
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +32,57 @@ import orbax.checkpoint as ocp
 
 from unified_io.network import layer_stacking
 
-STATE, DATA = "state", "data"
+STATE, DATA, INPUT = "state", "data", "input"
+# {shard name: {file name: bytes}}: input shards' states (`unified_io.training.input`).
+InputStates = Mapping[str, Mapping[str, bytes]]
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint that is missing, or does not fit the model it is loaded into."""
 
 
+class InputStatesHandler(ocp.handlers.AsyncCheckpointHandler):
+  """Input shards' states, one deflated zip per shard, written in the background by the process
+  that reads the shard (so the processes of a run write disjoint files of one item)."""
+
+  async def async_save(self, directory, args: "InputStatesSave") -> List[ocp.future.Future]:
+    async def write():
+      self.save(directory, args)
+    # (as orbax's own handlers: runs once the item's directory exists)
+    return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="input_states_save")]
+
+  def save(self, directory, args: "InputStatesSave") -> None:
+    for name, files in args.shards.items():
+      buffer = io.BytesIO()
+      with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for file_name, data in files.items():
+          archive.writestr(file_name, data)
+      (directory / f"{name}.zip").write_bytes(buffer.getvalue())
+
+  def restore(self, directory, args: "InputStatesRestore") -> Dict[str, Dict[str, bytes]]:
+    states = {}
+    for name in args.names:
+      path = directory / f"{name}.zip"
+      if path.exists():
+        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+          states[name] = {n: archive.read(n) for n in archive.namelist()}
+    return states
+
+
+@ocp.args.register_with_handler(InputStatesHandler, for_save=True)
+@dataclasses.dataclass
+class InputStatesSave(ocp.args.CheckpointArgs):
+  shards: InputStates
+
+
+@ocp.args.register_with_handler(InputStatesHandler, for_restore=True)
+@dataclasses.dataclass
+class InputStatesRestore(ocp.args.CheckpointArgs):
+  names: Sequence[str]
+
+
 class TrainCheckpoints:
-  """Periodic async saves of (train state, data position) under `directory`."""
+  """Periodic async saves of (train state, data position, input states) under `directory`."""
 
   def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = None,
                async_save: bool = True):
@@ -42,7 +92,7 @@ class TrainCheckpoints:
         max_to_keep=keep,
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=(STATE, DATA))
+                                          item_names=(STATE, DATA, INPUT))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -50,15 +100,22 @@ class TrainCheckpoints:
   def all_steps(self) -> Sequence[int]:
     return self._manager.all_steps()
 
-  def save(self, step: int, state, data_position: Dict[str, Any], force: bool = False) -> bool:
-    """Saves if `step` is a multiple of `save_every` (or `force`); returns whether it started."""
+  def save(self, step: int, state, data_position: Dict[str, Any], force: bool = False,
+           input_states: Optional[Callable[[], Optional[InputStates]]] = None) -> bool:
+    """Saves if `step` is a multiple of `save_every` (or `force`); returns whether it started.
+
+    `input_states()` (called only when saving, e.g. `ProcessInput.state`): this process's input
+    shards' states at `data_position`, or None to save the position only.
+    """
     if not force and (self.save_every <= 0 or step % self.save_every):
       return False
     if step in self.all_steps():
       return False  # e.g. the preemption save of a step the interval already saved
-    return self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA: ocp.args.JsonSave(dict(data_position))}), force=True)
+    items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(dict(data_position))}
+    shards = input_states() if input_states is not None else None
+    if shards is not None:
+      items[INPUT] = InputStatesSave(dict(shards))
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
     """(state, data position) of `step` (default: the latest) laid out like `abstract_state`.
@@ -81,6 +138,14 @@ class TrainCheckpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         DATA: ocp.args.JsonRestore()}))
     return dict(restored[DATA])
+
+  def input_states(self, step: int, names: Sequence[str]) -> Dict[str, Dict[str, bytes]]:
+    """The states of input shards `names` saved with `step` ({} where none was: replay)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), INPUT)):
+      return {}  # a position-only checkpoint
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        INPUT: InputStatesRestore(tuple(names))}))
+    return dict(restored[INPUT])
 
   def wait(self) -> None:
     """Blocks until every async save has been written."""

@@ -6,8 +6,9 @@ One call of `train()`:
      versions, git SHA, devices) and model-info.txt (every variable's shape, logical axes and
      PartitionSpec);
   2. builds the mesh, the model and the optimizer, then resumes from the newest checkpoint in
-     MODEL_DIR/checkpoints (state + input position), or initialises (optionally loading parameters
-     from INITIAL_CHECKPOINT_PATH with an assignment map);
+     MODEL_DIR/checkpoints (state, input position and the input's saved tf.data state, so the
+     input is not replayed: `unified_io.training.input`), or initialises (optionally loading
+     parameters from INITIAL_CHECKPOINT_PATH with an assignment map);
   3. runs the jitted, donated train step up to TRAIN_STEPS (an absolute step, as in t5x), logging
      to TensorBoard (MODEL_DIR/train), MODEL_DIR/train/metrics.jsonl and the console (with the
      input pipeline's skipped-bad-example counts as `bad_input/<task>/<reason>`), saving every
@@ -20,6 +21,7 @@ Mesh, rules, state (initialised, restored or loaded) and the jitted step come fr
 """
 
 import enum
+import functools
 import json
 import os
 import signal
@@ -163,7 +165,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
           log_every: int = 10,
           nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
-          group_batches: bool = False,
+          group_batches: bool = False, save_input_state: bool = True,
           extra_metrics: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
   """Trains to step `train_steps`; returns the last logged metrics. See the module docstring.
 
@@ -178,6 +180,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   bucket, and run the step without what the batch does not use (`unified_io.training.input`):
   much faster steps on mixtures, one compiled step per group; one process only (processes would
   disagree on a batch's shapes).
+  `save_input_state`: save each input shard's tf.data state with every checkpoint, so a resumed
+  run restores it instead of replaying the batches before it (`unified_io.training.input`);
+  False keeps the position only (smaller, faster checkpoints; a resume replays).
   """
   gin_required.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
@@ -205,10 +210,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     start_batch, data_seed, input_shards = _input_position(checkpoints, resume_step, seed,
                                                            input_shards)
     # The model owns its data contract: the converter it makes sizes stage 2 and the batches.
+    saved_states = (None if resume_step is None
+                    else functools.partial(checkpoints.input_states, resume_step))
     data = open_process_input(mixture_or_task_name, task_feature_lengths, batch_size,
                               model.feature_converter(), mesh, seed=data_seed,
                               start_batch=start_batch, input_shards=input_shards,
-                              group_batches=group_batches)
+                              group_batches=group_batches, saved_states=saved_states)
     print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
           f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
           f"of each batch of {batch_size})", flush=True)
@@ -220,19 +227,22 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         resume_step=resume_step, initial_checkpoint_path=initial_checkpoint_path,
         assignment_map=assignment_map, model_info_path=os.path.join(model_dir, "model-info.txt"))
     if resume_step is not None:
+      how = f"{data.replayed} batches replayed" if data.replayed else "input state restored"
       print(f"resumed from step {int(setup.state.step)} ({checkpoints.directory}), input batch "
-            f"{start_batch}", flush=True)
+            f"{start_batch} ({how})", flush=True)
     elif initial_checkpoint_path:
       print(f"initial parameters from {initial_checkpoint_path}", flush=True)
 
+    input_states = data.state if save_input_state else None  # (called only when a save starts)
     log = ProgressLog(model_dir, start_step=int(setup.state.step), total_steps=train_steps,
                       log_every=log_every)
     with setup.activated():  # (a new grouped batch shape is traced in the mesh and rules)
       state = _run_steps(setup, data, first, log, checkpoints, sigterm, train_steps=train_steps,
                          batch_size=batch_size, rng=jax.random.PRNGKey(seed + 1), policy=policy,
                          group_batches=group_batches, log_every=log_every,
-                         extra_metrics=extra_metrics)
-    checkpoints.save(int(state.step), state, data.position(), force=True)
+                         extra_metrics=extra_metrics, input_states=input_states)
+    checkpoints.save(int(state.step), state, data.position(), force=True,
+                     input_states=input_states)
     checkpoints.wait()
     checkpoints.close()
     _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
@@ -245,7 +255,8 @@ def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: Progress
                checkpoints: ckpt_lib.TrainCheckpoints, sigterm: _SigtermFlag, *,
                train_steps: int, batch_size: int, rng: jax.Array, policy: NonFinitePolicy,
                group_batches: bool, log_every: int,
-               extra_metrics: Optional[Callable[[], Dict[str, float]]]) -> TrainState:
+               extra_metrics: Optional[Callable[[], Dict[str, float]]],
+               input_states: Optional[Callable[[], Any]]) -> TrainState:
   """The loop: steps from the setup's state up to `train_steps`, logging and checkpointing;
   raises `NonFiniteLossError` (policy "stop") or `Preempted` (SIGTERM) after a checkpoint."""
   to_step = trim_batch if group_batches else (lambda b: b)
@@ -259,14 +270,14 @@ def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: Progress
     extras.update(extra_metrics() if extra_metrics else {})
     log.step_done(step, metrics, extras=extras)
     if policy is NonFinitePolicy.STOP and int(metrics["nonfinite_steps"]) > last_nonfinite:
-      checkpoints.save(step, state, data.position(), force=True)
+      checkpoints.save(step, state, data.position(), force=True, input_states=input_states)
       checkpoints.wait()
       raise NonFiniteLossError(f"step {step}: the loss or gradients are not finite; the "
                                "update was skipped and training stopped (nonfinite_policy="
                                "'stop'); the state is checkpointed")
-    checkpoints.save(step, state, data.position())
+    checkpoints.save(step, state, data.position(), input_states=input_states)
     if sigterm.agreed(step, log_every):
-      checkpoints.save(step, state, data.position(), force=True)
+      checkpoints.save(step, state, data.position(), force=True, input_states=input_states)
       checkpoints.wait()
       log.close()
       checkpoints.close()
