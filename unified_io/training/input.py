@@ -53,15 +53,13 @@ Chosen over skipping at the source (index arithmetic before the expensive maps),
 exact here: what a source has handed out by batch n is not a function of n once a filter (bad
 examples) or grouping (keyed by each example's content) sits between them, and seqio's shuffle
 buffers, the stage-2 seed streams and the mixture sampler hold state that only their own iterator
-state restores. The price is the state's size. Measured with bench/resume_input.py on 2 shared
-CPU cores, `world_default` at the test sizes, batch 4: 355-382 MB per shard (46-53 MB deflated on
-disk); taking it holds the training loop 15-17 s per checkpoint, and reopening the input from it
-takes 17.5-20 s at batch 10, 200 or 2000, where replay took 7.3, 11.3 and 39.7 s (set-up, then
-about 17 ms a batch): the state pays from about 700 batches on. Nearly all of it is the world
-source's 65,536-index shuffle buffer (`unified_io.datasets.world.source`: 12.4 MB and 1.4 s per
-task, 16 tasks); with a stateless index permutation there instead (measured on a patched copy)
-the state is 40 MB and is taken in 0.14 s. `world_main` at `make demo` sizes (batch 16, grouped):
-193 MB, 8 s to take, 10 s to restore. `train.save_input_state=False` keeps checkpoints
+state restores. The price is the state's size, kept small by sources that shuffle without a
+buffer (the world permutes its indices statelessly: unified_io/datasets/world/source.py).
+Measured with bench/resume_input.py on 2 shared CPU cores, `world_default` at the test sizes,
+batch 4: 41 MB per shard (36 MB on disk), 0.2-0.3 s of the training loop per checkpoint;
+reopening the input from it took 7.0, 9.9 and 11.6 s at batch 10, 200 and 2000, where replay took
+9.0, 11.1 and 51.0 s (with the world's former 65,536-index shuffle buffer the state was ~370 MB
+and held the loop 16 s per checkpoint). `train.save_input_state=False` keeps checkpoints
 position-only.
 
 A pipeline whose iterator cannot be saved (a stateful op such as `tf.py_function` or a
