@@ -304,3 +304,26 @@ def test_task_masks_without_dynamic_masking_are_refused():
     UnifiedIOModel(make_config("tiny")).feature_converter(task_masks=True)
   assert UnifiedIOModel(make_config("tiny", dynamic_masking=True)).feature_converter(
       task_masks=True).task_masks
+
+
+@pytest.mark.parametrize("mixture", ["world_pretrain_mod", "world_pretrain_mod_curriculum"])
+def test_pretrain_mod_gin_turns_the_objective_on(mixture):
+  """runs/pretrain_mod.gin as uio2-train reads it: the model masks dynamically and packs, the
+  converter hands over task masks, and every stage's pipeline builds (nothing is read)."""
+  import gin
+  from unified_io.cli import gin_flags
+  from unified_io.model import UnifiedIOModel
+  from unified_io.training import input as input_lib
+  import unified_io.tasks  # noqa: F401
+  gin_flags.parse_gin(["models/tiny_multimodal.gin", "runs/pretrain_mod.gin"],
+                      ["MODEL_DIR = '/unused'", "TRAIN_STEPS = 1", "BATCH_SIZE = 2",
+                       f"MIXTURE_OR_TASK_NAME = '{mixture}'"])
+  try:
+    model = UnifiedIOModel(gin.query_parameter("train.model_config").scoped_configurable_fn())
+    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    assert model.cfg.dynamic_masking and model.cfg.pack_pairs
+    assert model.feature_converter().task_masks
+    assert denoising.DenoisingConfig().image_rates == (0.25, 0.75)
+    input_lib.check_input(mixture, lengths, model.feature_converter)
+  finally:
+    gin.clear_config()

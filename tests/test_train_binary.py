@@ -1,8 +1,9 @@
 """`python -m unified_io.cli.train` end to end: a short run, resume after kill -9, SIGTERM, gin errors.
 
-Each test runs the binary in a subprocess on the built-in world, exactly as a user would from the
-command line: the first on `world_default` with the tiny all-modality model, the others on the
-text part of the world (`world_text`) with the tiny text model, which compiles in seconds.
+Each training test runs the binary in a subprocess on the built-in world, exactly as a user would
+from the command line: the first on `world_default` with the tiny all-modality model, the others on
+the text part of the world (`world_text`) with the tiny text model, which compiles in seconds. The
+gin errors, reported before anything is built, run the binary's `main` in this process.
 """
 
 import json
@@ -13,7 +14,10 @@ import subprocess
 import sys
 import time
 
+import gin
 import pytest
+
+from unified_io.cli import train as train_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,14 +152,55 @@ def test_sigterm_checkpoints_the_current_step(tmp_path):
   assert max(losses(model_dir)) == step
 
 
-def test_missing_required_macro_is_named(tmp_path):
+def main_in_process(cmd, capsys):
+  """(exit status, stderr) of `cmd`'s `main` called here; gin is left clear."""
+  assert cmd[1:3] == ["-m", "unified_io.cli.train"]
+  try:
+    status = train_cli.main(cmd[3:])
+  finally:
+    gin.clear_config()
+  return status, capsys.readouterr().err
+
+
+def test_missing_required_macro_is_named(tmp_path, capsys):
   cmd = [a for a in command(tmp_path, 5) if not a.startswith("--gin.MODEL_DIR")]
-  result = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2
-  assert "MODEL_DIR" in result.stderr and "required gin values missing" in result.stderr
+  status, err = main_in_process(cmd, capsys)
+  assert status == 2
+  assert "MODEL_DIR" in err and "required gin values missing" in err
 
 
-def test_unknown_gin_file_is_named(tmp_path):
-  cmd = command(tmp_path, 5) + ["--gin_file=runs/nope.gin"]
-  result = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2 and "runs/nope.gin" in result.stderr
+def test_unknown_gin_file_is_named(tmp_path, capsys):
+  status, err = main_in_process(command(tmp_path, 5) + ["--gin_file=runs/nope.gin"], capsys)
+  assert status == 2 and "runs/nope.gin" in err
+
+
+BAD_INPUTS = {  # name: (extra flags, model gin, mixture, lengths, expected words)
+    "rates": (["--gin.DenoisingConfig.text_rates=(0.5, 0.5, 0.5)"], "models/tiny_multimodal.gin",
+              "world_pretrain_mod", ALL_LENGTHS, "must sum to 1"),
+    "mode": ([], "models/tiny_multimodal.gin", "captions_and_drawings_mod", ALL_LENGTHS,
+             "no task in it can take [R]"),
+    "curriculum": ([], "models/tiny.gin", "curriculum_with_a_typo", TEXT_LENGTHS,
+                   "'world_arithmetc', which is not registered"),
+    "task_masks": (["--gin.UnifiedIOFeatureConverter.task_masks=True"], "models/tiny.gin",
+                   "world_text", TEXT_LENGTHS, "dynamic_masking is off"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_configuration_is_one_line_and_writes_nothing(case, tmp_path, capsys):
+  from unified_io.data import curriculum, registry
+  import unified_io.tasks  # noqa: F401
+  extra, model, mixture, lengths, words = BAD_INPUTS[case]
+  registry.add_mixture("captions_and_drawings_mod",
+                       [("world_caption", 1.0), ("world_text_to_image", 1.0)], denoising=True,
+                       replace=True)
+  registry.add_mixture("curriculum_with_a_typo", [("world_text_scene_qa", 1.0)], replace=True,
+                       curriculum=curriculum.Curriculum((
+                           curriculum.Stage(0, (("world_text_scene_qa", 1.0),)),
+                           curriculum.Stage(5, (("world_arithmetc", 1.0),)))))
+  model_dir = tmp_path / "run"
+  status, err = main_in_process(command(model_dir, 5, *extra, model=model, mixture=mixture,
+                                        lengths=lengths), capsys)
+  assert status == 2, err
+  assert words in err and len(err.strip().splitlines()) == 1, err
+  assert not model_dir.exists()

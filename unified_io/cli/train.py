@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   import unified_io.tasks  # noqa: F401  (registers every task and mixture)
   from unified_io.training import trainer
+  from unified_io.training.input import InputConfigError
   try:
     gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
   except FileNotFoundError as exc:
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     trainer.train()
   except gin_required.GinRequiredError as exc:
     print(f"uio2-train: {exc}", file=sys.stderr)
+    return 2
+  except InputConfigError as exc:  # (gin adds context lines; the first names the cause)
+    print(f"uio2-train: {str(exc).splitlines()[0]}", file=sys.stderr)
     return 2
   except trainer.Preempted as exc:
     print(f"{exc}; exiting", flush=True)

@@ -274,6 +274,32 @@ def _curriculum_of(name: str):
     return None
 
 
+class InputConfigError(ValueError):
+  """The run's input cannot be built (a name, a length, a denoising rate, a curriculum): one line."""
+
+
+def check_input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                make_converter: Callable[[], UnifiedIOFeatureConverter]) -> None:
+  """Builds, without reading an example, the pipeline of every stage the run will sample (each
+  curriculum stage's rates, or the mixture's), so that a bad input configuration fails before the
+  trainer writes anything to MODEL_DIR. Raises InputConfigError naming the cause in one line."""
+  try:
+    converter = make_converter()
+    curriculum = _curriculum_of(mixture_or_task_name)
+    rate_tables = [None]
+    if curriculum is not None:
+      for task in curriculum.task_names():
+        pipeline.registered_task(task, mixture_or_task_name)
+      rate_tables = [dict(stage.rates) for stage in curriculum.stages]
+    for rates in rate_tables:
+      pipeline.get_dataset(mixture_or_task_name, converter, task_feature_lengths, split="train",
+                           shuffle=True, seed=0, num_epochs=None, rates=rates)
+  except (ValueError, KeyError, TypeError) as exc:
+    # (gin and seqio append context on further lines: the first names the cause)
+    raise InputConfigError(str(exc).strip().splitlines()[0] if str(exc).strip()
+                           else type(exc).__name__) from exc
+
+
 def process_input_shards(rows: range, batch_size: int, input_shards: int) -> range:
   """The input shards (see the module docstring) that supply exactly `rows` of the batch."""
   if input_shards < 1 or batch_size % input_shards:

@@ -39,9 +39,11 @@ from unified_io import gin_required, partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
+from unified_io.network import packing
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training.run_config import RunConfig
-from unified_io.training.input import ProcessInput, open_process_input, trim_batch
+from unified_io.training.input import (ProcessInput, check_input, open_process_input,
+                                       trim_batch)
 from unified_io.training.progress import ProgressLog
 from unified_io.training.train_setup import TrainSetup, build_train_setup
 from unified_io.training.train_state import TrainState
@@ -193,6 +195,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if group_batches and jax.process_count() > 1:
     raise ValueError("train.group_batches=True needs one process (each process would pick "
                      f"its own batches' modalities); this run has {jax.process_count()}")
+  model = UnifiedIOModel(model_config)
+  # A bad mixture, length, denoising rate or curriculum fails here, before MODEL_DIR is written.
+  check_input(mixture_or_task_name, task_feature_lengths, model.feature_converter)
   sigterm = _SigtermFlag()
   try:
     os.makedirs(model_dir, exist_ok=True)
@@ -202,7 +207,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       RunConfig.of_training(model_config, task_feature_lengths, mixture_or_task_name).save(model_dir)
 
     mesh = partitioning.make_mesh(model=model_parallel)
-    model = UnifiedIOModel(model_config)
     checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
                                             save_every=checkpoint_every, keep=keep_checkpoints,
                                             async_save=async_checkpoints)
@@ -220,7 +224,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           f"{data.shard_indices} of {input_shards} (rows {data.rows.start}-{data.rows.stop - 1} "
           f"of each batch of {batch_size})", flush=True)
     # (parameters are created from a batch with every modality of the data: `first`)
-    first = partitioning.global_batch(next(data), mesh, batch_size)
+    arrange = _pair_arrangement(model)
+    first = partitioning.global_batch(arrange(next(data)), mesh, batch_size)
     setup = build_train_setup(
         model, optimizer(learning_rate), learning_rate, first, mesh=mesh, fsdp=fsdp, seed=seed,
         num_microbatches=num_microbatches, use_dropout=use_dropout, checkpoints=checkpoints,
@@ -240,7 +245,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       state = _run_steps(setup, data, first, log, checkpoints, sigterm, train_steps=train_steps,
                          batch_size=batch_size, rng=jax.random.PRNGKey(seed + 1), policy=policy,
                          group_batches=group_batches, log_every=log_every,
-                         extra_metrics=extra_metrics, input_states=input_states)
+                         extra_metrics=extra_metrics, input_states=input_states,
+                         arrange=arrange)
     checkpoints.save(int(state.step), state, data.position(), force=True,
                      input_states=input_states)
     checkpoints.wait()
@@ -251,12 +257,21 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     sigterm.restore()
 
 
+def _pair_arrangement(model: UnifiedIOModel) -> Callable[[Dict], Dict]:
+  """With pair packing, a host batch's rows reordered so the long examples pair with short ones
+  (`packing.pair_order`): fewer tokens overflow a packed row. The identity otherwise."""
+  if not model.cfg.pack_pairs:
+    return lambda batch: batch
+  return lambda batch: packing.take_examples(batch, packing.pair_order(batch, model.cfg))
+
+
 def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: ProgressLog,
                checkpoints: ckpt_lib.TrainCheckpoints, sigterm: _SigtermFlag, *,
                train_steps: int, batch_size: int, rng: jax.Array, policy: NonFinitePolicy,
                group_batches: bool, log_every: int,
                extra_metrics: Optional[Callable[[], Dict[str, float]]],
-               input_states: Optional[Callable[[], Any]]) -> TrainState:
+               input_states: Optional[Callable[[], Any]],
+               arrange: Callable[[Dict], Dict]) -> TrainState:
   """The loop: steps from the setup's state up to `train_steps`, logging and checkpointing;
   raises `NonFiniteLossError` (policy "stop") or `Preempted` (SIGTERM) after a checkpoint."""
   to_step = trim_batch if group_batches else (lambda b: b)
@@ -283,5 +298,5 @@ def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: Progress
       checkpoints.close()
       raise Preempted(step)
     if step < train_steps:
-      batch = partitioning.global_batch(to_step(next(data)), setup.mesh, batch_size)
+      batch = partitioning.global_batch(arrange(to_step(next(data))), setup.mesh, batch_size)
   return state
