@@ -1,26 +1,28 @@
 """uio2-eval and uio2-infer end to end on the built-in world: a 2-step CLI training run, then the
 eval binary on its checkpoints (files written, evaluated checkpoints remembered), the infer binary
-(chunks, resumed), and bad input (one line, exit 2)."""
+(chunks, resumed), and bad input (one line, exit 2; the eval binary's `main` in this process, as
+the errors come before anything is evaluated)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from conftest import REPO_ROOT
+from unified_io.cli import eval as eval_cli
 
 LENGTHS = "{'text_inputs': 32, 'text_targets': 16}"
 
 
-def _run(module, *flags, check=True):
+def _run(module, *flags):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run
   result = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
-  if check:
-    assert result.returncode == 0, result.stderr[-3000:]
+  assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
@@ -34,11 +36,23 @@ def trained(tmp_path_factory):
   return model_dir
 
 
-def _eval(model_dir, out_dir, task="world_text", check=True):
-  return _run("unified_io.cli.eval", "--gin_file=runs/eval.gin",
-              f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
-              f"--gin.EVAL_OUTPUT_DIR='{out_dir}'", "--gin.evaluate.max_examples=5",
-              "--gin.evaluate.batch_size=4", check=check)
+def _eval_flags(model_dir, out_dir, task="world_text"):
+  return ["--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", f"--gin.EVAL_OUTPUT_DIR='{out_dir}'",
+          "--gin.evaluate.max_examples=5", "--gin.evaluate.batch_size=4"]
+
+
+def _eval(model_dir, out_dir):
+  return _run("unified_io.cli.eval", *_eval_flags(model_dir, out_dir))
+
+
+def _eval_here(capsys, *flags):
+  """(exit status, stderr) of the eval binary's `main` called here; gin is left clear."""
+  try:
+    status = eval_cli.main(list(flags))
+  finally:
+    gin.clear_config()
+  return status, capsys.readouterr().err
 
 
 def test_eval_writes_metrics_predictions_and_remembers_checkpoints(trained, tmp_path):
@@ -80,14 +94,14 @@ def test_infer_writes_chunks_and_resumes(trained, tmp_path):
   assert sorted(os.listdir(out)) == chunks
 
 
-def test_bad_input_is_one_clear_line(trained, tmp_path):
-  unknown = _eval(trained, tmp_path / "e1", task="world_nope", check=False)
-  assert unknown.returncode == 2
-  assert "world_nope" in unknown.stderr and "Traceback" not in unknown.stderr
-  (line,) = [l for l in unknown.stderr.splitlines() if l.startswith("uio2-eval:")]
+def test_bad_input_is_one_clear_line(trained, tmp_path, capsys):
+  status, err = _eval_here(capsys, *_eval_flags(trained, tmp_path / "e1", task="world_nope"))
+  assert status == 2
+  assert "world_nope" in err and "Traceback" not in err
+  (line,) = [l for l in err.splitlines() if l.startswith("uio2-eval:")]
   assert "world_nope" in line and "MIXTURE_OR_TASK_NAME" in line
-  missing = _eval(tmp_path / "no_such_run", tmp_path / "e2", check=False)
-  assert missing.returncode == 2 and "does not exist" in missing.stderr
-  assert "Traceback" not in missing.stderr
-  required = _run("unified_io.cli.eval", "--gin_file=runs/eval.gin", check=False)
-  assert required.returncode == 2 and "CHECKPOINT_PATH" in required.stderr
+  status, err = _eval_here(capsys, *_eval_flags(tmp_path / "no_such_run", tmp_path / "e2"))
+  assert status == 2 and "does not exist" in err
+  assert "Traceback" not in err
+  status, err = _eval_here(capsys, "--gin_file=runs/eval.gin")
+  assert status == 2 and "CHECKPOINT_PATH" in err

@@ -2,8 +2,9 @@
 release's parameters, with a fresh optimizer state.
 
 The runs are `python -m unified_io.cli.train` subprocesses on the text part of the built-in world, as
-in tests/test_train_binary.py; the converted release is the text golden file's tiny model written
-as a safetensors release and converted with `unified_io.interop.convert`.
+in tests/test_train_binary.py (the missing-macro error, reported before anything is built, calls
+the binary's `main` in this process); the converted release is the text golden file's tiny model
+written as a safetensors release and converted with `unified_io.interop.convert`.
 """
 
 import json
@@ -13,10 +14,12 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
 
+from unified_io.cli import train as train_cli
 from unified_io.presets import make_config
 from unified_io.interop import convert
 from unified_io.model import UnifiedIOModel
@@ -28,13 +31,16 @@ MIXTURE, BATCH = "world_text", 8
 LENGTHS = {"text_inputs": 32, "text_targets": 16}
 
 
+def _flags(run_gin, model_dir, steps, *extra):
+  return ["--gin_file=models/tiny.gin", f"--gin_file=runs/{run_gin}",
+          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}",
+          f"--gin.BATCH_SIZE={BATCH}", "--gin.train.log_every=1", *extra]
+
+
 def _train(run_gin, model_dir, steps, *extra):
   """Runs the binary; returns (exit status, stdout, stderr)."""
-  cmd = [sys.executable, "-m", "unified_io.cli.train", "--gin_file=models/tiny.gin",
-         f"--gin_file=runs/{run_gin}", f"--gin.MODEL_DIR='{model_dir}'",
-         f"--gin.MIXTURE_OR_TASK_NAME='{MIXTURE}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
-         f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={BATCH}", "--gin.train.log_every=1",
-         *extra]
+  cmd = [sys.executable, "-m", "unified_io.cli.train", *_flags(run_gin, model_dir, steps, *extra)]
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's plain run
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
@@ -78,8 +84,13 @@ def test_finetune_starts_from_the_pretrained_parameters(tmp_path):
   assert first["learning_rate"] == pytest.approx(1e-3)  # finetune.gin's constant rate
 
 
-def test_finetune_without_initial_checkpoint_names_the_macro(tmp_path):
-  status, _, err = _train("finetune.gin", tmp_path / "run", 2)
+def test_finetune_without_initial_checkpoint_names_the_macro(tmp_path, capsys):
+  """`main` in this process: the error comes before anything is built."""
+  try:
+    status = train_cli.main(_flags("finetune.gin", tmp_path / "run", 2))
+  finally:
+    gin.clear_config()
+  err = capsys.readouterr().err
   assert status == 2, err[-3000:]
   assert "required gin values missing" in err and "INITIAL_CHECKPOINT_PATH" in err, err[-3000:]
 
