@@ -2,7 +2,7 @@
 
   python -m unified_io.experiments.pretrain_vs_scratch --out /tmp/pvs
   python -m unified_io.experiments.pretrain_vs_scratch --out /tmp/pvs --pretrain_steps 600 \
-      --finetune_steps 600 --batch_size 8
+      --finetune_steps 600 --batch_size 8 --gin.make_config.freeze_vit=False
 
 On the built-in world, with the tiny all-modality model (models/tiny_multimodal.gin):
   pretrain    `--pretrain_steps` on world_pretrain_mod (gin/runs/pretrain_mod.gin: the mixture of
@@ -19,6 +19,7 @@ these short runs), the same batch size and grouped batches (`train.group_batches
 as `python -m unified_io.cli.train`) in its own process, and its command is printed. Then both
 are evaluated on the test split of every world_heldout task (the world eval specs' metrics) and
 one table compares them. The world is the main job's (at most two objects, 16-34 % of the image).
+Extra `--gin.NAME=VALUE` bindings apply to every training phase.
 The last lines are `heldout_mean_gain_same_supervised <mean over tasks of (pretrained - short)>`
 and `heldout_mean_gain <mean over tasks of (pretrained - scratch)>`, of each task's first metric.
 """
@@ -81,12 +82,16 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--eval_examples", type=int, default=128)
   parser.add_argument("--split", default="test")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  for item in rest:
+    if not item.startswith("--gin."):
+      parser.error(f"unrecognized argument {item!r} (gin bindings go as --gin.NAME=VALUE)")
+  extra = [item[len("--gin."):] for item in rest]  # for every training phase
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   names = ("finetune", "scratch", "short")
   dirs = {name: os.path.join(out, name) for name in ("pretrain",) + names}
-  common = [f"BATCH_SIZE={args.batch_size}", "train.log_every=50"]
+  common = [f"BATCH_SIZE={args.batch_size}", "train.log_every=50", *extra]
   # (grouped batches, as the main job trains: a step runs only what its examples use)
   supervised = [f"MIXTURE_OR_TASK_NAME='{HELDOUT}'", f"TASK_FEATURE_LENGTHS={LENGTHS!r}",
                 "train.group_batches=True"]
