@@ -81,7 +81,7 @@ def run_at(args, steps: int, root: str):
   written = time.perf_counter() - start - in_loop
   on_disk = os.path.getsize(os.path.join(checkpoints.directory, str(steps), "input", f"{name}.zip"))
   expected = next(straight)
-  del straight
+  straight = None  # (its pipeline freed before the timed reopenings)
   gc.collect()
   print(f"N={steps}: save {in_loop:.1f} s in the loop + {written:.1f} s written in the "
         f"background; state {sizes[0] / 1e6:.1f} MB ({on_disk / 1e6:.1f} MB on disk)", flush=True)

@@ -1,6 +1,9 @@
 """The training loop behind `uio2-train`: every argument is a gin binding (see gin/runs/*.gin).
 
 One call of `train()`:
+  0. builds (without reading) the input pipeline of every stage it will sample
+     (`input.check_input`), so a bad mixture, length, denoising rate or curriculum stops it with
+     one line (`InputConfigError`) before anything is written;
   1. writes MODEL_DIR/run-config.json (the model config, feature lengths and vocabulary as data,
      what eval/infer/predict rebuild the model from), config.gin, run-info.json (package
      versions, git SHA, devices) and model-info.txt (every variable's shape, logical axes and
