@@ -11,7 +11,8 @@ The model and feature lengths come from MODEL_DIR/run-config.json, the mixture f
 `--examples` for every checkpoint, each put through the mixture of denoisers with a fixed seed; an
 example's mode is its prefix token ([Text] [R], [Image] [S], ...). Each example's loss is its own
 (`decoding.example_losses`: the training loss of a batch of that example alone), averaged per mode.
-Prints one row per checkpoint and one column per mode (mean loss, and how many examples), then
+Prints one row per checkpoint and one column per mode (mean loss), the first row ("init") being
+randomly initialised parameters as training starts from them (`--no_init` leaves it out), then
 `<mode> first -> last` for each mode; the last line is `modes_falling <k>/<n>`.
 """
 
@@ -42,8 +43,11 @@ def main():
   parser.add_argument("--examples", type=int, default=96)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", default=None, help="comma-separated checkpoint steps (default all)")
+  parser.add_argument("--no_init", action="store_true",
+                      help="leave out the row of randomly initialised parameters")
   args = parser.parse_args()
 
+  import flax.linen as nn
   import gin
   import jax
 
@@ -80,14 +84,18 @@ def main():
         f"({', '.join(f'{n} {int(np.sum(modes == n))}' for n in names)})")
   print("step".rjust(6) + "".join(n.rjust(13) for n in names))
   table = collections.OrderedDict()
-  for step in steps:
-    run = first if step == steps[0] else run_loader.load_run(args.model_dir, step)
-    losses = np.concatenate([np.asarray(losses_fn(run.model, run.params, b)) for b in batches])
-    table[step] = {n: float(losses[modes == n].mean()) for n in names}
-    print(f"{step:6d}" + "".join(f"{table[step][n]:13.3f}" for n in names), flush=True)
+  rows = ([] if args.no_init else ["init"]) + steps
+  for row in rows:
+    if row == "init":  # (what the trainer starts from: the model's own initialisation)
+      params = nn.meta.unbox(jax.jit(first.model.init)(jax.random.PRNGKey(0), batches[0]))
+    else:
+      params = (first if row == steps[0] else run_loader.load_run(args.model_dir, row)).params
+    losses = np.concatenate([np.asarray(losses_fn(first.model, params, b)) for b in batches])
+    table[row] = {n: float(losses[modes == n].mean()) for n in names}
+    print(f"{row:>6}" + "".join(f"{table[row][n]:13.3f}" for n in names), flush=True)
   falling = 0
   for n in names:
-    a, b = table[steps[0]][n], table[steps[-1]][n]
+    a, b = table[rows[0]][n], table[rows[-1]][n]
     falling += b < a
     print(f"{n}: {a:.3f} -> {b:.3f} ({'falls' if b < a else 'does not fall'})")
   print(f"modes_falling {falling}/{len(names)}")
