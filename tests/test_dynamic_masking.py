@@ -166,14 +166,22 @@ def test_cached_image_logits_equal_the_full_pass_one_token_at_a_time(image_audio
   encoded = _encode(model, params, inputs)
   logits_bv, cache = jax.jit(decoding.start_decoding, static_argnums=(0, 2, 4))(
       model, params, "image", encoded, length)
-  step = jax.jit(decoding.decode_step, static_argnums=(0, 3, 7))
-  cached = [logits_bv]
-  for t in range(length - 1):
-    logits_bv, cache = step(model, params, cache, "image", jnp.asarray(targets[:, t]),
-                            jnp.int32(t + 1), encoded.mask, length)
-    cached.append(logits_bv)
+  cached = teacher_forced_steps(model, params, "image", cache, logits_bv, targets, encoded.mask)
   full = _full_logits(model, params, inputs, "image", targets)
-  np.testing.assert_allclose(np.stack(cached, axis=1), full, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(cached, full, atol=2e-5, rtol=1e-5)
+
+
+def teacher_forced_steps(model, params, modality, cache, first_logits_bv, targets_bt, enc_mask):
+  """[B, L, V]: the first step's logits, then `decoding.decode_step` fed target t at each step t
+  (jitted once per model); L = the targets' length, which is also the cache's."""
+  length = targets_bt.shape[1]
+  step = jax.jit(decoding.decode_step, static_argnums=(0, 3, 7))
+  logits_bv, cached = first_logits_bv, [first_logits_bv]
+  for t in range(length - 1):
+    logits_bv, cache = step(model, params, cache, modality, jnp.asarray(targets_bt[:, t]),
+                            jnp.int32(t + 1), enc_mask, length)
+    cached.append(logits_bv)
+  return np.stack(cached, axis=1)
 
 
 def test_cached_audio_logits_equal_the_full_pass_in_chunks(image_audio):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from test_dynamic_masking import teacher_forced_steps
 from unified_io import decoding, partitioning
 
 from unified_io.network import layer_stacking, masks, trunk as transformer
@@ -284,13 +285,8 @@ def test_cached_logits_of_a_scanned_model_equal_the_full_pass(text):
   # Stored batch-major: every cache leaf has the batch first, the layer axis second.
   for leaf in jax.tree_util.tree_leaves(cache):
     assert leaf.shape[:2] == (2, scanned.cfg.trunk.num_decoder_layers), leaf.shape
-  step = jax.jit(decoding.decode_step, static_argnums=(0, 3, 7))
-  cached = [logits_bv]
-  for t in range(T_TEXT - 1):
-    logits_bv, cache = step(scanned, stacked, cache, "text", jnp.asarray(targets[:, t]),
-                            jnp.int32(t + 1), encoded.mask, T_TEXT)
-    cached.append(logits_bv)
-  cached = np.stack(cached, axis=1)
+  cached = teacher_forced_steps(scanned, stacked, "text", cache, logits_bv, targets[:, :T_TEXT],
+                                encoded.mask)
   full = text.reference[1]["text"]  # the per-layer model's teacher-forced logits
   valid = batch["targets"]["text"]["mask"].astype(bool)  # (the full pass has padded positions)
   np.testing.assert_allclose(cached[valid], full[valid], rtol=1e-5, atol=2e-5)

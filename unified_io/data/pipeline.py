@@ -84,11 +84,11 @@ def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int
   tasks = [t for t in tasks if split in t.splits]
   if not tasks:
     raise ValueError(f"mixture {name!r}: no task has a split {split!r}")
-  if registry.mixture_denoising(name):
-    config = denoising.DenoisingConfig()  # the rates gin binds
+  config = denoising.DenoisingConfig() if registry.mixture_denoising(name) else None  # gin's rates
+  if config is not None:
     kwargs["extra_steps"] = (functools.partial(denoising.denoise, config=config),)
   datasets = [task_examples(t, data_config, lengths, **kwargs) for t in tasks]
-  if registry.mixture_denoising(name):
+  if config is not None:
     denoising.check_modes(name, config, {t.name: d.element_spec for t, d in zip(tasks, datasets)})
   datasets = [d.map(_model_fields) for d in datasets]
   rates = [float(rates[t.name]) for t in tasks]
