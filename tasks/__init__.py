@@ -13,5 +13,4 @@ from unified_io.tasks import refcoco  # noqa: F401
 from unified_io.tasks import video_qa  # noqa: F401
 from unified_io.tasks import vqa  # noqa: F401
 from unified_io.tasks import world  # noqa: F401  (the built-in world: world_* tasks, world_default)
-from unified_io.tasks import world_eval  # noqa: F401  (how the world tasks are evaluated)
 from unified_io.tasks import pretraining  # noqa: F401  (denoising mixtures over real datasets)

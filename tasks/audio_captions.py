@@ -13,7 +13,8 @@ Layout of `dataset_dir("clotho")` (gin `dataset_dir.root`, see `unified_io.datas
   evaluation/<file_name>
 
 Task clotho_captions (train = development, validation, test = evaluation): audio -> one of its
-five captions, drawn per example; meta/captions holds all five, meta/file_name the clip.
+five captions, drawn per example; meta/captions holds all five, meta/file_name the clip. Scored
+by BLEU-4 and CIDEr-D against all five (SPICE / SPIDEr need Java and are not provided).
 """
 
 import csv
@@ -26,6 +27,8 @@ import tensorflow as tf
 from unified_io.datasets import manifest
 from unified_io.data import prompts
 from unified_io.datasets.directories import dataset_dir, require_file
+from unified_io.evaluation import metric_fns
+from unified_io.evaluation import postprocessors
 
 NAME = "clotho"
 SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}
@@ -71,4 +74,5 @@ def pick_caption(ex, seed):
 manifest.add_records_task(
     "clotho_captions", clotho_records, SPLITS, media=("audio",),
     meta_fields={"captions": 1, "file_name": 0}, preprocessors=[pick_caption],
-    check_fn=check_files)
+    check_fn=check_files, postprocess_fn=postprocessors.captions,
+    metric_fns=metric_fns.CAPTIONING)

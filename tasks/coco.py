@@ -6,10 +6,13 @@ Data: TFDS `coco_captions` (2014 images, Karpathy splits: train / val / test / r
 
 Tasks:
   coco_captions     image -> one of its captions (drawn per example); meta/captions holds all of
-                    them, meta/image_id the COCO id.
+                    them, meta/image_id the COCO id. Scored by BLEU-4 and CIDEr-D against all of
+                    an image's captions.
   coco_detection    image -> "<y1> <x1> <y2> <x2> label <y1> ... label" with location tokens on the
                     resized+padded model image, boxes in the dataset's order; meta/boxes (original
-                    pixels, y1 x1 y2 x2), meta/labels (class ids), meta/transform for eval.
+                    pixels, y1 x1 y2 x2), meta/labels (class ids), meta/is_crowd, meta/image_size
+                    and meta/transform for eval. Scored by COCO box AP@[.5:.95], AP50, AP75
+                    (crowd regions ignored as COCO ignores them; the text's order ranks boxes).
 
 COCO's TFDS label names are only known once the data is prepared, so the 80 category names
 (2017, in TFDS's contiguous label order) are written out here.
@@ -24,6 +27,8 @@ from unified_io.data import registry
 from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
+from unified_io.evaluation import metric_fns
+from unified_io.evaluation import postprocessors
 
 COCO_CATEGORIES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -94,6 +99,8 @@ def detection_to_raw(ex, seed):
   objects = ex["objects"]
   n = tf.minimum(tf.shape(objects["bbox"])[0], tf.shape(objects["label"])[0])
   norm_boxes_n4, labels_n = objects["bbox"][:n], objects["label"][:n]
+  crowd_n = (tf.zeros([n], tf.bool) if "is_crowd" not in objects
+             else tf.cast(objects["is_crowd"][:n], tf.bool))
   problem = boxes_problem(norm_boxes_n4, labels_n, ex["image/filename"])
   boxes_n4 = _pixel_boxes(norm_boxes_n4, ex["image"])
   image, valid, transform = image_ops.resize_and_pad(ex["image"], size)
@@ -107,6 +114,8 @@ def detection_to_raw(ex, seed):
       "text_targets": target,
       "meta/boxes": boxes_n4,
       "meta/labels": labels_n,
+      "meta/is_crowd": crowd_n,
+      "meta/image_size": tf.shape(ex["image"])[:2],
       "meta/transform": image_ops.transform_to_tensor(transform),
       "meta/image_id": image_id_string(ex["image/id"]),
       bad_input.PROBLEM_KEY: problem,
@@ -117,7 +126,9 @@ registry.add_task(
     "coco_captions",
     TfdsSource(CAPTIONS_TFDS, CAPTIONS_SPLITS),
     [captions_to_raw, bad_input.skip_bad_examples_preprocessor("coco_captions")],
+    postprocess_fn=postprocessors.captions, metric_fns=metric_fns.CAPTIONING,
     modalities=("image", "text"))
+
 
 @seqio.map_over_dataset(num_seeds=1)
 def image_denoise_to_raw(ex, seed):
@@ -142,4 +153,6 @@ registry.add_task(
     "coco_detection",
     TfdsSource(DETECTION_TFDS, DETECTION_SPLITS),
     [detection_to_raw, bad_input.skip_bad_examples_preprocessor("coco_detection")],
+    postprocess_fn=postprocessors.detections_for(COCO_CATEGORIES),
+    metric_fns=[metric_fns.detection_map],
     modalities=("image", "text"))

@@ -23,33 +23,12 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 import gin
-import seqio
 
 from unified_io.datasets import manifest
 
 SPEC_ENV = "UIO2_MANIFEST_TASKS"
-_OPTIONS = ("media", "meta_fields", "task_kind", "num_video_frames", "video_audio")
-
-
-def register_manifests(tasks: Mapping[str, Mapping[str, Any]]) -> List[str]:
-  """Registers each {name: spec} not registered yet; returns the names registered now."""
-  added = []
-  for name, spec in tasks.items():
-    if name in seqio.TaskRegistry.names():
-      continue
-    if "splits" not in spec:
-      raise manifest.ManifestError(f"manifest task {name!r}: the spec needs \"splits\": "
-                                   f"{{split: path}}, got keys {sorted(spec)}")
-    unknown = set(spec) - {"splits", *_OPTIONS}
-    if unknown:
-      raise manifest.ManifestError(f"manifest task {name!r}: unknown spec keys {sorted(unknown)}; "
-                                   f"known: splits, {', '.join(_OPTIONS)}")
-    options = {k: spec[k] for k in _OPTIONS if k in spec}
-    if "media" in options:
-      options["media"] = tuple(options["media"])
-    manifest.add_manifest_task(name, spec["splits"], **options)
-    added.append(name)
-  return added
+# (register_manifests lives with the manifests, so a run config can register them too)
+register_manifests = manifest.register_manifests
 
 
 def read_spec(path: str) -> Dict[str, Mapping[str, Any]]:

@@ -7,7 +7,8 @@ prepared in the TFDS data_dir (see `unified_io.datasets.directories`). Nothing i
 One TFDS example is an image with its annotated objects, each with several expressions. Every
 expression becomes one example: image (resized + padded here, because the target is geometry) +
 a prompt holding the expression -> the object's box as four location tokens. meta/box keeps the
-box in original pixels, meta/transform the resize so eval can map predictions back.
+box in original pixels, meta/transform the resize and meta/image_size the original size, so eval
+maps predictions back to original pixels; scored by Acc@0.5 (IoU >= 0.5) and mean IoU there.
 
 Tasks: refcoco, refcoco_plus, refcocog (splits train / validation / test; RefCOCO and RefCOCO+
 also testA / testB).
@@ -22,6 +23,8 @@ from unified_io.data import registry
 from unified_io.datasets.directories import TfdsSource
 from unified_io.data.ops import boxes as box_ops
 from unified_io.data.ops import image as image_ops
+from unified_io.evaluation import metric_fns
+from unified_io.evaluation import postprocessors
 
 VERSION = "1.1.0"
 CONFIGS = {
@@ -76,6 +79,7 @@ def expression_to_raw(ex, seed):
       "meta/box": box_14[0],
       "meta/expression": ex["expression"],
       "meta/transform": image_ops.transform_to_tensor(transform),
+      "meta/image_size": tf.shape(ex["image"])[:2],
       "meta/image_id": image_id,
       bad_input.PROBLEM_KEY: problem,
   }
@@ -92,4 +96,5 @@ for _name, (_config, _splits) in CONFIGS.items():
       _name,
       TfdsSource(f"ref_coco/{_config}:{VERSION}", {s: s for s in _splits}),
       refexp_preprocessors(_name),
+      postprocess_fn=postprocessors.box, metric_fns=[metric_fns.refexp_accuracy],
       modalities=("image", "text"))

@@ -16,8 +16,10 @@ Layout of `dataset_dir("msrvtt")` (gin `dataset_dir.root`, see `unified_io.datas
 
 Tasks:
   msrvtt_captions (train / validation / test): video -> one of its captions (drawn per example);
-                  meta/captions holds them all.
-  msrvtt_qa       (train / validation / test): video + question -> answer; meta/answer.
+                  meta/captions holds them all (20 per video); scored by BLEU-4 and CIDEr-D
+                  against all of them.
+  msrvtt_qa       (train / validation / test): video + question -> answer; meta/answer; scored
+                  by accuracy (exact match after lowercasing and collapsing whitespace).
 """
 
 import json
@@ -31,6 +33,8 @@ from unified_io.data import bad_input
 from unified_io.datasets import manifest
 from unified_io.data import prompts
 from unified_io.datasets.directories import dataset_dir, require_file
+from unified_io.evaluation import metric_fns
+from unified_io.evaluation import postprocessors
 
 NAME = "msrvtt"
 NUM_FRAMES = 8  # the release's history length
@@ -107,9 +111,11 @@ def question_prompt(ex, seed):
 manifest.add_records_task(
     "msrvtt_captions", caption_records, CAPTION_SPLITS, media=MEDIA, meta_fields={"captions": 1},
     num_video_frames=NUM_FRAMES, preprocessors=[pick_caption],
-    check_fn=_checker(CAPTION_FILES, "video/caption info JSON"))
+    check_fn=_checker(CAPTION_FILES, "video/caption info JSON"),
+    postprocess_fn=postprocessors.captions, metric_fns=metric_fns.CAPTIONING)
 
 manifest.add_records_task(
     "msrvtt_qa", qa_records, QA_FILES, media=MEDIA, meta_fields={"answer": 0},
     num_video_frames=NUM_FRAMES, preprocessors=[question_prompt],
-    check_fn=_checker(QA_FILES, "MSRVTT-QA JSON"))
+    check_fn=_checker(QA_FILES, "MSRVTT-QA JSON"),
+    postprocess_fn=postprocessors.answer, metric_fns=[metric_fns.exact_match])

@@ -15,7 +15,8 @@ Layout of `dataset_dir("vqav2")` (gin `dataset_dir.root`, see `unified_io.datase
 
 Task vqa_v2 (train / validation): image + question -> the most common answer
 (`multiple_choice_answer`, the usual training target); meta/answers holds the ten human answers for
-the VQA accuracy metric, meta/question_id the id. test2015 has no public answers, so no test split.
+the VQA accuracy metric (the official evaluation's), meta/question_id the id. test2015 has no
+public answers, so no test split.
 """
 
 import json
@@ -29,6 +30,8 @@ from unified_io.data import bad_input
 from unified_io.datasets import manifest
 from unified_io.data import prompts
 from unified_io.datasets.directories import dataset_dir, require_file
+from unified_io.evaluation import metric_fns
+from unified_io.evaluation import postprocessors
 
 NAME = "vqav2"
 SPLITS = {"train": "train2014", "validation": "val2014"}
@@ -90,4 +93,5 @@ def question_prompt(ex, seed):
 manifest.add_records_task(
     "vqa_v2", vqa_records, SPLITS, media=("image",),
     meta_fields={"answers": 1, "question_id": 0}, preprocessors=[question_prompt],
-    check_fn=check_files)
+    check_fn=check_files, postprocess_fn=postprocessors.vqa_answers,
+    metric_fns=[metric_fns.vqa_accuracy])

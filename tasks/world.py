@@ -28,7 +28,7 @@ Image tasks carry meta/boxes (float32 [n, 4] pixels of image_inputs), meta/label
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import gin
 import seqio
@@ -38,6 +38,8 @@ from unified_io.data import prompts, registry
 from unified_io.data.curriculum import Curriculum
 from unified_io.data.ops import boxes as box_ops
 from unified_io.datasets.world import GENERATORS, WorldDataSource, make_world_config
+from unified_io.evaluation import metric_fns as M
+from unified_io.evaluation import postprocessors as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,10 @@ class WorldTask:
   null_prompt: bool = False      # generation tasks: drop the prompt 10% of the time (CFG)
   # Builds text_targets from the example (location tokens); None: the generator's text is final.
   text_targets: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None
+  # How uio2-eval reads and scores it: seqio's postprocess_fn and metric_fns.
+  postprocess_fn: Callable = P.answer
+  metric_fns: Sequence[Callable] = (M.exact_match,)
+  max_decode_length: Optional[int] = None  # text tokens to generate (default: the feature length)
 
 
 def _normalised_boxes(example) -> tf.Tensor:
@@ -69,25 +75,37 @@ def detection_target(example) -> tf.Tensor:
 
 _IMAGE, _TEXT = ("image", "text"), ("text",)
 _VIDEO = ("image_history", "audio_history", "text")
+# Scoring, by kind of answer (unified_io.evaluation.postprocessors / metric_fns).
+_CAPTION = dict(postprocess_fn=P.captions, metric_fns=(M.exact_match, M.bleu, M.cider))
+_VQA = dict(postprocess_fn=P.vqa_answers, metric_fns=(M.vqa_accuracy,))
+_LABEL = dict(metric_fns=(M.exact_match, M.classification_accuracy))
+_IMAGE_OUT = dict(postprocess_fn=P.generated_media, metric_fns=(M.token_accuracy, M.image_error))
+_AUDIO_OUT = dict(postprocess_fn=P.generated_media,
+                  metric_fns=(M.token_accuracy, M.spectrogram_error))
 TASKS: Dict[str, WorldTask] = {
-    "caption": WorldTask("caption", "image_caption", _IMAGE),
-    "vqa_colour": WorldTask("vqa_colour", "vqa", _IMAGE),
-    "vqa_shape": WorldTask("vqa_shape", "vqa", _IMAGE),
-    "vqa_count": WorldTask("vqa_count", "vqa", _IMAGE),
-    "vqa_position": WorldTask("vqa_position", "vqa", _IMAGE),
-    "refexp": WorldTask("refexp", "refexp", _IMAGE, text_targets=refexp_target),
-    "detection": WorldTask("detection", "detection", _IMAGE, text_targets=detection_target),
-    "text_to_image": WorldTask("text_to_image", "text_to_image", _IMAGE, null_prompt=True),
-    "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE),
-    "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE),
-    "audio_denoise": WorldTask("audio_denoise", "audio_denoise", ("audio", "text")),
-    "video_direction": WorldTask("video_direction", "video_qa", _VIDEO),
-    "video_count": WorldTask("video_count", "video_qa", _VIDEO),
-    "audio_caption": WorldTask("audio_caption", "audio_caption", ("audio", "text")),
-    "audio_qa": WorldTask("audio_qa", "audio_vqa", ("audio", "text")),
+    "caption": WorldTask("caption", "image_caption", _IMAGE, **_CAPTION),
+    "vqa_colour": WorldTask("vqa_colour", "vqa", _IMAGE, **_VQA),
+    "vqa_shape": WorldTask("vqa_shape", "vqa", _IMAGE, **_VQA),
+    "vqa_count": WorldTask("vqa_count", "vqa", _IMAGE, **_VQA),
+    "vqa_position": WorldTask("vqa_position", "vqa", _IMAGE, **_VQA),
+    # Four location tokens and EOS.
+    "refexp": WorldTask("refexp", "refexp", _IMAGE, text_targets=refexp_target,
+                        postprocess_fn=P.box, metric_fns=(M.refexp_accuracy,),
+                        max_decode_length=6),
+    "detection": WorldTask("detection", "detection", _IMAGE, text_targets=detection_target,
+                           postprocess_fn=P.detections, metric_fns=(M.detection_map,)),
+    "text_to_image": WorldTask("text_to_image", "text_to_image", _IMAGE, null_prompt=True,
+                               **_IMAGE_OUT),
+    "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE, **_IMAGE_OUT),
+    "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE, **_IMAGE_OUT),
+    "audio_denoise": WorldTask("audio_denoise", "audio_denoise", ("audio", "text"), **_AUDIO_OUT),
+    "video_direction": WorldTask("video_direction", "video_qa", _VIDEO, **_LABEL),
+    "video_count": WorldTask("video_count", "video_qa", _VIDEO, **_LABEL),
+    "audio_caption": WorldTask("audio_caption", "audio_caption", ("audio", "text"), **_CAPTION),
+    "audio_qa": WorldTask("audio_qa", "audio_vqa", ("audio", "text"), **_LABEL),
     "text_to_audio": WorldTask("text_to_audio", "text_to_audio", ("audio", "text"),
-                               null_prompt=True),
-    "text_scene_qa": WorldTask("text_scene_qa", "text_instruction", _TEXT),
+                               null_prompt=True, **_AUDIO_OUT),
+    "text_scene_qa": WorldTask("text_scene_qa", "text_instruction", _TEXT, **_LABEL),
     "arithmetic": WorldTask("arithmetic", "text_instruction", _TEXT),
 }
 assert set(TASKS) == set(GENERATORS), "every world generator is a task"
@@ -120,6 +138,8 @@ _SHUFFLE_BUFFER = 8
 for _name, _task in TASKS.items():
   registry.add_task(f"world_{_name}", WorldDataSource(_task.generator, make_world_config),
                     [stage1(_task)], modalities=_task.modalities,
+                    postprocess_fn=_task.postprocess_fn, metric_fns=list(_task.metric_fns),
+                    max_decode_length=_task.max_decode_length,
                     shuffle_buffer_size=_SHUFFLE_BUFFER, replace=True)
 
 VISION = ("caption", "vqa_colour", "vqa_shape", "vqa_count", "vqa_position", "refexp",

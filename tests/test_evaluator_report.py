@@ -45,8 +45,10 @@ def test_every_example_is_scored_and_written(evaluated):
   image = results["world_text_to_image"]
   assert {"token_accuracy", "pixel_mse", "psnr"} <= set(image.metrics)
   record = image.records[0]
-  assert len(record["prediction"]) == len(record["reference"]) == 256
-  assert record["_rendered"].shape == record["_reference_raw"].shape == (128, 128, 3)
+  assert len(record["_output"]["tokens"]) == len(record["_target"]["tokens"]) == 256
+  assert record["_output"]["image"].shape == record["_target"]["image"].shape == (128, 128, 3)
+  saved = json.loads(open(out / "world_text_to_image-7.jsonl").readline())
+  assert len(saved["prediction"]) == len(saved["reference"]) == 256  # the tokens
 
 
 def test_reference_boxes_read_back_exactly_from_their_tokens(evaluated):
@@ -56,19 +58,16 @@ def test_reference_boxes_read_back_exactly_from_their_tokens(evaluated):
   data = evaluator.tasks["world_refexp"]
   batch = data.batches[0]
   hw = evaluator.data_config.image_input_size
-  for row, meta in enumerate(data.meta):
+  for row, example in enumerate(data.examples):
     ids = batch["targets"]["text"]["targets"][row]
     text = evaluator_lib.decode_text(evaluator.vocab, ids)
+    assert text == data.targets[row]
     boxes = box_ops.text_to_boxes_np(text, hw)
-    np.testing.assert_allclose(boxes[0], meta["boxes"][0], atol=max(hw) / 1000 + 1e-3)
-
-
-def test_detection_text_parses_into_boxes_and_labels():
-  text = ("<extra_id_1199><extra_id_1100><extra_id_1000><extra_id_1050> red circle "
-          "<extra_id_900> <extra_id_950> <extra_id_800> <extra_id_850> blue square")
-  found = evaluator_lib.parse_detections(text, (100, 100))
-  assert found["labels"] == ["red circle", "blue square"]
-  assert found["boxes"].shape == (2, 4)
+    np.testing.assert_allclose(boxes[0], example["meta/boxes"][0], atol=max(hw) / 1000 + 1e-3)
+    # The task's postprocess_fn reads the target the same way.
+    task = evaluator_lib.get_task("world_refexp")
+    read = task.postprocess_fn(text, example=example, is_target=False)
+    np.testing.assert_allclose(read, example["meta/boxes"][0], atol=max(hw) / 1000 + 1e-3)
 
 
 def test_report_has_targets_curves_and_a_gallery(evaluated, tmp_path):

@@ -28,7 +28,8 @@ ALLOWED = {
     "partitioning": MODEL,
     "data": MODEL,
     "datasets": MODEL | {"data"},
-    "training": MODEL | {"network", "model", "data", "partitioning", "gin_required"},
+    # datasets: a run records its world and dataset folders (run-config.json's data section)
+    "training": MODEL | {"network", "model", "data", "datasets", "partitioning", "gin_required"},
     "evaluation": MODEL | {"network", "model", "decoding", "data", "datasets", "partitioning",
                            "training", "gin_required"},
     "interop": MODEL | {"network", "model", "training"},

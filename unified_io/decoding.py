@@ -382,6 +382,18 @@ def _per_example_loss(model: UnifiedIOModel, out) -> jax.Array:
       out.logits, out.targets, out.loss_mask)
 
 
+def target_log_likelihood(model: UnifiedIOModel, params, batch) -> jax.Array:
+  """[B]: each example's log-likelihood of its targets, sum over every counted target token of
+  every target modality (what seqio's score metric functions take as `scores`)."""
+  total = 0.0
+  for out in model.outputs(params, batch).values():
+    log_probs_btv = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+    picked_bt = jnp.take_along_axis(log_probs_btv, out.targets[..., None].astype(jnp.int32),
+                                    axis=-1)[..., 0]
+    total = total + jnp.sum(picked_bt * (out.loss_mask > 0), axis=-1)
+  return total
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax.Array
                   ) -> jax.Array:
@@ -404,4 +416,4 @@ def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax
 
 
 __all__ = ["DecodeMethod", "DecodeOptions", "Generated", "allowed_tokens", "generate",
-           "example_losses", "score_options", "null_prompt_inputs", "target_length"]
+           "example_losses", "target_log_likelihood", "score_options", "null_prompt_inputs", "target_length"]

@@ -82,6 +82,36 @@ def shardings(boxed_tree, mesh: Mesh, rules):
   return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
 
 
+def check_divisible(boxed_tree, mesh: Mesh, rules: Rules) -> None:
+  """Raises ValueError (one line) naming the first parameter dimension that the mesh axes it is
+  split over do not divide, and which sizes would; nothing is allocated."""
+  logical = jax.tree_util.tree_leaves_with_path(
+      logical_specs(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec))
+  physical = jax.tree_util.tree_leaves(
+      mesh_specs(boxed_tree, rules), is_leaf=lambda x: isinstance(x, PartitionSpec))
+  shapes = [getattr(leaf, "value", leaf).shape for leaf in jax.tree_util.tree_leaves(
+      boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))]
+  split = []  # (path, logical name, size, mesh axes)
+  for (path, names), spec, shape in zip(logical, physical, shapes):
+    for dim, size in enumerate(shape):
+      axes = spec[dim] if dim < len(spec) else None
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      if axes:
+        name = names[dim] if dim < len(names) else None
+        split.append(("/".join(str(getattr(k, "key", k)) for k in path), name, size, axes))
+  for path, name, size, axes in split:
+    ways = int(np.prod([mesh.shape[a] for a in axes]))
+    if size % ways:
+      common = np.gcd.reduce([s for _, _, s, a in split if a == axes])
+      fits = [d for d in range(1, common + 1) if common % d == 0]
+      knob = "model_parallel" if axes == (MODEL,) else f"a {'x'.join(axes)} size"
+      raise ValueError(
+          f"mesh {dict(mesh.shape)}: parameter {path} dim {name!r} of size {size} is not "
+          f"divisible by {'x'.join(f'{a}={mesh.shape[a]}' for a in axes)}; choose {knob} "
+          f"dividing every such dimension ({', '.join(map(str, fits))})"
+          + ("; or turn fsdp off" if DATA in axes else ""))
+
+
 @contextlib.contextmanager
 def activated(mesh: Mesh, rules: Rules) -> Iterator[None]:
   """`mesh` and `rules` in effect: what initialising, tracing and running a sharded step need."""

@@ -19,6 +19,7 @@ def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
   Exit status: 0 done, 2 a configuration or input the binary cannot use (one line on stderr).
   """
   args, bindings = gin_flags.parse(gin_flags.make_parser(description), argv)
+  gin_flags.initialize_distributed(args)  # (before anything touches a JAX backend)
   import seqio  # pylint: disable=import-outside-toplevel
   if args.tfds_data_dir:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
@@ -27,6 +28,7 @@ def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
   from unified_io.tasks import manifest  # pylint: disable=import-outside-toplevel
   try:
     gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    gin_flags.bind_tfds_data_dir(args.tfds_data_dir)  # (wins over the run's saved directory)
     manifest.register_configured_manifests()
     entry()()
   except (FileNotFoundError, gin_required.GinRequiredError, run_loader.RunLoadError) as exc:

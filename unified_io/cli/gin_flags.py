@@ -31,13 +31,18 @@ def make_parser(description: str) -> argparse.ArgumentParser:
   parser.add_argument("--gin_search_paths", default="",
                       help="comma-separated folders to find --gin_file in")
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory (no downloads)")
+  add_distributed_flags(parser)
+  return parser
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+  """The multi-host flags (`initialize_distributed` reads them; `parse` checks them)."""
   parser.add_argument("--coordinator_address", default=None,
                       help="multi-host: address of process 0, HOST:PORT")
   parser.add_argument("--num_processes", type=int, default=None, help="multi-host: processes")
   parser.add_argument("--process_id", type=int, default=None, help="multi-host: this process")
   parser.add_argument("--cpu_collectives", default=None, choices=("gloo", "mpi"),
                       help="collectives implementation for CPU devices across processes")
-  return parser
 
 
 def split_gin_dot_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -56,11 +61,11 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None)
   """argv -> (args, bindings); every --gin.X=V and --gin_bindings value is in `bindings`."""
   rest, bindings = split_gin_dot_flags(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(rest)
-  _check_multihost_flags(parser, args)
+  check_distributed_flags(parser, args)
   return args, list(args.gin_bindings) + bindings
 
 
-def _check_multihost_flags(parser: argparse.ArgumentParser, args) -> None:
+def check_distributed_flags(parser: argparse.ArgumentParser, args) -> None:
   """The three multi-host flags come together (exits with status 2 naming what is missing)."""
   given = {"--coordinator_address": getattr(args, "coordinator_address", None),
            "--num_processes": getattr(args, "num_processes", None),
@@ -87,8 +92,10 @@ def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
                           "path; add its folder with --gin_search_paths")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str = "") -> None:
-  """Parses files and bindings with the package's gin/ folder always searchable."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str = ""
+              ) -> List[str]:
+  """Parses files and bindings with the package's gin/ folder always searchable; returns the
+  modules their `import` lines import (included files' too), in order, each once."""
   folders = [p for p in search_paths.split(",") if p] + [gin_dir()]
   for folder in folders:  # for `include` lines inside the files
     gin.add_config_file_search_path(folder)
@@ -98,9 +105,29 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: s
   root = logging.getLogger()
   root.addFilter(_drop_gin_package_probe)
   try:
-    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+    parsed = gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    _, binding_imports = gin.parse_config(list(bindings))
   finally:
     root.removeFilter(_drop_gin_package_probe)
+  imports = [m for parsed_file in parsed for m in _imports_of(parsed_file)]
+  return list(dict.fromkeys(imports + list(binding_imports)))
+
+
+def _imports_of(parsed_file) -> List[str]:
+  """The modules a parsed gin file and the files it includes import."""
+  return list(parsed_file.imports) + [m for included in parsed_file.includes
+                                      for m in _imports_of(included)]
+
+
+def bind_tfds_data_dir(path: Optional[str]) -> None:
+  """`--tfds_data_dir` as gin `tfds_data_dir.path` too, unless the gin binds that itself (which
+  wins, as it does when the data is read): a training run records it in run-config.json, and in
+  an evaluating process it is that process's own setting, which wins over the run's."""
+  if not path:
+    return
+  from unified_io.datasets import directories  # pylint: disable=import-outside-toplevel
+  if "path" not in gin.get_bindings(directories.tfds_data_dir, resolve_references=False):
+    gin.bind_parameter("unified_io.datasets.directories.tfds_data_dir.path", path)
 
 
 def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()):

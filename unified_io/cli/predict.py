@@ -9,7 +9,14 @@
   uio2-predict --checkpoint /tmp/uio2 --prompt "Make the sound of a dog" --out dog.wav
 
 `--checkpoint` is a uio2-train MODEL_DIR (newest step, or `--step`) or one of its
-checkpoints/<step> folders (`unified_io.evaluation.run_loader.load_run`). The example goes through
+checkpoints/<step> folders (`unified_io.evaluation.run_loader.load_run`).
+
+Sharded, as training shards (`unified_io.evaluation.sharded_inference`): `--model_parallel N`
+restores the parameters over a (data, model) mesh of every device, N per model replica (`--fsdp`
+also splits their embed axis over data); the example is repeated to fill the data axis. Several
+hosts run the same command with `--coordinator_address HOST:PORT --num_processes P --process_id I`
+(each reads the input files itself); only process 0 prints and writes. Without these flags the
+model runs whole on one device. The example goes through
 the training pipeline's stage 2 (`unified_preprocessor`) and converter with the run's sizes, so the
 model sees exactly what it was trained on; inputs use every patch of the grid (eval behaviour).
 
@@ -204,11 +211,8 @@ def _text_result(args, run, tokens: np.ndarray, raw) -> None:
     print(f"wrote {args.out} ({len(boxes_n4)} boxes drawn)", file=sys.stderr)
 
 
-def _image_result(args, run, tokens: np.ndarray) -> None:
-  import jax.numpy as jnp
+def _image_result(args, pixels: np.ndarray, tokens: np.ndarray) -> None:
   from unified_io.evaluation import render
-  pixels = np.asarray(run.model.render(run.params, Modality.IMAGE, jnp.asarray(tokens)[None]),
-                      np.float32)[0]
   out = args.out or "prediction.png"
   render.save_png(render.to_uint8(pixels, (-1.0, 1.0)), out)
   print(f"wrote {out} ({pixels.shape[0]}x{pixels.shape[1]} image from {tokens.size} tokens)")
@@ -225,12 +229,10 @@ def _full_size_spectrogram(spec_tm: np.ndarray) -> np.ndarray:
   return tf.image.resize(spec_tm[..., None], full, method="bilinear").numpy()[..., 0]
 
 
-def _audio_result(args, run, tokens: np.ndarray) -> None:
-  import jax.numpy as jnp
+def _audio_result(args, rendered: np.ndarray, tokens: np.ndarray) -> None:
   from unified_io.data.ops import audio as audio_ops
   from unified_io.evaluation import render
-  spec = np.asarray(run.model.render(run.params, Modality.AUDIO, jnp.asarray(tokens)[None]),
-                    np.float32)[0, ..., 0]  # [time, mel], AudioSet-normalised
+  spec = rendered[..., 0]  # [time, mel], AudioSet-normalised
   out = args.out or "prediction.wav"
   full_tm = _full_size_spectrogram(spec)
   render.spectrogram_to_wav(full_tm, out, normalized=True, vocoder=args.vocoder)
@@ -269,11 +271,17 @@ def make_parser() -> argparse.ArgumentParser:
                  help="longest text answer in tokens (default: the run's text_targets length)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="parameter dtype for inference")
+  p.add_argument("--model_parallel", type=int, default=None,
+                 help="shard over every device, N per model replica (default: one device; 1 "
+                      "with the multi-host flags)")
+  p.add_argument("--fsdp", action="store_true",
+                 help="with a mesh: also split the parameters' embed axis over data")
   p.add_argument("--vocoder", default=None, help="audio: module:function instead of Griffin-Lim")
   p.add_argument("--gin_file", action="append", default=[],
                  help="a model gin for a checkpoint without run-config.json, or to override it "
                       "(e.g. models/large.gin)")
   p.add_argument("--gin_bindings", action="append", default=[], help="one gin binding")
+  gin_flags.add_distributed_flags(p)
   return p
 
 
@@ -305,21 +313,23 @@ def _options(args, run):
     raise PredictError(f"decoding options: {exc}") from exc
 
 
-_RUNS = {}  # (step dir, dtype, gin) -> Run: repeated in-process calls reuse the compiled model
+_RUNS = {}  # (step dir, dtype, gin, mesh) -> Run: repeated in-process calls reuse the model
 
 
 def load(checkpoint: str, step: Optional[int] = None, dtype: str = "float32",
-         gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = ()):
-  """`run_loader.load_run`, memoised per step directory, so that calling `main` again in one
-  process (a notebook, the tests) reuses the model object and with it the compiled decoder."""
+         gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (), *, mesh=None):
+  """`run_loader.load_run` (onto `mesh`, an `InferenceMesh`, when given), memoised per step
+  directory, so that calling `main` again in one process (a notebook, the tests) reuses the model
+  object and with it the compiled decoder."""
   from unified_io.evaluation import run_loader
   try:
     _, step_dir, _ = run_loader.resolve_checkpoint(checkpoint, step)
-    key = (step_dir, dtype, tuple(gin_files), tuple(gin_bindings))
+    key = (step_dir, dtype, tuple(gin_files), tuple(gin_bindings), mesh)
     if key not in _RUNS:
       model_config = _gin_model_config(gin_files, gin_bindings)
-      _RUNS[key] = run_loader.load_run(checkpoint, step, None if dtype == "float32" else dtype,
-                                       model_config=model_config)
+      _RUNS[key] = run_loader.load_run(
+          checkpoint, step, None if dtype == "float32" else dtype, model_config=model_config,
+          mesh=None if mesh is None else mesh.mesh, fsdp=mesh is not None and mesh.fsdp)
     return _RUNS[key]
   except run_loader.RunLoadError as exc:
     raise PredictError(f"--checkpoint: {exc}") from exc
@@ -345,35 +355,77 @@ def predict(args) -> None:
     raise PredictError("--out writes a generated image / audio, or the boxes drawn on --image; "
                        "this prediction has neither (add --image, or --target image|audio)")
   files = read_files(args)  # before the (slow) checkpoint load: unreadable files fail at once
-  run = load(args.checkpoint, args.step, args.dtype, args.gin_file, args.gin_bindings)
+  mesh = _mesh(args)
+  run = load(args.checkpoint, args.step, args.dtype, args.gin_file, args.gin_bindings, mesh=mesh)
   target = _checked_target(args, run)
   options = _options(args, run)
   lengths = example_lengths(run, len(run.vocabulary.encode(args.prompt)))
   raw = raw_example(args, run, target, files, lengths.get("num_frames", 1))
   batch = build_batch(run, raw, lengths, args.seed)
-
-  import jax
-  from unified_io import decoding
-  try:
-    generated = decoding.generate(run.model, run.params, batch["inputs"], target, options,
-                                  jax.random.PRNGKey(args.seed),
-                                  run.vocabulary.tokenizer.GetPieceSize())
-  except ValueError as exc:
-    raise PredictError(str(exc)) from exc
-  tokens = np.asarray(generated.tokens)[0, :int(generated.lengths[0])]
+  tokens = _generate(run, mesh, batch["inputs"], target, options, args.seed)
+  rendered = None if target == Modality.TEXT else _render(run, mesh, target, tokens)
+  if mesh is not None and not mesh.is_writer:
+    return  # (every process took part in the collectives above; process 0 reports)
   if target == Modality.TEXT:
     _text_result(args, run, tokens, raw)
   elif target == Modality.IMAGE:
-    _image_result(args, run, tokens)
+    _image_result(args, rendered, tokens)
   else:
-    _audio_result(args, run, tokens)
+    _audio_result(args, rendered, tokens)
+
+
+def _mesh(args):
+  """The `InferenceMesh` of --model_parallel / --fsdp, or None: the model whole on one device."""
+  import jax
+  if args.model_parallel is None and not args.fsdp and jax.process_count() == 1:
+    return None
+  from unified_io import partitioning
+  from unified_io.evaluation import sharded_inference
+  try:
+    return sharded_inference.InferenceMesh(
+        partitioning.make_mesh(model=args.model_parallel or 1), args.fsdp)
+  except ValueError as exc:  # a model axis that does not divide the devices
+    raise PredictError(f"--model_parallel: {exc}") from exc
+
+
+def _generate(run, mesh, inputs, target: Modality, options, seed: int) -> np.ndarray:
+  """The generated tokens of the one example, up to and including EOS."""
+  import jax
+  from unified_io import decoding
+  from unified_io.evaluation import sharded_inference
+  rng = jax.random.PRNGKey(seed)
+  vocab_size = run.vocabulary.tokenizer.GetPieceSize()
+  try:
+    if mesh is None:
+      out = decoding.generate(run.model, run.params, inputs, target, options, rng, vocab_size)
+    else:  # the example repeated to fill the data axis
+      padded, _ = sharded_inference.pad_rows(inputs, mesh.data_size)
+      out = sharded_inference.generate_global(mesh, run.model, run.params,
+                                              mesh.local_rows(padded), target, options, rng,
+                                              vocab_size, gather=True)
+  except ValueError as exc:
+    raise PredictError(str(exc)) from exc
+  return np.asarray(out.tokens)[0, :int(out.lengths[0])]
+
+
+def _render(run, mesh, target: Modality, tokens: np.ndarray) -> np.ndarray:
+  """Image / audio tokens -> float32 pixels or spectrogram, no batch axis."""
+  from unified_io.evaluation import sharded_inference
+  tokens_1t = np.asarray(tokens, np.int32)[None]
+  render = lambda params, t: run.model.render(params, target, t)  # noqa: E731
+  if mesh is None:
+    return np.asarray(render(run.params, tokens_1t), np.float32)[0]
+  padded, _ = sharded_inference.pad_rows(tokens_1t, mesh.data_size)
+  return np.asarray(mesh.apply(render, run.params, mesh.local_rows(padded), gather=True),
+                    np.float32)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ warnings would bury our one line
-  rest, bindings = gin_flags.split_gin_dot_flags(sys.argv[1:] if argv is None else argv)
-  args = make_parser().parse_args(rest)
-  args.gin_bindings = list(args.gin_bindings) + bindings
+  parser = make_parser()
+  args, bindings = gin_flags.parse(parser, argv)  # (the multi-host flags checked together)
+  args.gin_bindings = bindings
+  gin_flags.initialize_distributed(args)
   try:
     predict(args)
   except PredictError as exc:

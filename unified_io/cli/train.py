@@ -29,14 +29,15 @@ def main(argv=None) -> int:
   from unified_io.training import trainer
   from unified_io.training.input import InputConfigError
   try:
-    gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    gin_imports = gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
   except FileNotFoundError as exc:
     print(f"uio2-train: {exc}", file=sys.stderr)
     return 2
+  gin_flags.bind_tfds_data_dir(args.tfds_data_dir)  # (recorded in run-config.json)
   from unified_io.tasks import manifest
   manifest.register_configured_manifests()  # JSONL tasks named in gin
   try:
-    trainer.train()
+    trainer.train(gin_imports=gin_imports)  # (a user's task modules, for run-config.json)
   except gin_required.GinRequiredError as exc:
     print(f"uio2-train: {exc}", file=sys.stderr)
     return 2

@@ -16,6 +16,7 @@ objective by being named in such a mixture. Any seqio Task whose preprocessors e
 `raw_output_features()` gives the output features to declare.
 """
 
+import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import seqio
@@ -29,6 +30,38 @@ _TASK_MODALITIES: Dict[str, Tuple[Modality, ...]] = {}
 _TASK_AFTER_STAGE2: Dict[str, Tuple[Callable, ...]] = {}
 _MIXTURE_CURRICULA: Dict[str, Any] = {}
 _MIXTURE_DENOISING: Dict[str, bool] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """How the evaluator produces a task's predictions (how they are read and scored is the task's
+  seqio `postprocess_fn` and `metric_fns`).
+
+  answer_options: closed-vocabulary tasks are scored, not generated: each option's likelihood is
+    computed and the most likely one is the prediction (`unified_io.decoding.score_options`), as
+    the paper evaluates multiple-choice tasks. A tuple of strings (the same options for every
+    example), or the name of a `meta/` field holding each example's own options.
+  max_decode_length: text tokens to generate (default: the `text_targets` feature length).
+  """
+
+  answer_options: Union[None, Tuple[str, ...], str] = None
+  max_decode_length: Optional[int] = None
+
+  def __post_init__(self):
+    options = self.answer_options
+    if options is not None and not isinstance(options, str):
+      options = tuple(str(o) for o in options)
+      if not options or any(not o.strip() for o in options):
+        raise ValueError(f"answer_options must be non-empty strings, got {list(options)}")
+      object.__setattr__(self, "answer_options", options)
+    elif isinstance(options, str) and not options.startswith("meta/"):
+      raise ValueError(f"answer_options {options!r}: give a list of options or the name of a "
+                       "meta/ field holding each example's options")
+    if self.max_decode_length is not None and self.max_decode_length < 2:
+      raise ValueError(f"max_decode_length must be at least 2, got {self.max_decode_length}")
+
+
+_TASK_INFERENCE: Dict[str, Inference] = {}
 
 
 def raw_output_features(vocabulary: Optional[seqio.Vocabulary] = None
@@ -47,6 +80,8 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
              *, metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None,
              modalities: Optional[Sequence[str]] = None,
              after_stage2: Sequence[Callable] = (),
+             answer_options: Union[None, Sequence[str], str] = None,
+             max_decode_length: Optional[int] = None,
              vocabulary: Optional[seqio.Vocabulary] = None,
              shuffle_buffer_size: Optional[int] = 128, replace: bool = False) -> seqio.Task:
   """Register a seqio Task: `source` + `preprocessors` (stage 1, ending in raw fields);
@@ -57,6 +92,10 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
   curriculum reads them with `task_modalities`. `replace=True` re-registers an existing name.
   `shuffle_buffer_size` counts raw (decoded) examples: keep it small (the first batch waits for
   the buffer to fill; 1000 decoded photos are gigabytes).
+  `postprocess_fn` and `metric_fns` are seqio's: `uio2-eval` calls
+  `postprocess_fn(output, example=..., is_target=...)` and each metric function as seqio does
+  (unified_io/evaluation/evaluator.py says what `output` and `example` are for UIO2 targets).
+  `answer_options` and `max_decode_length`: see `Inference`.
   """
   if modalities is not None:
     modalities = tuple(Modality(m) for m in modalities)
@@ -69,6 +108,7 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
       shuffle_buffer_size=shuffle_buffer_size)
   _TASK_MODALITIES[name] = modalities
   _TASK_AFTER_STAGE2[name] = tuple(after_stage2)
+  _TASK_INFERENCE[name] = Inference(answer_options, max_decode_length)
   return task
 
 
@@ -89,6 +129,11 @@ def add_mixture(name: str, tasks_and_rates: Sequence[Union[str, Tuple[str, float
 def after_stage2_steps(name: str) -> Tuple[Callable, ...]:
   """The after-stage-2 steps given to `add_task` (none for tasks registered with seqio directly)."""
   return _TASK_AFTER_STAGE2.get(name, ())
+
+
+def inference(name: str) -> Inference:
+  """How a task's predictions are produced (the defaults for tasks registered with seqio directly)."""
+  return _TASK_INFERENCE.get(name, Inference())
 
 
 def task_modalities(name: str) -> Optional[Tuple[Modality, ...]]:

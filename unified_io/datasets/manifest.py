@@ -41,7 +41,8 @@ already absolute) and call `add_records_task`.
 import functools
 import json
 import os
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 import seqio
@@ -392,3 +393,29 @@ def add_manifest_task(name: str, manifest_paths_by_split: Mapping[str, Union[str
   return add_records_task(name, records_fn, paths_by_split, media=media, meta_fields=meta_fields,
                           task_kind=task_kind, num_video_frames=num_video_frames,
                           video_audio=video_audio, check_fn=check_fn, **registry_kwargs)
+
+
+# Task specs ({name: {"splits": ..., options}}), as gin, $UIO2_MANIFEST_TASKS and a run's
+# run-config.json give them.
+_OPTIONS = ("media", "meta_fields", "task_kind", "num_video_frames", "video_audio")
+
+
+def register_manifests(tasks: Mapping[str, Mapping[str, Any]]) -> List[str]:
+  """Registers each {name: spec} not registered yet; returns the names registered now."""
+  added = []
+  for name, spec in tasks.items():
+    if name in seqio.TaskRegistry.names():
+      continue
+    if "splits" not in spec:
+      raise ManifestError(f"manifest task {name!r}: the spec needs \"splits\": "
+                          f"{{split: path}}, got keys {sorted(spec)}")
+    unknown = set(spec) - {"splits", *_OPTIONS}
+    if unknown:
+      raise ManifestError(f"manifest task {name!r}: unknown spec keys {sorted(unknown)}; "
+                          f"known: splits, {', '.join(_OPTIONS)}")
+    options = {k: spec[k] for k in _OPTIONS if k in spec}
+    if "media" in options:
+      options["media"] = tuple(options["media"])
+    add_manifest_task(name, spec["splits"], **options)
+    added.append(name)
+  return added

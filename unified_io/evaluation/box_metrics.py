@@ -12,7 +12,7 @@ for an evaluation image (no augmentation) from its original size alone.
 """
 
 import collections
-from typing import Dict, Hashable, List, Mapping, Optional, Sequence
+from typing import Dict, Hashable, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -41,12 +41,18 @@ def box_area(boxes_n4) -> np.ndarray:
           np.maximum(boxes_n4[:, 3] - boxes_n4[:, 1], 0))
 
 
-def box_iou(boxes_a_n4, boxes_b_m4) -> np.ndarray:
-  """[n, m] intersection over union of two sets of (y1, x1, y2, x2) boxes (0 where union is 0)."""
+def box_intersection(boxes_a_n4, boxes_b_m4) -> np.ndarray:
+  """[n, m] areas of the intersections of two sets of (y1, x1, y2, x2) boxes."""
   a_n4, b_m4 = as_boxes(boxes_a_n4, "box_iou"), as_boxes(boxes_b_m4, "box_iou")
   top_left = np.maximum(a_n4[:, None, :2], b_m4[None, :, :2])
   bottom_right = np.minimum(a_n4[:, None, 2:], b_m4[None, :, 2:])
-  inter_nm = np.prod(np.maximum(bottom_right - top_left, 0), axis=-1)
+  return np.prod(np.maximum(bottom_right - top_left, 0), axis=-1)
+
+
+def box_iou(boxes_a_n4, boxes_b_m4) -> np.ndarray:
+  """[n, m] intersection over union of two sets of (y1, x1, y2, x2) boxes (0 where union is 0)."""
+  a_n4, b_m4 = as_boxes(boxes_a_n4, "box_iou"), as_boxes(boxes_b_m4, "box_iou")
+  inter_nm = box_intersection(a_n4, b_m4)
   union_nm = box_area(a_n4)[:, None] + box_area(b_m4)[None, :] - inter_nm
   return np.where(union_nm > 0, inter_nm / np.where(union_nm > 0, union_nm, 1), 0.0)
 
@@ -121,8 +127,19 @@ def refexp(predictions: Sequence, references: Sequence,
 
 # ---------------------------------------------------------------- detection AP
 
-def _detections(predictions, references):
-  """Validated per-image (boxes, labels, scores) and (boxes, labels); order gives absent scores."""
+class _Image(NamedTuple):
+  """One image's detections (ranked, capped) and ground truth, validated."""
+  boxes_d4: np.ndarray
+  labels_d: List[Hashable]
+  scores_d: np.ndarray
+  gt_boxes_g4: np.ndarray
+  gt_labels_g: List[Hashable]
+  gt_crowd_g: np.ndarray  # bool: a crowd region (COCO's iscrowd), matched but never counted
+
+
+def _detections(predictions, references, max_detections: int) -> List[_Image]:
+  """Validated images; each keeps its `max_detections` best-scored detections (order breaks ties,
+  and ranks them when no scores are given: earlier = more confident)."""
   if len(predictions) == 0:  # pylint: disable=g-explicit-length-test
     raise ValueError("detection_ap: no predictions given; pass one dict per image")
   if len(predictions) != len(references):
@@ -132,7 +149,7 @@ def _detections(predictions, references):
   if len(has_scores) > 1:
     raise ValueError("detection_ap: some images' predictions have 'scores' and others do not; "
                      "give scores for all images or for none (then the order ranks them)")
-  dets, gts = [], []
+  images = []
   for i, (pred, ref) in enumerate(zip(predictions, references)):
     boxes = as_boxes(pred.get("boxes"), f"detection_ap prediction {i}")
     labels = list(pred.get("labels", []))
@@ -140,14 +157,19 @@ def _detections(predictions, references):
               else -np.arange(len(boxes), dtype=np.float64))  # earlier = more confident
     gt_boxes = as_boxes(ref.get("boxes"), f"detection_ap reference {i}")
     gt_labels = list(ref.get("labels", []))
-    if len(labels) != len(boxes) or len(scores) != len(boxes) or len(gt_labels) != len(gt_boxes):
-      raise ValueError(f"detection_ap: image {i}: boxes, labels (and scores) must have the same "
-                       f"length; got {len(boxes)} boxes, {len(labels)} labels, {len(scores)} "
-                       f"scores predicted and {len(gt_boxes)} boxes, {len(gt_labels)} labels "
-                       f"in the reference")
-    dets.append((boxes, labels, scores))
-    gts.append((gt_boxes, gt_labels))
-  return dets, gts
+    crowd = ref.get("crowd")
+    crowd = (np.zeros(len(gt_boxes), bool) if crowd is None
+             else np.asarray(crowd, bool).reshape(-1))
+    if (len(labels) != len(boxes) or len(scores) != len(boxes) or len(gt_labels) != len(gt_boxes)
+        or len(crowd) != len(gt_boxes)):
+      raise ValueError(f"detection_ap: image {i}: boxes, labels (and scores, crowd) must have the "
+                       f"same length; got {len(boxes)} boxes, {len(labels)} labels, "
+                       f"{len(scores)} scores predicted and {len(gt_boxes)} boxes, "
+                       f"{len(gt_labels)} labels, {len(crowd)} crowd flags in the reference")
+    keep = np.argsort(-scores, kind="stable")[:max_detections]
+    images.append(_Image(boxes[keep], [labels[j] for j in keep], scores[keep], gt_boxes,
+                         gt_labels, crowd))
+  return images
 
 
 def _interpolated_ap(is_tp_d: np.ndarray, num_gt: int) -> float:
@@ -163,58 +185,87 @@ def _interpolated_ap(is_tp_d: np.ndarray, num_gt: int) -> float:
                                 envelope_d[np.minimum(first_d, len(recall_d) - 1)], 0.0)))
 
 
-def _class_ap(label: Hashable, dets, gts, max_detections: int) -> List[float]:
+def _overlaps(boxes_d4, gt_boxes_g4, crowd_g) -> np.ndarray:
+  """[d, g] IoU, except against a crowd region: intersection / detection area (COCO's rule)."""
+  inter_dg = box_intersection(boxes_d4, gt_boxes_g4)
+  area_d = box_area(boxes_d4)[:, None]
+  union_dg = np.where(crowd_g[None, :], area_d, area_d + box_area(gt_boxes_g4)[None, :] - inter_dg)
+  return np.where(union_dg > 0, inter_dg / np.where(union_dg > 0, union_dg, 1), 0.0)
+
+
+def _match(overlap_g: np.ndarray, crowd_g: np.ndarray, taken: set, threshold: float
+           ) -> Optional[int]:
+  """COCO's greedy match of one detection: the untaken ordinary ground truth with the highest
+  overlap >= threshold (ties: the later one); failing that, any crowd region reaching it."""
+  best = None
+  for wanted_crowd in (False, True):
+    for g in np.flatnonzero(crowd_g == wanted_crowd):
+      if overlap_g[g] >= threshold and (wanted_crowd or g not in taken):
+        if best is None or overlap_g[g] >= overlap_g[best]:
+          best = int(g)
+    if best is not None:
+      return best
+  return None
+
+
+def _class_ap(label: Hashable, images: Sequence[_Image]) -> List[float]:
   """AP of one class at each threshold of AP_IOU_THRESHOLDS."""
-  ranked = []  # (-score, image, iou row with the image's gts of this class)
+  ranked = []  # (-score, image, overlaps with the image's gts of this class, their crowd flags)
   num_gt = 0
-  for image, ((boxes, labels, scores), (gt_boxes, gt_labels)) in enumerate(zip(dets, gts)):
-    gt_sel = [j for j, l in enumerate(gt_labels) if l == label]
-    num_gt += len(gt_sel)
-    det_sel = [j for j, l in enumerate(labels) if l == label]
-    det_sel = sorted(det_sel, key=lambda j: -scores[j])[:max_detections]
-    iou_dg = box_iou(boxes[det_sel], gt_boxes[gt_sel])
-    ranked += [(-scores[j], image, iou_dg[k]) for k, j in enumerate(det_sel)]
+  for index, image in enumerate(images):
+    gt_sel = [j for j, l in enumerate(image.gt_labels_g) if l == label]
+    crowd_g = image.gt_crowd_g[gt_sel]
+    num_gt += int(np.sum(~crowd_g))
+    det_sel = [j for j, l in enumerate(image.labels_d) if l == label]
+    overlap_dg = _overlaps(image.boxes_d4[det_sel], image.gt_boxes_g4[gt_sel], crowd_g)
+    ranked += [(-image.scores_d[j], index, overlap_dg[k], crowd_g) for k, j in enumerate(det_sel)]
   ranked.sort(key=lambda r: r[0])  # stable: equal scores keep image order
 
   aps = []
   for threshold in AP_IOU_THRESHOLDS:
-    matched = collections.defaultdict(set)  # image -> indices of its matched ground truths
-    is_tp = np.zeros(len(ranked), bool)
-    for d, (_, image, iou_g) in enumerate(ranked):
-      # Greedy: the still unmatched ground truth with the highest IoU at or above the threshold.
-      candidates = [(iou, g) for g, iou in enumerate(iou_g)
-                    if iou >= threshold and g not in matched[image]]
-      if candidates:
-        matched[image].add(max(candidates)[1])
-        is_tp[d] = True
-    aps.append(_interpolated_ap(is_tp, num_gt))
+    taken = collections.defaultdict(set)  # image -> indices of its matched ground truths
+    is_tp = []  # a detection matching a crowd region is left out: neither right nor wrong
+    for _, index, overlap_g, crowd_g in ranked:
+      g = _match(overlap_g, crowd_g, taken[index], threshold)
+      if g is None:
+        is_tp.append(False)
+      elif not crowd_g[g]:
+        taken[index].add(g)
+        is_tp.append(True)
+    aps.append(_interpolated_ap(np.array(is_tp, bool), num_gt))
   return aps
 
 
 def detection_ap(predictions: Sequence[Mapping], references: Sequence[Mapping],
                  max_detections: int = MAX_DETECTIONS,
                  per_class: bool = False) -> Dict[str, float]:
-  """COCO-style box AP -> {"ap": AP@[.5:.95], "ap50", "ap75"} (+ "ap/<label>" with per_class).
+  """COCO box AP -> {"ap": AP@[.5:.95], "ap50", "ap75"} (+ "ap/<label>" with per_class).
 
   Args:
     predictions: per image, {"boxes": [n, 4], "labels": [n], "scores": [n] (optional)}. Without
       scores (generated text has none) the order ranks them: an image's first box outranks its
       second, and equal ranks across images keep image order.
-    references: per image, {"boxes": [k, 4], "labels": [k]}; images without objects are fine.
-    max_detections: per image and class, the highest-scored boxes kept (COCO: 100).
+    references: per image, {"boxes": [k, 4], "labels": [k], "crowd": [k] bools (optional,
+      COCO's iscrowd)}; images without objects are fine.
+    max_detections: per image, the highest-ranked detections kept (COCO: 100).
     per_class: also report each class's AP@[.5:.95].
 
-  Matching, per class and IoU threshold, goes down all detections sorted by score; each takes the
-  unmatched ground truth of its image with the highest IoU >= threshold, else is a false positive.
-  AP is COCO's: precision made non-increasing, read at 101 recall points, averaged. Classes are
-  those with ground truth (predicted labels of other classes are ignored, as in COCO); no crowd
-  regions and no area ranges.
+  As COCO's evaluation (pycocotools COCOeval, area range "all") computes it: per class and IoU
+  threshold in .50:.05:.95, all detections sorted by score; each takes the unmatched ordinary
+  ground truth of its image with the highest IoU >= threshold, else a crowd region it overlaps
+  enough (intersection / its own area >= threshold; it is then ignored), else it is a false
+  positive. AP: precision made non-increasing, read at 101 recall points 0:.01:1 (0 beyond the
+  highest recall), averaged; then averaged over thresholds and over the classes with at least
+  one non-crowd ground truth (predicted labels of other classes count for nothing, as in COCO).
   """
-  dets, gts = _detections(predictions, references)
-  classes = sorted({l for _, labels in gts for l in labels}, key=str)
+  images = _detections(predictions, references, max_detections)
+  classes = sorted({l for image in images
+                    for l, crowd in zip(image.gt_labels_g, image.gt_crowd_g) if not crowd},
+                   key=str)
   if not classes:
-    raise ValueError("detection_ap: the references hold no ground-truth boxes, so AP is undefined")
-  ap_ct = np.array([_class_ap(c, dets, gts, max_detections) for c in classes])
+    raise ValueError("detection_ap: the references hold no ground-truth boxes (crowd regions "
+                     "aside), so AP is undefined")
+  ap_ct = np.array([_class_ap(c, images) for c in classes])
   out = {"ap": float(ap_ct.mean()),
          "ap50": float(ap_ct[:, AP_IOU_THRESHOLDS.index(0.5)].mean()),
          "ap75": float(ap_ct[:, AP_IOU_THRESHOLDS.index(0.75)].mean())}

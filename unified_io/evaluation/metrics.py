@@ -1,32 +1,30 @@
-"""Evaluation metrics over python lists / numpy arrays, and the `METRICS` registry tasks name.
+"""Evaluation metrics over python lists / numpy arrays.
 
 Every metric has the signature `metric(predictions, references, **options) -> {name: float}`,
 with one prediction and one reference entry per example, in the same order. An empty list of
 predictions, a length mismatch, or an example without any reference raises ValueError saying so.
-Each registered `Metric` declares the `MetricInput` it takes, which is how the evaluator knows
-what to hand it.
+Tasks name them through their seqio `metric_fns` (`metric_fns`, the `fn(targets, predictions)`
+wrappers); these are the definitions.
 
-  name                     input        predictions / references per example        keys returned
-  exact_match              TEXT         str / str or [str] (any may match)          exact_match
-  vqa_accuracy             TEXT         str / [str] human answers (or one str)      vqa_accuracy
-  bleu                     TEXT         str / str or [str]                          bleu_1 .. _4
-  cider                    TEXT         str / str or [str]                          cider
-  refexp                   BOX          box [4] | boxes [n, 4] | None / box [4]     acc50, mean_iou
-  detection_ap             BOXES        {boxes, labels, scores?} / {boxes, labels}  ap, ap50, ap75
-  classification_accuracy  TEXT         label / label                               accuracy, ..
-  token_accuracy           TOKENS       int tokens [L'] / int tokens [L] (+ masks)  token_acc..
-  image_error              IMAGE        image [H, W, C] / image [H, W, C]           pixel_mse, ..
-  spectrogram_error        SPECTROGRAM  log-mel [T, M] / log-mel [T, M] (+ masks)   spectrogram_..
+  name                     predictions / references per example                     keys returned
+  exact_match              str / str or [str] (any may match)                       exact_match
+  vqa_accuracy             str / [str] human answers (or one str)                   vqa_accuracy
+  bleu                     str / str or [str]                                       bleu_1 .. _4
+  cider                    str / str or [str]                                       cider
+  refexp                   box [4] | boxes [n, 4] | None / box [4]                  acc50, mean_iou
+  detection_ap             {boxes, labels, scores?} / {boxes, labels, crowd?}       ap, ap50, ap75
+  classification_accuracy  label / label                                            accuracy, ..
+  token_accuracy           int tokens [L'] / int tokens [L] (+ masks)               token_acc..
+  image_error              image [H, W, C] / image [H, W, C]                        pixel_mse, ..
+  spectrogram_error        log-mel [T, M] / log-mel [T, M] (+ masks)                spectrogram_..
 
 Boxes are (y1, x1, y2, x2) in pixels, the repo's convention; see `box_metrics` for undoing the
 resize-and-pad before comparing, and `caption_metrics` for the BLEU and CIDEr-D definitions.
 """
 
-import dataclasses
-import enum
 import math
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -34,8 +32,7 @@ from unified_io.evaluation.box_metrics import (box_iou, detection_ap, refexp, re
                                                unresize_boxes)
 from unified_io.evaluation.caption_metrics import bleu, cider, reference_lists
 
-__all__ = ["METRICS", "Metric", "MetricInput", "compute_metrics", "get_metric", "exact_match",
-           "vqa_accuracy", "bleu", "cider", "refexp", "detection_ap", "classification_accuracy",
+__all__ = ["exact_match", "vqa_accuracy", "bleu", "cider", "refexp", "detection_ap", "classification_accuracy",
            "token_accuracy", "image_error", "spectrogram_error", "box_iou", "resize_transform",
            "unresize_boxes", "normalize_text", "normalize_vqa_answer"]
 
@@ -70,8 +67,9 @@ def exact_match(predictions: Sequence[str], references: Sequence[Union[str, Sequ
   return {"exact_match": float(np.mean(hits))}
 
 
-# The VQA evaluation's answer normalisation (Antol et al. 2015; the VQAv2 evaluation code):
-# punctuation, periods, number words -> digits, articles dropped, contractions restored.
+# The VQA evaluation's answer normalisation (Antol et al. 2015; the official VQAv2 evaluation code,
+# vqaEval.py): punctuation, periods, number words -> digits, articles dropped, contractions
+# restored.
 _VQA_PUNCTUATION = (";", "/", "[", "]", "\"", "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">",
                     "<", "@", "`", ",", "?", "!")
 _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
@@ -81,23 +79,63 @@ _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten".split())}
 _NUMBER_WORDS["none"] = "0"
 _ARTICLES = {"a", "an", "the"}
+# The contractions the official map restores. A word matches one when it is the contraction with
+# exactly one apostrophe left out ("dont", "couldnt've", "couldn'tve"). Left out, as there: the
+# forms that are ordinary words without apostrophe (we'll, he'll, it's, i'd, we'd, she'd, ...);
+# "I'm", "I've", "I'd've", whose keys are capitalised there and so never match a lowercased word.
 _CONTRACTIONS_WITH_APOSTROPHES = (
-    "aren't can't couldn't could've couldn't've didn't doesn't don't hadn't hadn't've hasn't "
-    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll "
-    "ma'am mightn't mightn't've might've mustn't must've needn't o'clock oughtn't shan't she'd "
-    "she'd've she's should've shouldn't shouldn't've somebody'd somebody'll somebody's someone'd "
-    "someone'll someone's something'd something'll that's there'd there're there's they'd "
-    "they'd've they'll they're they've 'twas wasn't we've weren't what'll what're what's what've "
-    "when's where'd where's where've who'd who'll who's who've why'll why're why's won't "
-    "would've wouldn't wouldn't've y'all you'd you'd've you'll you're you've").split()
-# Written without apostrophes these are ordinary words, so they are left alone.
-_REAL_WORDS = {"hell", "shell", "well", "were", "wed", "ill", "id", "its", "lets", "shed", "whore"}
-_CONTRACTIONS = {c.replace("'", ""): c for c in _CONTRACTIONS_WITH_APOSTROPHES
-                 if c.replace("'", "") not in _REAL_WORDS}
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't "
+    "mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't "
+    "she'd've should've shouldn't shouldn't've somebody'd've somebody'll somebody's someone'd "
+    "someone'd've someone'll someone's something'd something'd've something'll that's there'd "
+    "there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've "
+    "we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've "
+    "who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll "
+    "y'all'd've you'd you'd've you'll you're you've").split()
+
+
+def _one_apostrophe_dropped(word: str) -> List[str]:
+  return [word[:i] + word[i + 1:] for i, c in enumerate(word) if c == "'"]
+
+
+_CONTRACTIONS = {key: c for c in _CONTRACTIONS_WITH_APOSTROPHES
+                 for key in _one_apostrophe_dropped(c)}
+# (sic) The official map sends this one the other way.
+_CONTRACTIONS["somebody'd"] = "somebodyd"
+
+
+def _vqa_punctuation(text: str) -> str:
+  """The official `processPunctuation`: each mark of `_VQA_PUNCTUATION` is deleted when it touches
+  a space (or the text has a digit-comma-digit, so "1,000" -> "1000"), else it becomes a space; a
+  period not followed by a digit is deleted ("2.5" stays)."""
+  out = text
+  for mark in _VQA_PUNCTUATION:
+    touches_space = (mark + " " in text) or (" " + mark in text)
+    out = out.replace(mark, "" if touches_space or _DIGIT_COMMA_DIGIT.search(text) else " ")
+  return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+
+
+def _vqa_digits_articles(text: str) -> str:
+  """The official `processDigitArticle`: lowercased, word by word number words become digits
+  ("two" -> "2", "none" -> "0"), articles (a, an, the) are dropped, contractions written without
+  an apostrophe get it back ("dont" -> "don't")."""
+  words = []
+  for word in text.lower().split():
+    word = _NUMBER_WORDS.get(word, word)
+    if word not in _ARTICLES:
+      words.append(word)
+  return " ".join(_CONTRACTIONS.get(word, word) for word in words)
+
+
+def _vqa_whitespace(text: Union[str, bytes]) -> str:
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  return str(text).replace("\n", " ").replace("\t", " ").strip()
 
 
 def normalize_vqa_answer(answer: Union[str, bytes]) -> str:
-  """The VQA answer normalisation, as the official VQAv2 evaluation applies it.
+  """The VQA answer normalisation the official VQAv2 evaluation applies to a predicted answer.
 
   Tabs/newlines become spaces; each mark of `_VQA_PUNCTUATION` is deleted when it touches a space
   (or the answer has a digit-comma-digit, so "1,000" -> "1000"), else it becomes a space; a period
@@ -105,26 +143,16 @@ def normalize_vqa_answer(answer: Union[str, bytes]) -> str:
   words become digits ("two" -> "2", "none" -> "0"), articles (a, an, the) are dropped and
   contractions written without apostrophe get it back ("dont" -> "don't").
   """
-  if isinstance(answer, bytes):
-    answer = answer.decode("utf-8")
-  text = str(answer).replace("\n", " ").replace("\t", " ").strip()
-  out = text
-  for mark in _VQA_PUNCTUATION:
-    touches_space = (mark + " " in text) or (" " + mark in text)
-    out = out.replace(mark, "" if touches_space or _DIGIT_COMMA_DIGIT.search(text) else " ")
-  out = _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
-  words = []
-  for word in out.lower().split():
-    word = _NUMBER_WORDS.get(word, word)
-    if word not in _ARTICLES:
-      words.append(_CONTRACTIONS.get(word, word))
-  return " ".join(words)
+  return _vqa_digits_articles(_vqa_punctuation(_vqa_whitespace(answer)))
 
 
 def _vqa_score(prediction: str, answers: List[str]) -> float:
   """Mean over leave-one-out subsets of min(#answers matching in the subset / needed, 1)."""
   prediction = normalize_vqa_answer(prediction)
-  matches = [normalize_vqa_answer(a) == prediction for a in answers]
+  answers = [_vqa_whitespace(a) for a in answers]
+  if len(set(answers)) > 1:  # as the official code: only answers that disagree, punctuation only
+    answers = [_vqa_punctuation(a) for a in answers]
+  matches = [a == prediction for a in answers]
   if len(answers) == 1:
     return float(matches[0])
   needed = min(3, len(answers) - 1)
@@ -137,10 +165,11 @@ def vqa_accuracy(predictions: Sequence[str],
   """VQAv2 accuracy: per question, the mean over the 10 leave-one-out subsets of the 10 human
   answers of min(#humans in the subset who gave the prediction / 3, 1).
 
-  Answers are compared after `normalize_vqa_answer`. Unlike the official code, which normalises
-  only questions whose humans disagree, we normalise always (so "Two" vs a unanimous "2" scores).
-  Fewer answers: with one it is exact match after normalisation; with 2 or 3 the humans needed
-  for full credit are capped at N - 1 (so full credit stays reachable); from 4 on it is 3.
+  Exactly as the official evaluation (vqaEval.py) compares: the prediction goes through
+  `normalize_vqa_answer`; the human answers are taken as they are (VQAv2's are stored normalised:
+  "2", not "two"), except that when they disagree each goes through the punctuation step only.
+  Fewer answers (other datasets): with one it is exact match; with 2 or 3 the humans needed for
+  full credit are capped at N - 1 (so full credit stays reachable); from 4 on it is 3.
   """
   refs_per_example = reference_lists("vqa_accuracy", predictions, references)
   scores = [_vqa_score(p, refs) for p, refs in zip(predictions, refs_per_example)]
@@ -255,70 +284,3 @@ def spectrogram_error(predictions: Sequence[np.ndarray], references: Sequence[np
   if count == 0:
     raise ValueError("spectrogram_error: no bin is counted (empty spectrograms or all-zero masks)")
   return {"spectrogram_l1": abs_sum / count, "spectrogram_mse": sq_sum / count}
-
-
-# ---------------------------------------------------------------- the registry
-
-class MetricInput(str, enum.Enum):
-  """What a metric compares, per example (the evaluator builds each from its records)."""
-
-  TEXT = "text"  # generated text (an answer, a caption, a label) vs the reference answer(s)
-  BOX = "box"  # the first box read from generated location tokens vs the reference box
-  BOXES = "boxes"  # {boxes, labels} read from generated text vs the reference's
-  TOKENS = "tokens"  # generated VQ token ids vs the reference target's, `masks=` its loss mask
-  IMAGE = "image"  # generated tokens rendered to pixels in [0, 1] vs the reference image
-  SPECTROGRAM = "spectrogram"  # generated tokens rendered to a spectrogram vs the reference
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-  """A registered metric: the function, and the input it takes. Called like the function."""
-
-  fn: MetricFn
-  inputs: MetricInput
-
-  def __call__(self, predictions, references, **options) -> Dict[str, float]:
-    return self.fn(predictions, references, **options)
-
-
-METRICS: Dict[str, Metric] = {
-    "exact_match": Metric(exact_match, MetricInput.TEXT),
-    "vqa_accuracy": Metric(vqa_accuracy, MetricInput.TEXT),
-    "bleu": Metric(bleu, MetricInput.TEXT),
-    "cider": Metric(cider, MetricInput.TEXT),
-    "refexp": Metric(refexp, MetricInput.BOX),
-    "detection_ap": Metric(detection_ap, MetricInput.BOXES),
-    "classification_accuracy": Metric(classification_accuracy, MetricInput.TEXT),
-    "token_accuracy": Metric(token_accuracy, MetricInput.TOKENS),
-    "image_error": Metric(image_error, MetricInput.IMAGE),
-    "spectrogram_error": Metric(spectrogram_error, MetricInput.SPECTROGRAM),
-}
-
-
-def get_metric(name: str) -> Metric:
-  """The metric registered as `name`; an unknown name raises ValueError listing the known ones."""
-  if name not in METRICS:
-    raise ValueError(f"unknown metric {name!r}; known metrics: {sorted(METRICS)}")
-  return METRICS[name]
-
-
-def compute_metrics(names: Sequence[str], predictions: Sequence, references: Sequence,
-                    options: Optional[Mapping[str, Mapping]] = None) -> Dict[str, float]:
-  """Runs each named metric on the same predictions and references; one merged dict.
-
-  `options` maps a metric name to its keyword arguments (e.g. {"token_accuracy": {"masks": m}}).
-  Two metrics returning the same key raise ValueError rather than overwrite each other.
-  """
-  options = dict(options or {})
-  unused = set(options) - set(names)
-  if unused:
-    raise ValueError(f"compute_metrics: options given for metrics not asked for: {sorted(unused)}")
-  out: Dict[str, float] = {}
-  for name in names:
-    values = get_metric(name)(predictions, references, **options.get(name, {}))
-    clash = set(values) & set(out)
-    if clash:
-      raise ValueError(f"compute_metrics: metric {name!r} returns keys already set: "
-                       f"{sorted(clash)}")
-    out.update(values)
-  return out

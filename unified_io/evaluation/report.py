@@ -17,7 +17,7 @@ import numpy as np
 from unified_io.data.ops.image import CLIP_MEAN, CLIP_STD
 from unified_io.evaluation import render
 from unified_io.evaluation.evaluator import TaskResult
-from unified_io.evaluation.specs import Reads, spec_for
+from unified_io.evaluation.postprocessors import to_python
 from unified_io.modalities import Modality
 
 
@@ -100,51 +100,63 @@ def loss_curves_png(metrics_jsonl: str, path: str) -> str:
   return path
 
 
+def _is_box(value) -> bool:
+  return (isinstance(value, (list, tuple, np.ndarray)) and np.asarray(value).shape == (4,)
+          and np.asarray(value).dtype.kind in "fi")
+
+
+def _boxes_drawn(image, record: Mapping):
+  """Boxes in a postprocessed prediction / reference (one box, or {boxes, labels}) drawn on the
+  input image: green the truth, red the prediction; the image unchanged when there are none."""
+  prediction, reference = record.get("prediction"), record.get("reference")
+  if _is_box(reference) and (prediction is None or _is_box(prediction)):
+    boxes = [reference] + ([prediction] if prediction is not None else [])
+    return render.draw_boxes(image, np.asarray(boxes, np.float32).reshape(-1, 4),
+                             ["truth", "predicted"][:len(boxes)],
+                             [(0, 200, 0), (230, 0, 0)][:len(boxes)])
+  if isinstance(prediction, Mapping) and "boxes" in prediction:
+    boxes = np.asarray(prediction["boxes"], np.float32).reshape(-1, 4)
+    if len(boxes):
+      return render.draw_boxes(image, boxes, [str(l) for l in prediction.get("labels", [])],
+                               [(230, 0, 0)])
+  return image
+
+
+def _shown(value) -> str:
+  return value if isinstance(value, str) else json.dumps(to_python(value))[:200]
+
+
 def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Dict:
-  spec = spec_for(task)
   inputs = record.get("_inputs", {})
   card = {"title": f"{task} #{index}", "prompt": record.get("prompt", "")}
   image = input_image(inputs, data_config)
   frames = history_frames(inputs, data_config)
   spectrogram = input_spectrogram(inputs, data_config)
-  if spec.target == Modality.TEXT:
-    card["prediction"] = record.get("prediction", "")
-    card["reference"] = record.get("answer", "")
-    if spec.reads == Reads.BOX and image is not None:
-      boxes = [record["reference"]] + ([record["prediction_box"][0]]
-                                       if record.get("prediction_box") else [])
-      image = render.draw_boxes(image, np.asarray(boxes, np.float32).reshape(-1, 4),
-                                ["truth", "predicted"][:len(boxes)],
-                                [(0, 200, 0), (230, 0, 0)][:len(boxes)])
-    elif spec.reads == Reads.BOXES and image is not None:
-      predicted = record.get("prediction_boxes") or {"boxes": [], "labels": []}
-      if predicted["labels"]:
-        image = render.draw_boxes(image, np.asarray(predicted["boxes"], np.float32).reshape(-1, 4),
-                                  predicted["labels"], [(230, 0, 0)])
+  output, target = record.get("_output"), record.get("_target")
+  if not isinstance(output, Mapping):  # a text target
+    card["prediction"] = record.get("text", _shown(record.get("prediction")))
+    card["reference"] = _shown(record.get("reference", target))
     if image is not None:
-      card["image"] = image
+      card["image"] = _boxes_drawn(image, record)
     elif frames is not None:
       card["image"] = frames
     if spectrogram is not None:
       card["spectrogram"] = render.spectrogram_png(
           spectrogram, os.path.join(media, f"{task}-{index}-input.png"), title="input audio")
     return card
-  generated = record["_rendered"]
-  reference = record["_reference_raw"]
-  if spec.target == Modality.IMAGE:
-    side = np.concatenate([np.clip((generated + 1) / 2, 0, 1),
-                           np.clip((reference + 1) / 2, 0, 1)], axis=1)
+  if "image" in output:
+    side = np.concatenate([output["image"], target["image"]], axis=1)
     card["image"] = render.to_uint8(side)
     card["prediction"] = "left: generated (VQ tokens -> tokenizer decoder)"
     card["reference"] = "right: the reference image"
   else:
-    both = np.concatenate([np.squeeze(generated), np.squeeze(reference)], axis=0)
+    both = np.concatenate([output["spectrogram"], target["spectrogram"]], axis=0)
     card["spectrogram"] = render.spectrogram_png(
         both, os.path.join(media, f"{task}-{index}-audio.png"),
         title="generated | reference")
     card["prediction"] = "generated spectrogram (first half of the time axis)"
-  tokens, ref = np.asarray(record["prediction"]), np.asarray(record["reference"])
-  card["metrics"] = {"token accuracy": float(np.mean(tokens == ref))}
+  tokens, ref = np.asarray(output["tokens"]), np.asarray(target["tokens"])
+  card["metrics"] = {"token accuracy": float(np.mean(tokens[:len(ref)] == ref[:len(tokens)]))}
   return card
 
 

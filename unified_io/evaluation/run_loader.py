@@ -5,6 +5,7 @@
   run = load_run("/tmp/uio2/checkpoints/300")        # a step directory
   run = load_run("/tmp/uio2", dtype="bfloat16")      # parameters cast for inference
   run = load_run("/ckpt/uio2-large", model_config=make_config("large", ...))   # a bare checkpoint
+  run = load_run("/tmp/uio2", dtype="bfloat16", mesh=make_mesh(model=2))       # sharded
 
 `uio2-train` writes MODEL_DIR/run-config.json (the model config, feature lengths and vocabulary as
 data, `unified_io.training.run_config`) and its checkpoints under MODEL_DIR/checkpoints/<step>/.
@@ -12,6 +13,14 @@ data, `unified_io.training.run_config`) and its checkpoints under MODEL_DIR/chec
 or from `model_config` when one is given (a bare checkpoint, or an override), and loads the
 parameters of the step, checking every parameter's path and shape against the model first: a
 checkpoint that does not fit is refused with one line naming the first parameter that differs.
+
+With a `mesh` (`unified_io.partitioning.make_mesh`), every parameter is read from the checkpoint
+straight onto its NamedSharding (its logical axes under `partitioning.axis_rules(fsdp)`, as
+training lays it out) and cast on read when a dtype is given: each device receives only its own
+shards, already in `dtype` (the float32 tree is never assembled anywhere; replicated parameters,
+and every parameter when model=1 without fsdp, are whole on each device). A mesh whose axes do
+not divide a split parameter dimension is refused before anything is read. In a multi-process run every process calls `load_run` with the same
+global mesh; each reads only the shards its devices hold.
 """
 
 import os
@@ -22,8 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
-from unified_io import contract
+from unified_io import contract, partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import vocab as vocab_lib
 from unified_io.model import UnifiedIOModel
@@ -39,7 +49,7 @@ class RunLoadError(ValueError):
 
 class Run(NamedTuple):
   model: UnifiedIOModel
-  params: Dict[str, Any]  # nested dict of jax arrays (float32, or `dtype` when given)
+  params: Dict[str, Any]  # nested dict of jax arrays (float32, or `dtype`; on `mesh` if given)
   step: int
   model_dir: Optional[str]  # None for a bare checkpoint directory given with a model config
   data_config: contract.DataConfig  # the sizes the run's input pipeline used
@@ -155,17 +165,45 @@ def check_shapes(model_params: Dict[str, Tuple[int, ...]],
                          f"model lacks; {fix}")
 
 
+def abstract_boxed_params(model: UnifiedIOModel) -> Dict[str, Any]:
+  """The model's parameters as `jax.ShapeDtypeStruct`s in their logical-axis boxes."""
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
+
+
+def _box_values(boxed):
+  # The boxes' values, not `nn.meta.unbox`: under `jax.set_mesh` unboxing applies a sharding
+  # constraint, which fails eagerly on abstract leaves (a caller may hold a mesh already).
+  return jax.tree_util.tree_map(lambda x: getattr(x, "value", x), boxed,
+                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def abstract_params(model: UnifiedIOModel) -> Dict[str, Any]:
   """The model's parameters as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
-  return nn.meta.unbox(boxed)
+  return _box_values(abstract_boxed_params(model))
+
+
+def sharded_target(boxed, mesh: Mesh, fsdp: bool = False, dtype=None) -> Dict[str, Any]:
+  """`jax.ShapeDtypeStruct`s with the NamedShardings the parameters take on `mesh` (floating ones
+  in `dtype` when given). Raises RunLoadError when a mesh axis does not divide a dimension."""
+  rules = partitioning.axis_rules(fsdp)
+  try:
+    partitioning.check_divisible(boxed, mesh, rules)
+  except ValueError as exc:
+    raise RunLoadError(_one_line(exc)) from exc
+
+  def struct(leaf, sharding):
+    cast = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
+    return jax.ShapeDtypeStruct(leaf.shape, dtype if cast else leaf.dtype, sharding=sharding)
+  return jax.tree_util.tree_map(struct, _box_values(boxed),
+                                partitioning.shardings(boxed, mesh, rules))
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
-             model_config: Optional[UnifiedIOConfig] = None) -> Run:
+             model_config: Optional[UnifiedIOConfig] = None, mesh: Optional[Mesh] = None,
+             fsdp: bool = False) -> Run:
   """The model and parameters of a training run (module docstring).
 
   Args:
@@ -175,9 +213,13 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
     dtype: None (as saved, float32) or "bfloat16" / "float16" / a jnp dtype: floating parameters
       are cast (for inference).
     model_config: the model to load into, instead of the run's own config.
+    mesh: None (every parameter whole on the default device) or a (data, model) mesh: parameters
+      are restored onto their shardings (module docstring).
+    fsdp: with `mesh`, also split parameters' embed axis over `data` (as training's `fsdp`).
   Raises:
     RunLoadError: one line naming what is wrong (missing directory or step, no config, a config
-      that does not parse, a checkpoint whose parameters do not fit the config).
+      that does not parse, a checkpoint whose parameters do not fit the config, a mesh that does
+      not divide a parameter).
   """
   model_dir, step_dir, found_step = resolve_checkpoint(checkpoint, step)
   cfg, lengths, vocabulary = _configured(model_dir, model_config, checkpoint)
@@ -187,10 +229,15 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
     dtype = _DTYPES[dtype]
 
   model = UnifiedIOModel(cfg)
-  target = abstract_params(model)
+  boxed = abstract_boxed_params(model)
+  target = _box_values(boxed)
+  sharded = None if mesh is None else sharded_target(boxed, mesh, fsdp, dtype)
   check_shapes({p: tuple(s.shape) for p, s in _flat(target).items()}, _stored_shapes(step_dir),
                f"checkpoint {step_dir}")
-  params = ckpt_lib.load_params(step_dir, target, dtype=dtype)
+  if sharded is None:
+    params = ckpt_lib.load_params(step_dir, target, dtype=dtype)
+  else:
+    params = ckpt_lib.restore_params_sharded(step_dir, sharded)
   if found_step is None:
     found_step = _step_from_state(step_dir)
   return Run(model=model, params=params, step=found_step, model_dir=model_dir,
@@ -203,5 +250,5 @@ def _step_from_state(step_dir: str) -> int:
   return int(name) if re.fullmatch(r"\d+", name) else 0
 
 
-__all__ = ["Run", "RunLoadError", "abstract_params", "check_shapes", "load_run",
-           "resolve_checkpoint"]
+__all__ = ["Run", "RunLoadError", "abstract_boxed_params", "abstract_params", "check_shapes",
+           "load_run", "resolve_checkpoint", "sharded_target"]

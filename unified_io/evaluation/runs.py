@@ -23,6 +23,8 @@ from unified_io.config import UnifiedIOConfig
 from unified_io.data import registry
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import run_loader
+from unified_io.evaluation import sharded_inference
+from unified_io.training import run_config as run_config_lib
 
 gin.external_configurable(decoding.DecodeOptions, module="decoding")
 DONE_FILE = "evaluated.json"
@@ -62,25 +64,32 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
              split: str = "validation", batch_size: int = 8, max_examples: int = 64,
              decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
              wait_seconds: float = 0.0, poll_seconds: float = 30.0,
-             model_config: Optional[UnifiedIOConfig] = None,
+             model_config: Optional[UnifiedIOConfig] = None, dtype: Optional[str] = None,
              log=print) -> Dict[int, Dict[str, Dict[str, float]]]:
   """Evaluates each new checkpoint; returns {step: {task: metrics}} of this call's evaluations.
 
   `task_feature_lengths` default: the training run's. `model_config`: the model to load into
   instead of the run's own config (needed for a checkpoint without run-config.json, e.g.
-  `--gin_file=models/large.gin --gin.evaluate.model_config=@make_config()`). `wait_seconds` > 0: after the last new
-  checkpoint, keep polling every `poll_seconds` until that long passes with none.
+  `--gin_file=models/large.gin --gin.evaluate.model_config=@make_config()`). `wait_seconds` > 0:
+  after the last new checkpoint, keep polling every `poll_seconds` until that long passes with
+  none. `dtype`: "bfloat16" restores the parameters cast (half the memory). The mesh is gin's
+  `inference_mesh` (model_parallel, fsdp; every device of every process); the run's data
+  configuration (world, directories, task modules) is applied first (`run_config.apply_run_data`).
   """
   gin_required.check_required("evaluate", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   if not os.path.exists(checkpoint_path):
     raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
+  run_config_lib.apply_run_data(checkpoint_path, log=log)
   tasks = _task_names(mixture_or_task_name)
+  mesh = sharded_inference.inference_mesh()
+  writes = mesh.is_writer
   os.makedirs(output_dir, exist_ok=True)
   done_path = os.path.join(output_dir, DONE_FILE)
   done = _read_done(done_path)
-  writer = metric_writers.create_default_writer(output_dir, asynchronous=False)
+  writer = (metric_writers.create_default_writer(output_dir, asynchronous=False)
+            if writes else None)
   evaluator, results = None, {}
   last_new = time.time()
   while True:
@@ -91,7 +100,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
                                     "wait for them")
     pending = [s for s in steps if str(s) not in done]
     for step in pending:
-      run = run_loader.load_run(checkpoint_path, step, model_config=model_config)
+      run = mesh.load_run(checkpoint_path, step, dtype, model_config=model_config)
       if evaluator is None:
         lengths = task_feature_lengths or run.task_feature_lengths
         if not lengths:
@@ -100,18 +109,21 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
               "TASK_FEATURE_LENGTHS")
         evaluator = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                             batch_size=batch_size, max_examples=max_examples,
-                                            decode_options=decode_options, log=log)
-      metrics = {name: r.metrics for name, r in
-                 evaluator.evaluate(run.params, run.step, output_dir, writer).items()}
+                                            decode_options=decode_options, log=log, mesh=mesh)
+      metrics = {name: r.metrics for name, r in evaluator.evaluate(
+          run.params, run.step, output_dir if writes else None, writer).items()}
       results[run.step] = metrics
       done[str(step)] = {"step": run.step, "time": time.time()}
-      with open(done_path, "w") as f:
-        json.dump(done, f, indent=1)
+      if writes:
+        with open(done_path + ".tmp", "w") as f:
+          json.dump(done, f, indent=1)
+        os.replace(done_path + ".tmp", done_path)
       last_new = time.time()
     if wait_seconds <= 0 or time.time() - last_new > wait_seconds:
       break
     time.sleep(poll_seconds)
-  writer.close()
+  if writer is not None:
+    writer.close()
   if evaluator is None:
     log(f"uio2-eval: nothing new to evaluate in {checkpoint_path} (see {done_path})")
   return results
@@ -123,12 +135,17 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
           split: str = "test", batch_size: int = 8, chunk_size: int = 256,
           max_examples: Optional[int] = None, step: Optional[int] = None,
           decode_options: decoding.DecodeOptions = decoding.DecodeOptions(),
-          model_config: Optional[UnifiedIOConfig] = None, log=print) -> Dict[str, int]:
+          model_config: Optional[UnifiedIOConfig] = None, dtype: Optional[str] = None,
+          log=print) -> Dict[str, int]:
   """Writes predictions chunk by chunk; returns {task: examples predicted in this call}.
-  `model_config`: as for `evaluate`."""
+  `model_config`, `dtype`, the mesh and the run's data: as for `evaluate`."""
   gin_required.check_required("infer", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
-  run = run_loader.load_run(checkpoint_path, step, model_config=model_config)
+  if not os.path.exists(checkpoint_path):
+    raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
+  run_config_lib.apply_run_data(checkpoint_path, log=log)
+  mesh = sharded_inference.inference_mesh()
+  run = mesh.load_run(checkpoint_path, step, dtype, model_config=model_config)
   lengths = task_feature_lengths or run.task_feature_lengths
   if not lengths:
     raise gin_required.GinRequiredError(
@@ -136,7 +153,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   tasks = _task_names(mixture_or_task_name)
   predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                       batch_size=batch_size, decode_options=decode_options,
-                                      log=log, load=False)
+                                      log=log, load=False, mesh=mesh)
   os.makedirs(output_dir, exist_ok=True)
   counts = {}
   for name in tasks:
@@ -149,14 +166,15 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
         log(f"infer: {os.path.basename(path)} exists, skipped")
         start += size
         continue
-      data = evaluator_lib.load_examples(name, predictor.converter, lengths, split, batch_size,
-                                         size, start=start, allow_empty=True)
+      data = evaluator_lib.load_examples(name, predictor.converter, lengths, split,
+                                         predictor.batch_size, size, start=start,
+                                         allow_empty=True)
       if data.count == 0:
         break
       records = predictor.predict(run.params, name, data, jax.random.PRNGKey(start))
-      tmp = path + ".tmp"
-      evaluator_lib.write_records(tmp, records, first_index=start)
-      os.replace(tmp, path)  # a chunk exists only once complete: a rerun redoes a cut-off one
+      predictor.postprocess_predictions(name, records)
+      if mesh.is_writer:  # a chunk exists only once complete: a rerun redoes a cut-off one
+        evaluator_lib.write_records(path, records, first_index=start)
       counts[name] += data.count
       log(f"infer: {name} {split} examples {start}..{start + data.count - 1} -> {path}")
       if data.count < size:

@@ -96,10 +96,11 @@ def main(argv=None) -> int:
   print("== train: uio2-train --gin_file=models/tiny_multimodal.gin --gin_file=runs/pretrain.gin "
         + " ".join(f"--gin_file={f}" for f in args.gin_file)
         + " " + " ".join(f'--gin.{b.replace(" = ", "=")}' for b in bindings), flush=True)
-  gin_flags.parse_gin(["models/tiny_multimodal.gin", "runs/pretrain.gin"] + args.gin_file,
-                      bindings)
+  gin_imports = gin_flags.parse_gin(["models/tiny_multimodal.gin", "runs/pretrain.gin"]
+                                    + args.gin_file, bindings)
   try:
-    trainer.train()  # the world bindings stay in effect: evaluation draws from the same world
+    # (the world bindings stay in effect: evaluation draws from the same world)
+    trainer.train(gin_imports=gin_imports)
   except trainer.Preempted as stop:
     print(f"SIGTERM: checkpoint written at step {stop.step}; rerun the same command to resume",
           flush=True)

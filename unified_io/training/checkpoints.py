@@ -16,10 +16,13 @@ calls `save(step, ..., force=True)` and `wait()` before exiting.
 
 `load_params` is the fine-tuning / inference path: parameters only, from a training checkpoint or a
 converted release (`uio2-convert` output), renamed by an assignment map and cast to a dtype.
+`restore_params_sharded` is the sharded inference path: parameters only, read shard by shard onto
+their NamedShardings and cast on read (no renaming).
 """
 
 import dataclasses
 import io
+import math
 import os
 import re
 import zipfile
@@ -174,6 +177,33 @@ def _params_dir(path: str) -> str:
       return candidate
   raise CheckpointError(f"{path}: no orbax checkpoint found (looked for params/, state/ and the "
                         "directory itself); give a `uio2-convert` output or a checkpoint step dir")
+
+
+def restore_params_sharded(path: str, target_params, *, concurrent_gb: Optional[int] = None):
+  """Parameters from a checkpoint at `path` (a training step dir, or a converted release) straight
+  onto the shardings of `target_params`, a tree of `jax.ShapeDtypeStruct`s with `.sharding`:
+  each process reads only the shards its devices hold, each cast on the host to the struct's
+  dtype before it goes to its device (a bfloat16 device never holds float32). The float32 reads
+  in flight are bounded by `concurrent_gb` per process (default: twice the largest parameter in
+  float32, at least 1 GB), so a bfloat16 restore peaks near its bfloat16 size, not the float32
+  tree's. No renaming or layout change: the checkpoint's paths and shapes must be the target's
+  (`run_loader.check_shapes`)."""
+  if concurrent_gb is None:  # (orbax refuses a single read larger than the bound)
+    largest = max(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(target_params))
+    concurrent_gb = max(1, math.ceil(2 * 4 * largest / 1e9))
+  directory = _params_dir(path)
+  in_state = os.path.basename(directory) == STATE
+  restore_args = jax.tree_util.tree_map(
+      lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype),
+      target_params)
+  item, args = target_params, restore_args
+  if in_state:  # a TrainState: its params only (the optimizer state is never read)
+    item, args = {"params": item}, {"params": args}
+  handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=concurrent_gb)
+  with ocp.Checkpointer(handler) as ckptr:
+    restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=in_state))
+  return restored["params"] if in_state else restored
 
 
 def load_params(path: str, target_params, *, assignment_map: Sequence[Tuple[str, Optional[str]]] = (),

@@ -4,8 +4,9 @@ One call of `train()`:
   0. builds (without reading) the input pipeline of every stage it will sample
      (`input.check_input`), so a bad mixture, length, denoising rate or curriculum stops it with
      one line (`InputConfigError`) before anything is written;
-  1. writes MODEL_DIR/run-config.json (the model config, feature lengths and vocabulary as data,
-     what eval/infer/predict rebuild the model from), config.gin, run-info.json (package
+  1. writes MODEL_DIR/run-config.json (as data: the model config, feature lengths and
+     vocabulary eval/infer/predict rebuild the model from, and the world, denoising, directories
+     and task modules an evaluation applies; `run_config`), config.gin, run-info.json (package
      versions, git SHA, devices) and model-info.txt (every variable's shape, logical axes and
      PartitionSpec);
   2. builds the mesh, the model and the optimizer, then resumes from the newest checkpoint in
@@ -44,9 +45,9 @@ from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.network import packing
 from unified_io.training import checkpoints as ckpt_lib
-from unified_io.training.run_config import RunConfig
-from unified_io.training.input import (ProcessInput, check_input, open_process_input,
-                                       trim_batch)
+from unified_io.training.run_config import RunConfig, RunConfigError
+from unified_io.training.input import (InputConfigError, ProcessInput, check_input,
+                                       open_process_input, trim_batch)
 from unified_io.training.progress import ProgressLog
 from unified_io.training.train_setup import TrainSetup, build_train_setup
 from unified_io.training.train_state import TrainState
@@ -157,7 +158,7 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-@gin.configurable(denylist=["extra_metrics"])
+@gin.configurable(denylist=["extra_metrics", "gin_imports"])
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
@@ -171,7 +172,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           log_every: int = 10,
           nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
           group_batches: bool = False, save_input_state: bool = True,
-          extra_metrics: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
+          extra_metrics: Optional[Callable[[], Dict[str, float]]] = None,
+          gin_imports: Sequence[str] = ()) -> Dict[str, float]:
   """Trains to step `train_steps`; returns the last logged metrics. See the module docstring.
 
   `optimizer(learning_rate)` -> optax transformation (e.g. `@adafactor`); `learning_rate` a
@@ -188,6 +190,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `save_input_state`: save each input shard's tf.data state with every checkpoint, so a resumed
   run restores it instead of replaying the batches before it (`unified_io.training.input`);
   False keeps the position only (smaller, faster checkpoints; a resume replays).
+  `gin_imports`: the modules the run's gin imports (`gin_flags.parse_gin`; uio2-train passes
+  them): those outside unified_io are recorded in run-config.json as the run's task modules.
   """
   gin_required.check_required(
       "train", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
@@ -201,13 +205,18 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   model = UnifiedIOModel(model_config)
   # A bad mixture, length, denoising rate or curriculum fails here, before MODEL_DIR is written.
   check_input(mixture_or_task_name, task_feature_lengths, model.feature_converter)
+  try:  # (a bad world or denoising config fails here too)
+    run_config = RunConfig.of_training(model_config, task_feature_lengths, mixture_or_task_name,
+                                       gin_imports)
+  except RunConfigError as exc:
+    raise InputConfigError(str(exc)) from exc
   sigterm = _SigtermFlag()
   try:
     os.makedirs(model_dir, exist_ok=True)
     _write(os.path.join(model_dir, "config.gin"), gin.config_str())
     _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
     if jax.process_index() == 0:  # the model as data: eval, infer and predict rebuild it from this
-      RunConfig.of_training(model_config, task_feature_lengths, mixture_or_task_name).save(model_dir)
+      run_config.save(model_dir)
 
     mesh = partitioning.make_mesh(model=model_parallel)
     checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),

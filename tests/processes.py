@@ -1,0 +1,69 @@
+"""Running a multi-process JAX program on this machine: N processes of CPU devices joined by
+jax.distributed on 127.0.0.1 with gloo collectives (what tests of multi-host code need).
+
+  address = f"127.0.0.1:{free_port()}"
+  codes, stdouts, stderrs = run_processes(
+      [cmd + distributed_flags(address, 2, i) for i in range(2)], devices_per_process=4)
+
+`cmd` is a binary that takes our multi-host flags (`unified_io.cli.gin_flags`) and calls
+`gin_flags.initialize_distributed` before touching JAX's backend.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+from typing import List, Sequence, Tuple
+
+REPO = str(pathlib.Path(__file__).resolve().parent.parent)
+
+
+def env(devices: int) -> dict:
+  """This environment with `devices` fake CPU devices and the repository importable."""
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
+  return e
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def distributed_flags(address: str, num_processes: int, process_id: int) -> List[str]:
+  return [f"--coordinator_address={address}", f"--num_processes={num_processes}",
+          f"--process_id={process_id}", "--cpu_collectives=gloo"]
+
+
+def run_processes(commands: Sequence[Sequence[str]], devices_per_process: int,
+                  timeout_s: float = 600) -> Tuple[List[int], List[str], List[str]]:
+  """Runs one process per command at once: (exit codes, stdouts, stderrs). A process still
+  running after `timeout_s` (a hung collective) is killed, and so is the rest when one does not
+  end: its peers would wait for it forever."""
+  with tempfile.TemporaryDirectory() as logs:
+    outs = [open(os.path.join(logs, f"{i}.out"), "w+") for i in range(len(commands))]
+    errs = [open(os.path.join(logs, f"{i}.err"), "w+") for i in range(len(commands))]
+    procs = [subprocess.Popen(list(cmd), cwd=REPO, env=env(devices_per_process), stdout=out,
+                              stderr=err, text=True)
+             for cmd, out, err in zip(commands, outs, errs)]
+    try:
+      codes = [p.wait(timeout=timeout_s) for p in procs]
+    except subprocess.TimeoutExpired:
+      codes = [p.poll() if p.poll() is not None else -9 for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+    texts = []
+    for files in (outs, errs):
+      texts.append([])
+      for f in files:
+        f.seek(0)
+        texts[-1].append(f.read())
+        f.close()
+  return codes, texts[0], texts[1]

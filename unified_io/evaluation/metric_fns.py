@@ -1,0 +1,125 @@
+"""seqio metric functions: `fn(targets, predictions)` (or `fn(targets, scores)`) -> {name: float}.
+
+  registry.add_task("vqa_v2", ..., postprocess_fn=postprocessors.vqa_answers,
+                    metric_fns=[metric_fns.vqa_accuracy])
+
+seqio tells the kinds apart by the argument names: `targets, predictions` for metrics of generated
+outputs, `targets, scores` for metrics of the target's log-likelihood. `targets` and `predictions`
+are lists, one entry per example, of what the task's postprocessor (`postprocessors`) returned.
+These are thin wrappers; the definitions live in `metrics`, `caption_metrics` and `box_metrics`.
+
+  function                 targets / predictions per example           keys
+  exact_match              answer str (or [str]) / str                 exact_match
+  vqa_accuracy             the human answers [str] / str               vqa_accuracy
+  classification_accuracy  label / label                               accuracy, balanced_accuracy,
+                                                                       accuracy/<label>
+  bleu                     reference captions [str] / str              bleu_1 .. bleu_4
+  cider                    reference captions [str] / str              cider (CIDEr-D)
+  refexp_accuracy          box [4] / box [4] or None                   acc50, mean_iou
+  detection_map            {boxes, labels, crowd?} / {boxes, labels}   ap, ap50, ap75
+  token_accuracy           {tokens, mask} / {tokens}                   token_accuracy,
+                                                                       sequence_accuracy
+  image_error              {image} / {image}                           pixel_mse, pixel_mae, psnr
+  spectrogram_error        {spectrogram} / {spectrogram}               spectrogram_l1, _mse
+  log_likelihood           (any) / scores: float                       log_likelihood
+
+Caption benchmarks (COCO captions, Clotho, MSR-VTT) report BLEU-4 and CIDEr-D against all of an
+example's references, as the COCO caption toolkit computes them (`caption_metrics`). SPICE and
+METEOR need the toolkit's Java programs and are not provided, nor is SPIDEr (Clotho's ranking
+metric, the mean of CIDEr-D and SPICE).
+"""
+
+from typing import Dict, Mapping, Sequence
+
+import numpy as np
+
+from unified_io.evaluation import box_metrics
+from unified_io.evaluation import caption_metrics
+from unified_io.evaluation import metrics
+
+Scores = Dict[str, float]
+
+
+def _field(name: str, items: Sequence[Mapping], key: str, side: str) -> list:
+  """items[i][key] for every i; a missing key raises naming the metric and the example."""
+  out = []
+  for i, item in enumerate(items):
+    if not isinstance(item, Mapping) or key not in item:
+      have = sorted(item) if isinstance(item, Mapping) else type(item).__name__
+      raise ValueError(f"{name}: {side} {i} has no {key!r} (has {have}); use the "
+                       f"generated_media postprocessor")
+    out.append(item[key])
+  return out
+
+
+def exact_match(targets, predictions) -> Scores:
+  """Fraction of predictions equal to their target (or one of them) after lowercasing and
+  collapsing whitespace: MSRVTT-QA's accuracy."""
+  return metrics.exact_match(predictions, targets)
+
+
+def vqa_accuracy(targets, predictions) -> Scores:
+  """VQAv2 accuracy over the human answers, as the official evaluation computes it."""
+  return metrics.vqa_accuracy(predictions, targets)
+
+
+def classification_accuracy(targets, predictions) -> Scores:
+  return metrics.classification_accuracy(predictions, targets)
+
+
+def bleu(targets, predictions) -> Scores:
+  """Corpus BLEU-1..4 against every reference of each example."""
+  return caption_metrics.bleu(predictions, targets)
+
+
+def cider(targets, predictions) -> Scores:
+  """Corpus CIDEr-D against every reference of each example (idf over the evaluated examples)."""
+  return caption_metrics.cider(predictions, targets)
+
+
+def refexp_accuracy(targets, predictions) -> Scores:
+  """Referring expressions: Acc@0.5 (IoU >= 0.5 with the reference box) and mean IoU, in
+  original image pixels; a None prediction (no box generated) is a miss with IoU 0."""
+  return box_metrics.refexp(predictions, targets)
+
+
+def detection_map(targets, predictions) -> Scores:
+  """COCO box AP@[.5:.95], AP50, AP75 (`box_metrics.detection_ap`), at most 100 detections per
+  image. Generated detections carry no scores: the order in the text ranks them, earlier being
+  more confident."""
+  return box_metrics.detection_ap(predictions, targets)
+
+
+def token_accuracy(targets, predictions) -> Scores:
+  """Generated VQ tokens vs the reference's, counted where the target's loss mask is nonzero."""
+  name = "token_accuracy"
+  return metrics.token_accuracy(_field(name, predictions, "tokens", "prediction"),
+                                _field(name, targets, "tokens", "target"),
+                                masks=_field(name, targets, "mask", "target"))
+
+
+def image_error(targets, predictions) -> Scores:
+  """Pixel MSE / MAE / PSNR of generated images vs the reference, both in [0, 1]."""
+  name = "image_error"
+  return metrics.image_error(_field(name, predictions, "image", "prediction"),
+                             _field(name, targets, "image", "target"))
+
+
+def spectrogram_error(targets, predictions) -> Scores:
+  """L1 / MSE of generated log-mel spectrograms vs the reference."""
+  name = "spectrogram_error"
+  return metrics.spectrogram_error(_field(name, predictions, "spectrogram", "prediction"),
+                                   _field(name, targets, "spectrogram", "target"))
+
+
+def log_likelihood(targets, scores) -> Scores:
+  """Mean log-likelihood of the targets under the model (a score metric: seqio hands it each
+  example's summed target log-probability)."""
+  if len(scores) == 0:  # pylint: disable=g-explicit-length-test
+    raise ValueError("log_likelihood: no scores given; pass one per example")
+  if len(scores) != len(targets):
+    raise ValueError(f"log_likelihood: {len(scores)} scores for {len(targets)} targets")
+  return {"log_likelihood": float(np.mean(np.asarray(scores, np.float64)))}
+
+
+CAPTIONING = (bleu, cider)  # the caption benchmarks' metric_fns
