@@ -116,6 +116,19 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, capsys):
   assert "Traceback" not in err
   status, err = _eval_here(capsys, "--gin_file=runs/eval.gin")
   assert status == 2 and "CHECKPOINT_PATH" in err
+  # A checkpoint of another config, a mesh that does not divide the devices / the model.
+  for flags, words in (
+      (["--gin_file=models/small.gin", "--gin.evaluate.model_config=@make_config()"],
+       ("parameter", "trained with another config")),
+      (["--gin.inference_mesh.model_parallel=3"], ("model=3", "devices")),
+      (["--gin.inference_mesh.model_parallel=8"], ("not divisible by model=8",))):
+    out = tmp_path / f"bad_{len(words)}_{flags[-1][-2:]}"
+    status, err = _eval_here(capsys, *_eval_flags(trained, out), *flags)
+    assert status == 2, err
+    (line,) = [l for l in err.splitlines() if l.startswith("uio2-eval:")]
+    assert all(w in line for w in words), line
+    assert "Traceback" not in err
+    assert not [f for f in os.listdir(out) if f.endswith(".jsonl")] if out.exists() else True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -235,7 +235,10 @@ class Evaluator:
     self.text_vocab_size = self.vocab._base_vocab_size  # pylint: disable=protected-access
     self.tasks: Dict[str, TaskExamples] = {}
     for name in task_names:
-      get_task(name)
+      task = get_task(name)
+      if len(task.metric_objs) > len(task.metric_fns):  # seqio wraps each metric_fn in one
+        raise EvalInputError(f"task {name!r}: metric_objs (seqio.metrics.Metric classes) are not "
+                             "run by this evaluator; give the task metric_fns")
       if not load:
         continue
       start = time.time()
