@@ -2,7 +2,7 @@
 
 import json
 import pathlib
-from typing import Iterable, Mapping, Tuple
+from typing import Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -57,3 +57,20 @@ def write_jsonl(path: pathlib.Path, lines: Iterable[Mapping]) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(json.dumps(line) + "\n" for line in lines))
   return path
+
+
+def write_vqa_v2(root: pathlib.Path, answers_by_image: Mapping[int, Sequence[str]],
+                 size_hw: Tuple[int, int] = (20, 20)) -> pathlib.Path:
+  """VQAv2's validation files in their release layout under `root` (the vqav2 folder): one
+  question per image id (question id 10 x the image id) with its human answers, the first of them
+  the multiple-choice answer, and a JPEG per image."""
+  for image_id in answers_by_image:
+    write_image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", size_hw)
+  (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": [
+      {"image_id": i, "question": f"What is {i}?", "question_id": 10 * i}
+      for i in answers_by_image]}))
+  (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [
+      {"question_id": 10 * i, "image_id": i, "multiple_choice_answer": answers[0],
+       "answers": [{"answer": a, "answer_id": j} for j, a in enumerate(answers)]}
+      for i, answers in answers_by_image.items()]}))
+  return root

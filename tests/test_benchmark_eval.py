@@ -30,7 +30,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from fixture_media import write_image, write_video, write_wav
+from fixture_media import write_video, write_vqa_v2, write_wav
 from test_real_datasets import _refcoco_example, hand_made, picture
 from test_run_loader import write_run
 from unified_io.cli import eval as eval_cli
@@ -114,15 +114,7 @@ def _as_dataset(self, *args, **kwargs):
 
 def write_files(root):
   """VQAv2, Clotho (validation) and MSR-VTT in their release layouts under `root`."""
-  vqa = root / "vqav2"
-  for image_id in VQA_ANSWERS:
-    write_image(vqa / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", (30, 40))
-  (vqa / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": [
-      {"image_id": i, "question": f"What is {i}?", "question_id": 10 * i} for i in VQA_ANSWERS]}))
-  (vqa / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [
-      {"question_id": 10 * i, "image_id": i, "multiple_choice_answer": answers[0],
-       "answers": [{"answer": a, "answer_id": j} for j, a in enumerate(answers)]}
-      for i, answers in VQA_ANSWERS.items()]}))
+  write_vqa_v2(root / "vqav2", VQA_ANSWERS, (30, 40))
   clotho = root / "clotho"
   for seconds, name in enumerate(CLOTHO_CAPTIONS, start=1):
     write_wav(clotho / "validation" / name, seconds=0.2 * seconds, rate=16000)

@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from fixture_media import write_image, write_video, write_wav
+from fixture_media import write_video, write_vqa_v2, write_wav
 from test_manifest import stage1
 from test_real_datasets import hand_made, picture
 from unified_io.data import bad_input, registry
@@ -67,14 +67,7 @@ def location_text(boxes_n4, size_hw) -> str:
 def test_vqa_v2_accuracy_over_the_ten_human_answers(data_root):
   root = data_root / "vqav2"
   answers = {1: ["red"] * 7 + ["maroon"] * 3, 2: ["2"] * 2 + ["3"] * 8, 3: ["yes"] * 10}
-  for image_id in answers:
-    write_image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", (20, 20))
-  (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": [
-      {"image_id": i, "question": f"q{i}?", "question_id": 10 * i} for i in answers]}))
-  (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [
-      {"question_id": 10 * i, "image_id": i, "multiple_choice_answer": a[0],
-       "answers": [{"answer": x, "answer_id": j} for j, x in enumerate(a)]}
-      for i, a in answers.items()]}))
+  write_vqa_v2(root, answers)
   examples = stage1("vqa_v2", "validation")
   # Per question, the mean over the 10 leave-one-out subsets of min(#matching humans / 3, 1):
   #   "Maroon." -> "maroon", 3 humans: 3 subsets lose one of them (2/3), 7 keep all (1): 0.9

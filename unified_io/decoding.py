@@ -416,4 +416,5 @@ def score_options(model: UnifiedIOModel, params, inputs, option_targets_bnt: jax
 
 
 __all__ = ["DecodeMethod", "DecodeOptions", "Generated", "allowed_tokens", "generate",
-           "example_losses", "target_log_likelihood", "score_options", "null_prompt_inputs", "target_length"]
+           "example_losses", "target_log_likelihood", "score_options", "null_prompt_inputs",
+           "target_length"]

@@ -19,8 +19,9 @@ straight onto its NamedSharding (its logical axes under `partitioning.axis_rules
 training lays it out) and cast on read when a dtype is given: each device receives only its own
 shards, already in `dtype` (the float32 tree is never assembled anywhere; replicated parameters,
 and every parameter when model=1 without fsdp, are whole on each device). A mesh whose axes do
-not divide a split parameter dimension is refused before anything is read. In a multi-process run every process calls `load_run` with the same
-global mesh; each reads only the shards its devices hold.
+not divide a split parameter dimension is refused before anything is read. In a multi-process
+run every process calls `load_run` with the same global mesh; each reads only the shards its
+devices hold.
 """
 
 import os
