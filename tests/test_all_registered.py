@@ -163,6 +163,9 @@ def _tfds(**mock_kwargs) -> Callable:
   def setup(root, task_name):
     source = seqio.get_mixture_or_task(task_name).source
     data_dir = str(root / "tfds")
+    # seqio keeps the TFDS builders it made (per name and data dir) for the process: one made
+    # under another test's mock (without files) would be handed to this one.
+    seqio.LazyTfdsLoader._MEMOIZED_BUILDERS.clear()  # pylint: disable=protected-access
     # Our train split is TFDS's "train" in every TFDS task (tasks/coco.py, tasks/refcoco.py).
     _write_tfds_info(source.tfds_dataset.name, "train", data_dir)
     return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
