@@ -51,6 +51,7 @@ An absent modality is all zeros with masks 0 (the null-modality property: it cha
 """
 
 import dataclasses
+import difflib
 from typing import Dict, Mapping, Optional, Tuple
 
 import jax
@@ -180,13 +181,18 @@ class DataConfig:
     """Raises ValueError, naming the length, for an unknown, missing or out-of-range length."""
     known = {"text_inputs", "text_targets", "num_frames"} | {
         f"{m.value}_input_samples" for m in Modality if m.has_patches}
+    needed = ", ".join(self.required_lengths())
     for name in lengths:
       if name not in known:
-        raise ValueError(f"task feature length `{name}` is unknown; known: {sorted(known)}")
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise ValueError(f"task feature length `{name}` is unknown ({hint}this model needs "
+                         f"{needed}; known: {', '.join(sorted(known))})")
     for name in self.required_lengths():
       if lengths.get(name) is None:
-        raise ValueError(f"task feature length `{name}` is missing (required for the "
-                         f"model's modalities); got {dict(lengths)}")
+        raise ValueError(f"task feature length `{name}` is missing: this model's modalities "
+                         f"need {needed} (TASK_FEATURE_LENGTHS has "
+                         f"{', '.join(lengths) or 'none'})")
       if lengths[name] <= 0:
         raise ValueError(f"task feature length `{name}` = {lengths[name]} must be positive")
     for m in self.patch_inputs:

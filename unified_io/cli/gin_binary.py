@@ -4,7 +4,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from unified_io import gin_required
-from unified_io.cli import gin_flags
+from unified_io.cli import gin_flags, quiet
 
 
 def _without_gin_context(exc: BaseException) -> str:
@@ -19,6 +19,8 @@ def run_gin_binary(prog: str, description: str, entry: Callable[[], Callable],
   Exit status: 0 done, 2 a configuration or input the binary cannot use (one line on stderr).
   """
   args, bindings = gin_flags.parse(gin_flags.make_parser(description), argv)
+  quiet.start(args.verbose)  # (before TensorFlow and JAX are imported)
+  quiet.import_tensorflow(args.verbose)
   gin_flags.initialize_distributed(args)  # (before anything touches a JAX backend)
   import seqio  # pylint: disable=import-outside-toplevel
   if args.tfds_data_dir:

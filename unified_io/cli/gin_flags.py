@@ -6,12 +6,17 @@
   --gin_bindings="TRAIN_STEPS=100"    repeatable, same effect
   --gin_search_paths=dir1,dir2
   --tfds_data_dir=DIR                 where TFDS datasets live (nothing is downloaded)
+  --verbose                           show TensorFlow / XLA / orbax start-up logs (kept off the
+                                      console by default: `unified_io.cli.quiet`)
+A binding that nothing reads (a typo'd configurable, parameter or macro) or a value gin cannot
+parse is a `GinFlagError`: one line naming it and, where one is close, what it may have meant.
 Multi-host (see `initialize_distributed`):
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
   --cpu_collectives=gloo               collectives for CPU processes (tests, two-process runs)
 """
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -31,8 +36,14 @@ def make_parser(description: str) -> argparse.ArgumentParser:
   parser.add_argument("--gin_search_paths", default="",
                       help="comma-separated folders to find --gin_file in")
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory (no downloads)")
+  add_verbose_flag(parser)
   add_distributed_flags(parser)
   return parser
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--verbose", action="store_true",
+                      help="show TensorFlow / XLA / orbax start-up logs and warnings")
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,10 +103,17 @@ def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
                           "path; add its folder with --gin_search_paths")
 
 
+class GinFlagError(ValueError):
+  """A gin file or binding the binary cannot use; the message is one line."""
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str = ""
               ) -> List[str]:
   """Parses files and bindings with the package's gin/ folder always searchable; returns the
-  modules their `import` lines import (included files' too), in order, each once."""
+  modules their `import` lines import (included files' too), in order, each once.
+
+  Raises GinFlagError for an unknown configurable or parameter, a value gin cannot parse, or a
+  macro bound in `bindings` that no file or binding reads (gin would ignore it silently)."""
   folders = [p for p in search_paths.split(",") if p] + [gin_dir()]
   for folder in folders:  # for `include` lines inside the files
     gin.add_config_file_search_path(folder)
@@ -105,12 +123,85 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: s
   root = logging.getLogger()
   root.addFilter(_drop_gin_package_probe)
   try:
-    parsed = gin.parse_config_files_and_bindings(files, [], finalize_config=False)
-    _, binding_imports = gin.parse_config(list(bindings))
+    try:
+      parsed = gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    except (ValueError, SyntaxError) as exc:
+      raise GinFlagError(_reworded(exc, "--gin_file")) from exc
+    binding_imports = []
+    for binding in bindings:  # one at a time, to name the one at fault
+      try:
+        binding_imports += gin.parse_config(binding)[1]
+      except (ValueError, SyntaxError) as exc:
+        raise GinFlagError(_reworded(exc, f"--gin.{binding.strip()}")) from exc
   finally:
     root.removeFilter(_drop_gin_package_probe)
+  check_macros_are_read(bindings)
   imports = [m for parsed_file in parsed for m in _imports_of(parsed_file)]
   return list(dict.fromkeys(imports + list(binding_imports)))
+
+
+def _configured() -> List[str]:
+  """The configurables the parsed gin binds (from gin's public config_str)."""
+  return re.findall(r"^# Parameters for (?:[\w./]*/)?([\w.]+):$", gin.config_str(), re.M)
+
+
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+  return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _parameters(configurable: str) -> List[str]:
+  import inspect  # pylint: disable=import-outside-toplevel
+  try:
+    fn = gin.get_configurable(configurable)
+    return list(inspect.signature(fn).parameters)
+  except (ValueError, TypeError):
+    return []
+
+
+def _reworded(exc: BaseException, where: str) -> str:
+  """gin's parse error as one line: the flag (or file), the name nothing reads, a close name."""
+  first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+  location = re.search(r"In file \"?([^\",]+)\"?, line (\d+)", str(exc))
+  if location:
+    where = f"{where} {location.group(1)}:{location.group(2)}"
+  unknown_param = re.fullmatch(r"Configurable '(.+)' doesn't have a parameter named '(.+)'\.",
+                               first)
+  if unknown_param:
+    configurable, param = unknown_param.groups()
+    return (f"{where}: `{configurable}` has no parameter `{param}`"
+            f"{_did_you_mean(param, _parameters(configurable))}; nothing was bound")
+  unknown = re.fullmatch(r"No configurable matching '(.+)'\.", first)
+  if unknown:
+    name = unknown.group(1)
+    hint = _did_you_mean(name, _configured())
+    param = name.split(".")[-1]
+    owners = [c for c in _configured() if param in _parameters(c)] if not hint else []
+    if owners:
+      hint = f" (`{param}` is a parameter of {', '.join(owners)})"
+    return (f"{where}: no configurable named `{name}`{hint}; nothing was bound (a user's "
+            "configurable needs its module imported: an `import` line in a --gin_file)")
+  if isinstance(exc, SyntaxError):
+    if where == "--gin_file" and exc.filename:
+      where = f"{where} {exc.filename}:{exc.lineno}"
+    return (f"{where}: gin cannot parse it ({exc.msg or first}); values are gin literals, "
+            "strings quoted, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
+  return f"{where}: {first}"
+
+
+def check_macros_are_read(bindings: Sequence[str]) -> None:
+  """Raises GinFlagError for a macro a binding sets that nothing reads as `%NAME` (a typo such as
+  TRAIN_STEP for TRAIN_STEPS, which gin would ignore), naming the close macros."""
+  config = gin.config_str()
+  read = set(re.findall(r"%([A-Za-z_][\w.]*)", config))
+  defined = re.findall(r"^([A-Za-z_]\w*) = ", config, re.M)
+  for binding in bindings:
+    match = re.match(r"\s*([A-Za-z_]\w*)\s*=", binding)  # NAME=value: a macro (no dot, no scope)
+    if match and match.group(1) not in read:
+      name = match.group(1)
+      raise GinFlagError(
+          f"--gin.{name}: no gin file reads the macro {name}, so it would be ignored"
+          f"{_did_you_mean(name, [m for m in defined + sorted(read) if m != name])}")
 
 
 def _imports_of(parsed_file) -> List[str]:

@@ -27,7 +27,9 @@ Images are written as PNG (`--out`, default prediction.png); audio as WAV (Griff
 `--vocoder module:function`) plus a spectrogram PNG beside it (default prediction.wav).
 
 Exit status 0, or 2 with one line on stderr for bad input (unknown checkpoint, unreadable file,
-empty prompt, a target or input the model does not have, bad decoding options).
+a file of another modality than its flag's, empty prompt, a target or input the model does not
+have, bad decoding options); the input files are checked before the checkpoint loads. A
+successful run writes nothing to stderr (`--verbose` shows TF / XLA / orbax logs).
 """
 
 # TensorFlow and the model load inside the functions that need them: `--help` and argument errors
@@ -42,7 +44,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unified_io.cli import gin_flags
+from unified_io.cli import gin_flags, quiet
 from unified_io.modalities import Modality
 
 TARGETS = tuple(m.value for m in Modality if m.can_be_target)
@@ -76,24 +78,26 @@ def infer_target(prompt: str) -> Modality:
 # Reading inputs.
 # ------------------------------------------------------------------------------------------------
 def read_image(path: str) -> np.ndarray:
-  """An image file -> uint8 [h, w, 3], decoded as the training pipeline decodes images."""
-  import tensorflow as tf
+  """An image file -> uint8 [h, w, 3] by `image_ops.load_image`, the decoder of the training
+  pipeline (EXIF orientation, 16-bit, palette, alpha on white: the same pixels)."""
   from unified_io.data.ops import image as image_ops
   if not os.path.isfile(path):
     raise PredictError(f"--image {path}: no such file")
   try:
-    return image_ops.decode_image(tf.io.read_file(path)).numpy()
-  except (ValueError, tf.errors.OpError) as exc:
-    raise PredictError(f"--image {path}: cannot read it as an image (JPEG/PNG/GIF/BMP/WebP): "
+    return image_ops.load_image(path)
+  except (image_ops.ImageDecodeError, OSError) as exc:
+    raise PredictError(f"--image {path}: cannot read it as an image (JPEG/PNG/GIF/BMP/WebP/TIFF): "
                        f"{' '.join(str(exc).split())[:200]}") from exc
 
 
 def read_audio(path: str) -> np.ndarray:
+  """An audio file -> float32 [n] mono 16 kHz by `audio_ops.load_audio`, the training pipeline's
+  decoder (a truncated file is refused, as training skips it)."""
   from unified_io.data.ops import audio as audio_ops
   if not os.path.isfile(path):
     raise PredictError(f"--audio {path}: no such file")
   try:
-    return audio_ops.load_audio(path)[0]
+    return audio_ops.load_audio(path, audio_ops.SAMPLE_RATE)[0]
   except ValueError as exc:
     raise PredictError(f"--audio {path}: {exc}; give a WAV/FLAC/MP3 (anything FFmpeg reads)"
                        ) from exc
@@ -109,13 +113,35 @@ def read_video(path: str, num_frames: int) -> Tuple[np.ndarray, Optional[np.ndar
     raise PredictError(f"--video {path}: {exc}; give a video file FFmpeg reads") from exc
 
 
+# What a file's name says it holds (mimetypes), and the flags that cannot take such a file: a
+# video's sound track is a fine --audio, anything else given to another modality's flag is refused.
+_WRONG_FLAG = {"image": ("audio", "video"), "audio": ("image", "video"), "video": ("image",)}
+
+
+def check_file_kinds(args) -> None:
+  """Refuses, in one line, a file whose name says it is another modality than its flag's (an
+  audio file given to --image, ...), before anything is decoded or loaded."""
+  import mimetypes
+  for flag in ("image", "audio", "video"):
+    path = getattr(args, flag)
+    kind = (mimetypes.guess_type(path)[0] or "").split("/")[0] if path else ""
+    if kind in _WRONG_FLAG and flag in _WRONG_FLAG[kind]:
+      raise PredictError(f"--{flag} {path}: this is {'an' if kind[0] in 'aeiou' else 'a'} "
+                         f"{kind} file; give it with --{kind}")
+
+
 def read_files(args) -> Dict[str, np.ndarray]:
-  """The --image and --audio files as raw fields (the video needs the run's frame count)."""
+  """The --image and --audio files as raw fields (the video needs the run's frame count: it is
+  only checked here, by decoding one frame, so that a broken video fails before the checkpoint
+  loads)."""
+  check_file_kinds(args)
   files = {}
   if args.image:
     files["image_inputs"] = read_image(args.image)
   if args.audio:
     files["audio_inputs"] = read_audio(args.audio)
+  if args.video:
+    read_video(args.video, 1)
   return files
 
 
@@ -281,6 +307,7 @@ def make_parser() -> argparse.ArgumentParser:
                  help="a model gin for a checkpoint without run-config.json, or to override it "
                       "(e.g. models/large.gin)")
   p.add_argument("--gin_bindings", action="append", default=[], help="one gin binding")
+  gin_flags.add_verbose_flag(p)
   gin_flags.add_distributed_flags(p)
   return p
 
@@ -361,7 +388,8 @@ def predict(args) -> None:
   options = _options(args, run)
   lengths = example_lengths(run, len(run.vocabulary.encode(args.prompt)))
   raw = raw_example(args, run, target, files, lengths.get("num_frames", 1))
-  batch = build_batch(run, raw, lengths, args.seed)
+  with quiet.held_stderr(getattr(args, "verbose", True)):  # (tf_text's tokenizer log line)
+    batch = build_batch(run, raw, lengths, args.seed)
   tokens = _generate(run, mesh, batch["inputs"], target, options, args.seed)
   rendered = None if target == Modality.TEXT else _render(run, mesh, target, tokens)
   if mesh is not None and not mesh.is_writer:
@@ -421,10 +449,12 @@ def _render(run, mesh, target: Modality, tokens: np.ndarray) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ warnings would bury our one line
+  argv = sys.argv[1:] if argv is None else list(argv)
+  quiet.start("--verbose" in argv)  # TF / XLA / orbax logs off the console (before JAX loads)
   parser = make_parser()
   args, bindings = gin_flags.parse(parser, argv)  # (the multi-host flags checked together)
   args.gin_bindings = bindings
+  quiet.import_tensorflow(args.verbose)
   gin_flags.initialize_distributed(args)
   try:
     predict(args)

@@ -6,20 +6,24 @@ preprocessing (PNGs + index.html); see `unified_io.data.visualize`.
       --model models/tiny_multimodal.gin --out /tmp/look
 
 Sizes are those of the model the size gin `--model` configures (default: the release's sizes).
-Exit status 0 done, 2 an unknown task, a task without examples or a gin file that is not found.
+The last line says how many examples were written and which bad ones were skipped ("wrote 14 of
+20 examples to DIR/index.html; skipped 6 bad: unreadable_audio 6 (first: /data/x.wav)"); with
+`--strict` (or gin's bad_input.strict) the first bad example stops it instead, in one line.
+Exit status 0 done, 2 an unknown task, a task without examples, a gin file that is not found or,
+in strict mode, a bad example.
 """
 
 import argparse
+import contextlib
 import sys
 from typing import Optional, Sequence
 
-from unified_io.cli import gin_flags
-from unified_io.contract import DataConfig
-from unified_io.data import visualize as visualize_lib
+from unified_io.cli import gin_flags, quiet
 
 
-def model_data_config(model_gin: str) -> DataConfig:
-  """The data contract of the model a size gin file configures."""
+def model_data_config(model_gin: str):
+  """The data contract (`unified_io.contract.DataConfig`) of the model a size gin configures."""
+  from unified_io.contract import DataConfig  # pylint: disable=import-outside-toplevel
   return DataConfig.from_model(gin_flags.model_config([model_gin]))
 
 
@@ -33,16 +37,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--no_shuffle", action="store_true", help="take examples in order")
   parser.add_argument("--model", default=None,
                       help="a model size gin (e.g. models/tiny_multimodal.gin): draw at its sizes")
+  parser.add_argument("--strict", action="store_true",
+                      help="stop at the first bad example (bad_input.strict) instead of skipping")
+  gin_flags.add_verbose_flag(parser)
   args = parser.parse_args(argv)
-  import unified_io.tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  quiet.start(args.verbose)  # (before TensorFlow and JAX are imported)
+  quiet.import_tensorflow(args.verbose)
+  # pylint: disable=import-outside-toplevel
+  import unified_io.tasks  # noqa: F401  pylint: disable=unused-import
+  from unified_io.data import bad_input
+  from unified_io.data import visualize as visualize_lib
   try:
     data_config = model_data_config(args.model) if args.model else None
-    index = visualize_lib.visualize(args.task, args.n, args.out, args.split,
-                                    None if args.no_shuffle else args.seed, data_config)
-  except (ValueError, FileNotFoundError) as err:
-    print(f"visualize: {err}", file=sys.stderr)
+    with bad_input.strict_mode(True) if args.strict else contextlib.nullcontext():
+      written = visualize_lib.visualize(args.task, args.n, args.out, args.split,
+                                        None if args.no_shuffle else args.seed, data_config)
+  except (ValueError, FileNotFoundError) as err:  # (BadInputError is a ValueError)
+    print(f"visualize: {str(err).strip().splitlines()[0]}", file=sys.stderr)
     return 2
-  print(f"wrote {index}")
+  print(written)
   return 0
 
 

@@ -16,13 +16,29 @@ task)` filters and strips the field; it works inside any tf.data graph because t
 the strict check run in a `tf.py_function` that is only entered for bad examples.
 
 Counts are process-wide: `counts()` -> {"coco_captions/corrupt_image": 3, ...}, for the training
-logs. Strict mode: gin `bad_input.strict = True`, or `set_strict(True)` / `with strict_mode():`.
+logs; `summary()` says them in one line with the first file of each. A bad example is counted once
+however often it comes back: an endless training stream repeats its source, and each pass would
+count the same broken file again. It is known by its task and problem string (reason, field and
+file, or "manifest:line" for a bad line); one without a file (some TFDS fields) cannot be told
+apart from another and is counted each time it is seen.
+
+Strict mode (gin `bad_input.strict = True`, or `set_strict(True)` / `with strict_mode():`): the
+first bad example stops the pipeline. Inside tf.data that is an error of the filter (iterating a
+dataset yourself gives a `tf.errors.OpError` naming BadInputError). Readers that end a run
+(`numpy_iterator` here, the training input, the evaluator) turn it into one `BadInputError` whose
+message is one line naming the task, the reason, the field and the file, and delete their tf.data
+iterator before raising it. That order matters: a tf.data iterator still alive when the interpreter
+exits, with a python step (`tf.numpy_function` decoders, the filter's `tf.py_function`, a
+generator source) in flight on one of its reader threads, hangs the process: the iterator's
+destructor waits for that call, which can no longer take the GIL. An uncaught tf.data error keeps
+the iterator alive that long (the traceback in `sys.last_traceback` holds the frames that hold it).
 """
 
 import contextlib
+import gc
 import logging
 import threading
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Set, Tuple
 
 import gin
 import tensorflow as tf
@@ -33,6 +49,7 @@ SEPARATOR = "\x1f"
 # Reasons in use (free-form strings are accepted too; these are the ones our tasks write).
 CORRUPT_IMAGE = "corrupt_image"
 UNREADABLE_AUDIO = "unreadable_audio"
+TRUNCATED_AUDIO = "truncated_audio"  # the header declares more samples than the file holds
 EMPTY_VIDEO = "empty_video"
 EMPTY_TEXT = "empty_text"
 BOXES_OUTSIDE_IMAGE = "boxes_outside_image"
@@ -41,8 +58,13 @@ MISSING_FIELD = "missing_field"
 BAD_MANIFEST_LINE = "bad_manifest_line"
 
 _lock = threading.Lock()
-_counts: Dict[str, int] = {}
+_counts: Dict[str, int] = {}  # "<task>/<reason>" -> distinct bad examples skipped
+_first_file: Dict[str, str] = {}  # "<task>/<reason>" -> the file of the first ("" if none)
+_seen: Set[Tuple[str, str]] = set()  # (task, problem) of the bad examples counted so far
+_stopped_by: Optional[str] = None  # strict mode: the message of the first bad example
 _strict_override: Optional[bool] = None
+_STRICT_HINT = ("; strict mode (bad_input.strict=True) stops at the first bad example: fix or "
+                "remove it, or turn strict mode off to skip and count such examples")
 
 
 class BadInputError(ValueError):
@@ -76,14 +98,35 @@ def strict_mode(strict: bool = True) -> Iterator[None]:
 
 
 def counts() -> Dict[str, int]:
-  """{"<task>/<reason>": number of examples skipped} since start (or the last `reset_counts`)."""
+  """{"<task>/<reason>": distinct examples skipped} since start (or the last `reset_counts`)."""
   with _lock:
     return dict(_counts)
 
 
 def reset_counts() -> None:
+  """Forget the counts, the examples already counted and a strict-mode stop."""
+  global _stopped_by
   with _lock:
     _counts.clear()
+    _first_file.clear()
+    _seen.clear()
+    _stopped_by = None
+
+
+def summary(since: Optional[Dict[str, int]] = None) -> str:
+  """The counts (those added after `since`, an earlier `counts()`) in one line, e.g.
+  "skipped 6 bad: unreadable_audio 6 (first: /data/x.wav)" (reasons prefixed by their task when
+  several tasks had some); "" when none were skipped."""
+  with _lock:
+    added = {k: n - (since or {}).get(k, 0) for k, n in _counts.items()}
+    first = dict(_first_file)
+  added = {k: n for k, n in sorted(added.items()) if n > 0}
+  if not added:
+    return ""
+  one_task = len({k.rsplit("/", 1)[0] for k in added}) == 1
+  parts = [f"{k.rsplit('/', 1)[1] if one_task else k} {n}"
+           + (f" (first: {first[k]})" if first.get(k) else "") for k, n in added.items()]
+  return f"skipped {sum(added.values())} bad: " + ", ".join(parts)
 
 
 def encode_problem(reason: str, field: str, file: str = "") -> str:
@@ -98,18 +141,70 @@ def describe(task: str, problem: str) -> str:
 
 
 def record(task: str, problem: str) -> None:
-  """Count one skipped example, or raise `BadInputError` in strict mode."""
+  """Count one skipped example (once, however often it comes back), or raise `BadInputError` in
+  strict mode (the first such message is kept for `strict_failure`)."""
+  global _stopped_by
   message = describe(task, problem)
   if is_strict():
-    raise BadInputError(message + "; strict mode is on (gin bad_input.strict), so this stops "
-                        "the input pipeline. Turn it off to skip and count such examples.")
-  key = f"{task}/{problem.split(SEPARATOR)[0]}"
+    with _lock:
+      _stopped_by = _stopped_by or message + _STRICT_HINT
+    raise BadInputError(message + _STRICT_HINT)
+  reason, _, file = (problem.split(SEPARATOR) + ["", "", ""])[:3]
+  key = f"{task}/{reason}"
   with _lock:
+    if file and (task, problem) in _seen:  # the same example, on a later pass of its source
+      return
+    if file:
+      _seen.add((task, problem))
     _counts[key] = _counts.get(key, 0) + 1
     first = _counts[key] == 1
+    if first:
+      _first_file[key] = file
   if first:  # one line per task and reason: enough to find the file, not a flood
     logging.warning("%s; skipping it (counted as %s, further ones are counted silently)",
                     message, key)
+
+
+def strict_failure(error: Exception) -> Optional[BadInputError]:
+  """The one-line `BadInputError` a tf.data `error` stands for when a strict-mode bad example
+  stopped the pipeline (the first one this process met), else None."""
+  text = str(error)
+  if "BadInputError" not in text:
+    return None
+  with _lock:
+    message = _stopped_by
+  if message is None:  # (not recorded here, e.g. counts were reset since: read it from the error)
+    message = text.split("BadInputError: ", 1)[-1].splitlines()[0]
+  return BadInputError(message)
+
+
+def numpy_iterator(dataset: tf.data.Dataset) -> Iterator:
+  """`dataset.as_numpy_iterator()`, except that a strict-mode bad example ends it with the
+  one-line `BadInputError` (`strict_failure`), raised after the tf.data iterator is deleted and
+  its reader threads have stopped (see the module docstring: otherwise the exit can hang)."""
+  iterator = dataset.as_numpy_iterator()
+  while True:
+    failure = None
+    try:
+      element = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as error:
+      failure = strict_failure(error)
+      if failure is None:
+        raise
+    if failure is not None:  # (outside the except block: the tf.data error is gone)
+      del iterator
+      release_iterators()
+      raise failure
+    yield element
+
+
+def release_iterators() -> None:
+  """Collects the garbage now, so a tf.data iterator dropped on an error path (one held in a
+  reference cycle through the error's frames) stops its threads while python can still run
+  the calls they are in, not at interpreter exit."""
+  gc.collect()
 
 
 # ---- graph-side builders of the problem field --------------------------------------------------

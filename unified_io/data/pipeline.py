@@ -73,7 +73,7 @@ def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int
                    rates: Optional[Mapping[str, float]] = None) -> tf.data.Dataset:
   """Stage-2 examples of a task (meta kept) or of a mixture (sampled by rate, meta dropped).
   `rates` ({task: rate}, e.g. a curriculum stage's) replaces the mixture's tasks and rates."""
-  provider = seqio.get_mixture_or_task(name)
+  provider = registry.get_mixture_or_task(name)
   kwargs = dict(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
                 num_epochs=num_epochs)
   if rates is None and isinstance(provider, seqio.Task):

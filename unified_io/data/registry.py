@@ -17,6 +17,7 @@ objective by being named in such a mixture. Any seqio Task whose preprocessors e
 """
 
 import dataclasses
+import difflib
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import seqio
@@ -157,9 +158,22 @@ def mixture_curriculum(name: str) -> Any:
   return curriculum() if callable(curriculum) else curriculum
 
 
+def get_mixture_or_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
+  """The registered task or mixture `name`; else a one-line ValueError naming the close names."""
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    close = difflib.get_close_matches(str(name), sorted(known), n=5, cutoff=0.6)
+    hint = (f"did you mean {', '.join(close)}?" if close else
+            f"{len(known)} are registered, e.g. {', '.join(sorted(known)[:5])}")
+    raise ValueError(f"no task or mixture named {name!r} is registered ({hint}); set "
+                     "MIXTURE_OR_TASK_NAME to a registered one (a user's task needs its module "
+                     "imported: an `import` line in a --gin_file)")
+  return seqio.get_mixture_or_task(name)
+
+
 def task_names(mixture_or_task: str) -> Tuple[str, ...]:
   """The task names behind a mixture (or the task itself)."""
-  provider = seqio.get_mixture_or_task(mixture_or_task)
+  provider = get_mixture_or_task(mixture_or_task)
   if isinstance(provider, seqio.Mixture):
     return tuple(t.name for t in provider.tasks)
   return (provider.name,)

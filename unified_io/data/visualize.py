@@ -13,6 +13,7 @@ gin `--model` names (the data contract of `make_config()` after that gin file; d
 release's sizes, `unified_io.contract.DataConfig()`).
 """
 
+import dataclasses
 import html
 import os
 import textwrap
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from unified_io.data import bad_input
 from unified_io.data.ops import audio as audio_ops
 from unified_io.data.ops import boxes as boxes_ops
 from unified_io.data.ops import image as image_ops
@@ -230,19 +232,37 @@ def load_examples(task: str, n: int, split: str, seed: Optional[int], cfg) -> Li
     raise ValueError(f"no task or mixture named {task!r}; registered: {names}") from err
   ds = pipeline.mixed_examples(task, cfg, cfg.default_lengths(), split=split,
                                shuffle=seed is not None, seed=seed, num_epochs=1)
-  return list(ds.take(n).as_numpy_iterator())
+  # (strict mode: one-line BadInputError, the tf.data readers stopped first)
+  return list(bad_input.numpy_iterator(ds.take(n)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+  """What `visualize` wrote: `written` of the `requested` examples, and the bad ones it skipped."""
+  index: str  # the index.html path
+  requested: int
+  written: int
+  skipped: str  # `bad_input.summary()` of the examples skipped on the way ("" when none)
+
+  def __str__(self) -> str:
+    line = f"wrote {self.written} of {self.requested} examples to {self.index}"
+    return f"{line}; {self.skipped}" if self.skipped else line
 
 
 def visualize(task: str, n: int, out_dir: str, split: str = "train",
-              seed: Optional[int] = 0, data_config=None) -> str:
+              seed: Optional[int] = 0, data_config=None) -> Written:
   """Render `n` examples of `task` into `out_dir` at `data_config`'s sizes (default: the
-  release's); returns the index.html path."""
+  release's); says what it wrote and which bad examples it skipped (`Written`). Strict mode
+  (`bad_input.strict`) raises `bad_input.BadInputError` at the first bad example."""
   from unified_io.contract import DataConfig  # pylint: disable=import-outside-toplevel
   from unified_io.data import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
   cfg = data_config or DataConfig()
+  before = bad_input.counts()
   examples = load_examples(task, n, split, seed, cfg)
+  skipped = bad_input.summary(since=before)
   if not examples:
-    raise ValueError(f"task {task!r} split {split!r} gave no examples")
+    raise ValueError(f"task {task!r} split {split!r} gave no examples"
+                     + (f" ({skipped})" if skipped else ""))
   os.makedirs(out_dir, exist_ok=True)
   vocab = vocab_lib.get_vocabulary()
   rows = []
@@ -250,4 +270,4 @@ def visualize(task: str, n: int, out_dir: str, split: str = "train",
     png = f"example_{i:03d}.png"
     row = render_example(ex, cfg, vocab, os.path.join(out_dir, png), f"{task} [{split}] #{i}")
     rows.append({**row, "png": png})
-  return write_index(out_dir, task, rows)
+  return Written(write_index(out_dir, task, rows), n, len(rows), skipped)

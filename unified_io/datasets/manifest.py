@@ -14,7 +14,10 @@ Keys:
   id                       kept as meta/id
   image, audio, video      input media: image file (anything PIL reads), audio file and video
                            file (anything PyAV reads); the video gives image_history frames and,
-                           with `video_audio=True`, audio_history segments
+                           with `video_audio=True`, audio_history segments. Images and audio go
+                           through the decoders uio2-predict uses (`image_ops.load_image`: EXIF
+                           orientation, 16-bit, alpha on white; `audio.load_audio`: any rate
+                           and channels -> 16 kHz mono, truncated files refused)
   target_image, target_audio   media to generate
   meta                     optional {name: string or list of strings}, kept as meta/<name>
                            for the names given in `meta_fields`
@@ -27,10 +30,11 @@ Relative paths are resolved against the manifest file's directory.
 Which media a task has is fixed per task (tf.data needs one structure): by default it is read
 from the first line of the first manifest; a later line missing one of them is bad input.
 
-Media decoding runs in python (`tf.numpy_function`, in parallel maps), and never raises: a missing
-file, an undecodable image, unreadable audio or a video without frames, an empty prompt with no
-other input or an empty target with no other target, and a line that is not a JSON object all
-mark the example bad; `bad_input.skip_bad_examples` then skips and counts it or, in strict mode,
+Media decoding runs in python (`tf.numpy_function`, stateless: what a file decodes to depends on
+its path only; in parallel maps), and never raises: a missing file, an undecodable image,
+unreadable or truncated audio or a video without frames, an empty prompt with no other input or
+an empty target with no other target, and a line that is not a JSON object all mark the example
+bad; `bad_input.skip_bad_examples` then skips and counts it or, in strict mode,
 raises naming the file and the field.
 
 The same machinery serves builders of datasets shipped as JSON/CSV plus media (VQAv2, Clotho,
@@ -176,36 +180,32 @@ def _missing(path: str, field: str) -> Optional[str]:
 
 
 def load_image_np(path: bytes, field: bytes):
-  """-> (uint8 [h, w, 3], problem bytes)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  """-> (uint8 [h, w, 3], problem bytes), decoded by `image_ops.load_image` (the one decoder)."""
+  from unified_io.data.ops import image as image_ops  # pylint: disable=import-outside-toplevel
   path, field = path.decode(), field.decode()
   problem = _missing(path, field)
   if problem is None:
     try:
-      with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), np.uint8)
-      if array.size:
-        return array, b""
-      problem = bad_input.encode_problem(bad_input.CORRUPT_IMAGE, field, path)
-    except Exception:  # pylint: disable=broad-except  (PIL raises many kinds for bad bytes)
+      return image_ops.load_image(path), b""
+    except (image_ops.ImageDecodeError, OSError):
       problem = bad_input.encode_problem(bad_input.CORRUPT_IMAGE, field, path)
   return np.zeros([1, 1, 3], np.uint8), problem.encode()
 
 
 def load_audio_np(path: bytes, field: bytes):
-  """-> (float32 [n] mono 16 kHz, problem bytes)."""
+  """-> (float32 [n] mono 16 kHz, problem bytes), decoded by `audio.load_audio` (the one decoder);
+  a truncated file is marked truncated_audio, any other failure unreadable_audio."""
   from unified_io.data.ops import audio  # pylint: disable=import-outside-toplevel
   path, field = path.decode(), field.decode()
   problem = _missing(path, field)
   if problem is None:
     try:
-      waveform, rate = audio.load_audio(path)
-      waveform = np.asarray(audio.resample(waveform, rate, audio.SAMPLE_RATE), np.float32)
-      if waveform.size and np.all(np.isfinite(waveform)):
-        return waveform.reshape([-1]), b""
+      waveform, _ = audio.load_audio(path, audio.SAMPLE_RATE)
+      return np.asarray(waveform, np.float32).reshape([-1]), b""
+    except audio.AudioDecodeError as err:
+      problem = bad_input.encode_problem(err.reason, field, path)
     except Exception:  # pylint: disable=broad-except  (PyAV raises many kinds for bad files)
-      pass
-    problem = bad_input.encode_problem(bad_input.UNREADABLE_AUDIO, field, path)
+      problem = bad_input.encode_problem(bad_input.UNREADABLE_AUDIO, field, path)
   return np.zeros([1], np.float32), problem.encode()
 
 
@@ -239,16 +239,19 @@ def _decode(ex, media: Sequence[str], num_video_frames: int, video_audio: bool):
   for key in media:
     field = tf.constant(key)
     if key in ("image", "target_image"):
-      image, problem = tf.numpy_function(load_image_np, [ex[key], field], (tf.uint8, tf.string))
+      image, problem = tf.numpy_function(load_image_np, [ex[key], field], (tf.uint8, tf.string),
+                                        stateful=False)
       out[INPUT_MEDIA.get(key) or TARGET_MEDIA[key]] = tf.ensure_shape(image, [None, None, 3])
     elif key in ("audio", "target_audio"):
-      wave, problem = tf.numpy_function(load_audio_np, [ex[key], field], (tf.float32, tf.string))
+      wave, problem = tf.numpy_function(load_audio_np, [ex[key], field], (tf.float32, tf.string),
+                                       stateful=False)
       out[INPUT_MEDIA.get(key) or TARGET_MEDIA[key]] = tf.ensure_shape(wave, [None])
     else:
       loader = functools.partial(load_video_np, num_frames=num_video_frames,
                                  with_audio=video_audio)
       frames, segments, problem = tf.numpy_function(loader, [ex[key], field],
-                                                    (tf.uint8, tf.float32, tf.string))
+                                                    (tf.uint8, tf.float32, tf.string),
+                                                    stateful=False)
       out["image_history"] = tf.ensure_shape(frames, [None, None, None, 3])
       if video_audio:
         out["audio_history"] = tf.ensure_shape(segments, [None, None])

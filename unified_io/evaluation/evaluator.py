@@ -53,6 +53,7 @@ import tensorflow as tf
 
 from unified_io import decoding
 from unified_io.contract import nest_batch
+from unified_io.data import bad_input
 from unified_io.data import pipeline
 from unified_io.data import registry
 from unified_io.data import vocab as vocab_lib
@@ -124,7 +125,8 @@ def load_examples(task_name: str, converter: UnifiedIOFeatureConverter,
                                 if k.startswith("meta/") or k == "text_targets"})
   vocab = vocab_lib.get_vocabulary()
   rows, examples, targets = [], [], []
-  for features, raw in zip(converted.as_numpy_iterator(), kept.as_numpy_iterator()):
+  # (strict mode: one-line BadInputError, the tf.data readers stopped first)
+  for features, raw in zip(bad_input.numpy_iterator(converted), bad_input.numpy_iterator(kept)):
     rows.append(features)
     examples.append(postprocessors.postprocess_example(raw, data_config.image_input_size))
     targets.append(decode_text(vocab, raw["text_targets"]) if target == Modality.TEXT else None)

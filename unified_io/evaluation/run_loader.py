@@ -31,7 +31,6 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from unified_io import contract, partitioning
@@ -136,16 +135,9 @@ def _flat(tree, prefix: str = "") -> Dict[str, Any]:
 def _stored_shapes(step_dir: str) -> Dict[str, Tuple[int, ...]]:
   """Every parameter path -> shape in a checkpoint, read from its metadata (no arrays loaded)."""
   try:
-    directory = ckpt_lib._params_dir(step_dir)  # pylint: disable=protected-access
+    return ckpt_lib.stored_shapes(step_dir)
   except ckpt_lib.CheckpointError as exc:
     raise RunLoadError(_one_line(exc)) from exc
-  with ocp.PyTreeCheckpointer() as ckptr:
-    metadata = ckptr.metadata(directory)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  if os.path.basename(directory) == ckpt_lib.STATE:
-    tree = tree["params"]
-  return {path: tuple(getattr(leaf, "shape", ())) for path, leaf in _flat(tree).items()}
 
 
 def check_shapes(model_params: Dict[str, Tuple[int, ...]],
@@ -153,17 +145,10 @@ def check_shapes(model_params: Dict[str, Tuple[int, ...]],
   """Raises RunLoadError naming the first parameter whose path or shape differs."""
   fix = ("the checkpoint was trained with another config: load it with the config it was trained "
          f"with (its MODEL_DIR/{run_config_lib.FILE}, or the right --gin_file / bindings)")
-  for path, shape in model_params.items():
-    if path not in stored:
-      raise RunLoadError(f"{where}: the model has parameter {path} {shape} that the checkpoint "
-                         f"lacks; {fix}")
-    if tuple(stored[path]) != tuple(shape):
-      raise RunLoadError(f"{where}: parameter {path} has shape {tuple(stored[path])} in the "
-                         f"checkpoint but {tuple(shape)} in the model; {fix}")
-  for path, shape in stored.items():
-    if path not in model_params:
-      raise RunLoadError(f"{where}: the checkpoint has parameter {path} {tuple(shape)} that the "
-                         f"model lacks; {fix}")
+  try:
+    ckpt_lib.check_shapes(model_params, stored, where, fix)
+  except ckpt_lib.CheckpointMismatchError as exc:
+    raise RunLoadError(str(exc)) from exc
 
 
 def abstract_boxed_params(model: UnifiedIOModel) -> Dict[str, Any]:

@@ -5,7 +5,10 @@ evaluate: every checkpoint of a training MODEL_DIR (or one step directory) on a 
   `wait_seconds` it keeps polling for new ones (an evaluator beside a training job). Writes
   TensorBoard scalars `<task>/<metric>`, `<task>-metrics.jsonl` and `<task>-<step>.jsonl`.
 infer: predictions of one checkpoint for a task's split, in chunks of `chunk_size` examples
-  (`<task>-<split>-<first>-<last>.jsonl`); a rerun skips the chunks already written.
+  (`<task>-<split>-<first>-<last>.jsonl`); a rerun skips the chunks already written. The bad
+  examples skipped are said in a last line (`bad_input.summary`).
+Both read through `bad_input.numpy_iterator`: in strict mode (gin bad_input.strict) the first bad
+example raises one-line `bad_input.BadInputError` (the binaries exit 2 with it).
 """
 
 import json
@@ -20,7 +23,7 @@ from unified_io import decoding
 
 from unified_io import gin_required
 from unified_io.config import UnifiedIOConfig
-from unified_io.data import registry
+from unified_io.data import bad_input, registry
 from unified_io.evaluation import evaluator as evaluator_lib
 from unified_io.evaluation import run_loader
 from unified_io.evaluation import sharded_inference
@@ -39,14 +42,8 @@ def _steps_to_evaluate(checkpoint_path: str) -> Sequence[Optional[int]]:
 
 
 def _task_names(name: str) -> Sequence[str]:
-  """The tasks of a registered mixture or task; an unknown name says what is registered."""
-  import seqio  # pylint: disable=import-outside-toplevel
-  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-  if name not in known:
-    prefix = name.split("_")[0]
-    close = [k for k in known if k.startswith(prefix)] or known
-    raise ValueError(f"unknown task or mixture {name!r}; registered ones include "
-                     f"{', '.join(close[:12])} (set MIXTURE_OR_TASK_NAME to one of them)")
+  """The tasks of a registered mixture or task; an unknown name is a one-line ValueError naming
+  the close registered names (`registry.get_mixture_or_task`)."""
   return registry.task_names(name)
 
 
@@ -155,7 +152,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
                                       batch_size=batch_size, decode_options=decode_options,
                                       log=log, load=False, mesh=mesh)
   os.makedirs(output_dir, exist_ok=True)
-  counts = {}
+  counts, skipped_before = {}, bad_input.counts()
   for name in tasks:
     counts[name] = 0
     start = 0
@@ -180,4 +177,7 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
       if data.count < size:
         break
       start += size
+  skipped = bad_input.summary(since=skipped_before)  # (each bad example once)
+  if skipped:
+    log(f"infer: {skipped}")
   return counts

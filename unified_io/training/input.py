@@ -83,7 +83,7 @@ from jax.sharding import Mesh
 
 from unified_io import partitioning
 from unified_io.contract import nest_batch
-from unified_io.data import pipeline, registry
+from unified_io.data import bad_input, pipeline, registry
 from unified_io.data.converter import UnifiedIOFeatureConverter
 
 
@@ -149,7 +149,7 @@ class TrainInput:
       print(f"{self._name}: replaying {skip} batches to reach batch {position} (no saved input "
             "state to restore)", flush=True)
     for _ in range(skip):  # (through the iterator, so its state stays the straight run's)
-      next(self._iterator)
+      self._next_element()
     self.replayed = skip
 
   def _new_iterator(self):
@@ -200,9 +200,29 @@ class TrainInput:
         self._open_stage(stage, self.batches_consumed)
         print(f"curriculum: stage {stage} from batch {self.batches_consumed}, tasks "
               f"{self.curriculum.rates_at(self.batches_consumed)}", flush=True)
-    flat = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+    flat = tf.nest.map_structure(lambda t: t.numpy(), self._next_element())
     self.batches_consumed += 1
     return nest_batch(flat)
+
+  def _next_element(self):
+    """The pipeline's next batch; a strict-mode bad example closes the input and raises the
+    one-line `bad_input.BadInputError` (after the iterator is gone: `bad_input`'s docstring)."""
+    if self._iterator is None:
+      raise ValueError(f"{self._name} is closed")
+    try:
+      return next(self._iterator)
+    except tf.errors.OpError as error:
+      failure = bad_input.strict_failure(error)
+      if failure is None:
+        raise
+    self.close()  # (after the except block: the tf.data error and the frames it held are gone)
+    raise failure
+
+  def close(self) -> None:
+    """Deletes the tf.data iterator now: its reader threads stop while python can still finish
+    the calls they are in (an iterator left to interpreter exit can hang it)."""
+    self._iterator = None
+    bad_input.release_iterators()
 
   @property
   def stage(self) -> Optional[int]:
@@ -337,7 +357,11 @@ class ProcessInput:
     return self
 
   def __next__(self) -> Dict:
-    batches = [next(shard) for shard in self._shards]
+    try:
+      batches = [next(shard) for shard in self._shards]
+    except bad_input.BadInputError:  # strict mode: every shard's readers stop before it is raised
+      self.close()
+      raise
     if len(batches) == 1:
       return batches[0]
     return jax.tree_util.tree_map(lambda *rows: np.concatenate(rows, axis=0), *batches)
@@ -357,6 +381,11 @@ class ProcessInput:
   def replayed(self) -> int:
     """Batches a shard recomputed to reach the start position (0: every state was restored)."""
     return max(shard.replayed for shard in self._shards)
+
+  def close(self) -> None:
+    """Deletes every shard's tf.data iterator (`TrainInput.close`)."""
+    for shard in self._shards:
+      shard.close()
 
 
 def open_process_input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

@@ -10,10 +10,11 @@ In order: the logical axis rules; the abstract state (`jax.eval_shape` of `model
 `init_batch` and `TrainState.create`, nothing allocated), the optimizer remade for the parameters'
 logical axes (`optim.for_param_axes`: Adafactor takes scanned layers' stacked axis as a batch of
 layers) and the state's shardings
-(`partitioning.state_shardings`); model-info.txt when asked (every variable's shape, logical axes
-and PartitionSpec, written before any state is allocated); the state, created directly on its
-shardings, restored onto them from a checkpoint (`resume_step`), or created and then given
+(`partitioning.state_shardings`); the state, created directly on its
+shardings, restored onto them from a checkpoint (`resume_step`: `CheckpointMismatchError` or
+`CorruptCheckpointError` before anything is written), or created and then given
 parameters from another checkpoint (`initial_checkpoint_path` with a t5x-style assignment map);
+model-info.txt when asked (every variable's shape, logical axes and PartitionSpec);
 and the jitted train step with the state donated and the state and batch shardings explicit.
 """
 
@@ -85,10 +86,6 @@ def build_train_setup(
     # The optimizer `abstract` holds the state of (the step must run that one).
     optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
     shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
-    if model_info_path and jax.process_index() == 0:
-      with open(model_info_path, "w") as f:
-        f.write(f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n"
-                + partitioning.describe(boxed, rules) + "\n")
     if resume_step is not None:
       if checkpoints is None:
         raise ValueError(f"build_train_setup: resume_step={resume_step} needs `checkpoints`")
@@ -98,6 +95,11 @@ def build_train_setup(
     else:
       state = _initial_state(init_params, optimizer, shardings, initial_checkpoint_path,
                              assignment_map)
+    # (after the restore: a checkpoint that does not fit or cannot be read leaves MODEL_DIR as is)
+    if model_info_path and jax.process_index() == 0:
+      with open(model_info_path, "w") as f:
+        f.write(f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n"
+                + partitioning.describe(boxed, rules) + "\n")
     step = jit_train_step(
         make_train_step(model.loss_fn, optimizer, learning_rate,
                         num_microbatches=num_microbatches, use_dropout=use_dropout),

@@ -20,15 +20,21 @@ Normalisation before the model (also the release's): inputs and histories use
 (x - AUDIO_VIT_MEAN) / AUDIO_VIT_STD = (x + 4.26) / 9.14 (`InputAudioViTEncoder`), targets use the
 AudioSet statistics (x + 5.0945) / 3.8312 (`TargetAudioDVAEEmbedder`; `config.py`).
 
-Waveform I/O (`load_audio`) goes through PyAV, so any container FFmpeg reads works;
+Waveform I/O (`load_audio`, the one audio decoder of manifests, dataset tasks and uio2-predict)
+goes through PyAV, so any container FFmpeg reads works: decoded at the file's rate, channels
+averaged, resampled to 16 kHz by `resample` (scipy's polyphase filter); a file whose header
+declares more audio than it holds is bad input (truncated_audio), never a silently short clip;
 `spectrogram_to_waveform` inverts a log-mel spectrogram with Griffin-Lim (numpy) for listening to
 generated audio.
 """
 
+import os
 from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from unified_io.data import bad_input
 
 SAMPLE_RATE = 16000
 SEGMENT_SECONDS = 4.08
@@ -159,15 +165,25 @@ def resample(waveform_n: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
   return signal.resample_poly(waveform_n, int(rate_out) // g, int(rate_in) // g).astype(np.float32)
 
 
-def decode_audio_stream(container, stream, rate: Optional[int], name: str) -> Tuple[np.ndarray, int]:
+class AudioDecodeError(ValueError):
+  """Audio that cannot be used; `reason` is its bad-input reason (unreadable / truncated)."""
+
+  def __init__(self, message: str, reason: str = bad_input.UNREADABLE_AUDIO):
+    super().__init__(message)
+    self.reason = reason
+
+
+def decode_audio_stream(container, stream, rate: Optional[int], name: str
+                        ) -> Tuple[np.ndarray, int]:
   """All of `stream` in an open PyAV container -> (mono float32 [N], rate). Used by video too.
 
-  Channels are averaged (as librosa, which the release used, does; FFmpeg's own stereo -> mono
-  downmix would scale by 1/sqrt(2) instead), then resampled by FFmpeg's resampler.
+  Decoded at the file's own rate, channels averaged (as librosa, which the release used, does;
+  FFmpeg's own stereo -> mono downmix would scale by 1/sqrt(2) instead), then resampled to `rate`
+  (None: keep the file's) by `resample`. No samples, or a NaN/inf sample, raise AudioDecodeError.
   """
   import av  # pylint: disable=import-outside-toplevel
-  out_rate = rate or stream.codec_context.sample_rate or stream.rate
-  resampler = av.AudioResampler(format="fltp", rate=out_rate)  # keeps the channel layout
+  native_rate = int(stream.codec_context.sample_rate or stream.rate)
+  resampler = av.AudioResampler(format="fltp", rate=native_rate)  # keeps the channel layout
   chunks = []
   for frame in container.decode(stream):
     for out in resampler.resample(frame):
@@ -176,28 +192,101 @@ def decode_audio_stream(container, stream, rate: Optional[int], name: str) -> Tu
     chunks.append(out.to_ndarray().mean(axis=0))
   waveform_n = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros([0], np.float32)
   if waveform_n.size == 0:
-    raise ValueError(f"{name}: the audio stream has no samples (zero-length audio)")
-  return waveform_n, int(out_rate)
+    raise AudioDecodeError(f"{name}: the audio stream has no samples (zero-length audio)")
+  if not np.all(np.isfinite(waveform_n)):
+    raise AudioDecodeError(f"{name}: the audio holds NaN or infinite samples")
+  out_rate = int(rate or native_rate)
+  return resample(waveform_n, native_rate, out_rate), out_rate
+
+
+def _riff_data_sizes(path: str) -> Optional[Tuple[int, int]]:
+  """A RIFF/WAVE file -> (bytes of audio its header declares, bytes the file holds after the data
+  chunk's header); None for other files and for streaming headers that declare no size."""
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+      return None
+    order = "little" if head[:4] == b"RIFF" else "big"
+    size_of_file = os.fstat(f.fileno()).st_size
+    position = 12
+    while position + 8 <= size_of_file:
+      f.seek(position)
+      chunk = f.read(8)
+      declared = int.from_bytes(chunk[4:], order)
+      if chunk[:4] == b"data":
+        if declared in (0, 0xFFFFFFFF):  # written while streaming: the size was never filled in
+          return None
+        return declared, size_of_file - position - 8
+      position += 8 + declared + (declared & 1)  # chunks are word-aligned
+  return None
+
+
+def _has_vbr_header(path: str) -> bool:
+  """An MP3 whose first frame holds a Xing/Info/VBRI header (which declares the frame count)."""
+  with open(path, "rb") as f:
+    head = f.read(10)
+    start = 0
+    if head[:3] == b"ID3" and len(head) == 10:  # skip the ID3v2 tag (syncsafe size)
+      start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+    f.seek(start)
+    frame = f.read(200)
+  return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+# Formats whose header declares the length (FLAC's STREAMINFO, an MP4's moov, an MP3's
+# Xing/Info frame): FFmpeg's stream duration is then the header's word, not an estimate.
+_DECLARED_LENGTH_FORMATS = ("flac", "mov,mp4,m4a,3gp,3g2,mj2")
+TRUNCATION_TOLERANCE_SECONDS = 0.1  # codec priming / padding, for formats other than WAV
+
+
+def _check_complete(path: str, container, stream, decoded_seconds: float) -> None:
+  """Raises AudioDecodeError(reason truncated_audio) for a file shorter than its header says."""
+  if container.format.name in ("wav", "w64"):
+    sizes = _riff_data_sizes(path)
+    if sizes is not None and sizes[1] < sizes[0]:
+      raise AudioDecodeError(
+          f"load_audio: {path} is truncated: its header declares {sizes[0]} bytes of audio, the "
+          f"file holds {sizes[1]} ({decoded_seconds:.2f} s decoded)", bad_input.TRUNCATED_AUDIO)
+    return
+  trusted = (container.format.name in _DECLARED_LENGTH_FORMATS or
+             (container.format.name == "mp3" and _has_vbr_header(path)))
+  if not trusted or stream.duration is None or stream.time_base is None:
+    return
+  declared_seconds = float(stream.duration * stream.time_base)
+  slack = max(TRUNCATION_TOLERANCE_SECONDS, 0.02 * declared_seconds)
+  if decoded_seconds + slack < declared_seconds:
+    raise AudioDecodeError(
+        f"load_audio: {path} is truncated: its header declares {declared_seconds:.2f} s, the "
+        f"file holds {decoded_seconds:.2f} s", bad_input.TRUNCATED_AUDIO)
 
 
 def load_audio(path: str, rate: Optional[int] = SAMPLE_RATE) -> Tuple[np.ndarray, int]:
   """Any audio (or video) file FFmpeg reads -> (mono float32 waveform [N] in [-1, 1], rate).
 
-  Resampled to `rate` (16 kHz by default; None keeps the file's rate). Unreadable files, files
-  without an audio stream and zero-length audio raise ValueError naming the file.
+  The one audio decoder of every path (manifests and dataset tasks, uio2-predict --audio): any
+  sample format (8/16/24/32-bit integer, float), rate and channel count; channels averaged,
+  resampled to `rate` (16 kHz by default; None keeps the file's). Unreadable files, files without
+  an audio stream, zero-length audio, NaN/inf samples and files shorter than their header declares
+  (a WAV cut short: FFmpeg alone would decode what is there without a word) raise
+  AudioDecodeError (a ValueError) naming the file; its `reason` is the bad-input reason.
   """
   import av  # pylint: disable=import-outside-toplevel
   try:
     container = av.open(str(path))
   except (av.error.FFmpegError, OSError) as err:
-    raise ValueError(f"load_audio: cannot read {path}: {err}") from err
+    raise AudioDecodeError(f"load_audio: cannot read {path}: {err}") from err
   with container:
     if not container.streams.audio:
-      raise ValueError(f"load_audio: {path} has no audio stream")
+      raise AudioDecodeError(f"load_audio: {path} has no audio stream")
+    stream = container.streams.audio[0]
     try:
-      return decode_audio_stream(container, container.streams.audio[0], rate, f"load_audio: {path}")
+      waveform_n, native_rate = decode_audio_stream(container, stream, None,
+                                                    f"load_audio: {path}")
     except av.error.FFmpegError as err:
-      raise ValueError(f"load_audio: cannot decode the audio of {path}: {err}") from err
+      raise AudioDecodeError(f"load_audio: cannot decode the audio of {path}: {err}") from err
+    _check_complete(str(path), container, stream, waveform_n.size / native_rate)
+  out_rate = int(rate or native_rate)
+  return resample(waveform_n, native_rate, out_rate), out_rate
 
 
 # ---------------------------------------------------------------- back to a waveform (numpy)

@@ -1,6 +1,23 @@
 """Image ops for task preprocessors: decode, resize-and-pad with a validity mask, box transforms.
 
-Everything here is TensorFlow and graph-safe, so it runs inside seqio preprocessors (tf.data maps).
+Everything here is graph-safe, so it runs inside seqio preprocessors (tf.data maps).
+
+Decoding. Every path that turns image bytes into pixels (JSONL manifests and the record-based
+dataset tasks: VQAv2; uio2-predict --image; `decode_image` / `try_decode_image` in graphs) calls
+`decode_image_np`, so training and prediction see the same pixels for the same file:
+  * PIL decodes the bytes (JPEG, PNG, GIF: first frame, BMP, WebP, TIFF, ...); a file that is
+    cut short or corrupt anywhere raises `ImageDecodeError` (bad input: corrupt_image);
+  * the EXIF orientation tag (1-8) is applied, so a phone photo stands the way it was shot;
+  * 16-bit grey (I;16, I) maps 0..65535 linearly onto 0..255 (v / 257, rounded), float grey (F)
+    maps [0, 1]; 16-bit RGB(A) PNGs keep PIL's 8 bits per channel;
+  * palette (P), 1-bit, grey (L), CMYK, YCbCr go through PIL's conversion to RGB;
+  * transparency (RGBA, LA, PA, a palette or grey with a transparent index) is composited on
+    WHITE: transparent pixels become white, half-transparent ones are blended (straight alpha).
+    White because transparent images are mostly logos, drawings, icons and documents made to be
+    seen on a white page: dark strokes on a transparent background vanish on black, and dropping
+    alpha instead shows whatever colour the encoder left under transparent pixels (often black).
+The result is uint8 [h, w, 3]. TFDS tasks (COCO, RefCOCO) keep the pixels TFDS decodes: their
+boxes were annotated on the stored pixels (EXIF not applied), which rotating would misplace.
 
 Geometry. `resize_and_pad` scales an image keeping its aspect ratio, optionally crops (train-time
 augmentation), and pads to the model size. It returns the affine map it applied as an
@@ -23,8 +40,10 @@ transform uses the exact per-axis scale of the resized image (`scaled_side / sid
 release moved boxes with the unrounded scale (a difference below one pixel).
 """
 
+import io
 from typing import NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 # CLIP's pixel statistics, the release's IMAGE_VIT_MEAN / IMAGE_VIT_STD.
@@ -47,27 +66,93 @@ class ImageTransform(NamedTuple):
   offset_2: tf.Tensor
 
 
+class ImageDecodeError(ValueError):
+  """Bytes that are not a decodable image (corrupt, truncated, empty or an unknown format)."""
+
+
 def _describe(encoded: bytes) -> str:
   head = encoded[:8]
   return f"{len(encoded)} bytes starting {head!r}"
 
 
+def _composite_on_white(rgba_hw4: np.ndarray) -> np.ndarray:
+  """uint8 RGBA -> uint8 RGB over a white background (straight, not premultiplied, alpha)."""
+  alpha_hw1 = rgba_hw4[..., 3:].astype(np.float32) / 255.0
+  rgb_hw3 = rgba_hw4[..., :3].astype(np.float32) * alpha_hw1 + 255.0 * (1.0 - alpha_hw1)
+  return np.clip(np.round(rgb_hw3), 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(gray_hw: np.ndarray) -> np.ndarray:
+  return np.repeat(gray_hw[..., None], 3, axis=-1)
+
+
+def pil_to_rgb(image) -> np.ndarray:
+  """A PIL image of any mode -> uint8 [h, w, 3] by the decoding rules of the module docstring."""
+  mode = image.mode
+  if mode.startswith("I;16") or mode == "I":  # 16-bit grey: full range 0..65535 -> 0..255
+    values = np.asarray(image).astype(np.float64)
+    return _gray_to_rgb(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8))
+  if mode == "F":  # float grey: [0, 1] is black to white
+    values = np.asarray(image).astype(np.float64)
+    return _gray_to_rgb(np.clip(np.round(np.nan_to_num(values) * 255.0), 0, 255).astype(np.uint8))
+  has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+  if has_alpha:  # palette/grey/RGB with alpha or a transparent colour: composite on white
+    return _composite_on_white(np.asarray(image.convert("RGBA"), np.uint8))
+  return np.asarray(image.convert("RGB"), np.uint8)  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGB
+
+
+def _exif_upright(image):
+  """The image as its EXIF orientation tag says to show it; unreadable EXIF metadata (the pixels
+  decoded fine) leaves it as stored."""
+  from PIL import ImageOps  # pylint: disable=import-outside-toplevel
+  try:
+    return ImageOps.exif_transpose(image)
+  except (ValueError, TypeError, KeyError, OSError, SyntaxError):
+    return image
+
+
+def decode_image_np(data: bytes) -> np.ndarray:
+  """Encoded image bytes -> uint8 [h, w, 3] by the module docstring's decoding rules.
+
+  Raises ImageDecodeError (a ValueError) for bytes that are not a whole, decodable image.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(io.BytesIO(bytes(data))) as image:
+      image.load()  # decodes everything now: a truncated file raises here
+      array = pil_to_rgb(_exif_upright(image))
+  except Exception as err:  # pylint: disable=broad-except  (PIL raises many kinds for bad bytes)
+    raise ImageDecodeError(f"could not decode the image bytes (corrupt, truncated, empty or not "
+                           f"an image format PIL reads): {_describe(bytes(data))}: "
+                           f"{type(err).__name__}: {err}") from err
+  if not array.size:
+    raise ImageDecodeError(f"the image has no pixels: {_describe(bytes(data))}")
+  return array
+
+
+def load_image(path: str) -> np.ndarray:
+  """An image file -> uint8 [h, w, 3] by `decode_image_np`; raises ImageDecodeError (or OSError
+  for a file that cannot be read)."""
+  with open(path, "rb") as f:
+    return decode_image_np(f.read())
+
+
+def _decode_or_flag(data):
+  data = data.item() if isinstance(data, np.ndarray) else data  # numpy_function: a 0-d object array
+  try:
+    return decode_image_np(data), np.bool_(True)
+  except ImageDecodeError:
+    return np.zeros([1, 1, 3], np.uint8), np.bool_(False)
+
+
 def try_decode_image(encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> (uint8 [h, w, 3], ok: tf.bool).
+  """Encoded image bytes (tf.string []) -> (uint8 [h, w, 3], ok: tf.bool), by `decode_image_np`.
 
   Never raises: corrupt or empty bytes give ok=False and a 1x1 black image, so a tf.data pipeline
-  can filter and count them. Decoding runs in a py_function because TF's decoders can only signal
-  failure by raising, which a graph cannot catch.
+  can filter and count them. The decoder runs in a `tf.numpy_function` marked stateless (it is a
+  pure function of the bytes), so a tf.data iterator holding it can still save its state.
   """
-  def decode(data):
-    try:
-      image = tf.io.decode_image(data, channels=3, expand_animations=False)
-      ok = tf.reduce_all(tf.shape(image)[:2] > 0)
-      return image, ok
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError):
-      return tf.zeros([1, 1, 3], tf.uint8), tf.constant(False)
-
-  image, ok = tf.py_function(decode, [encoded], (tf.uint8, tf.bool))
+  image, ok = tf.numpy_function(_decode_or_flag, [encoded], (tf.uint8, tf.bool), stateful=False)
   image = tf.ensure_shape(image, [None, None, 3])
   ok = tf.ensure_shape(ok, [])
   return image, ok
@@ -79,14 +164,14 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   Eagerly this raises ValueError; inside a graph (tf.data) it fails an assertion with the same
   message instead of an anonymous decoder error deep in the pipeline.
   """
-  image, ok = try_decode_image(encoded)
   if tf.executing_eagerly():
-    if not bool(ok):
-      raise ValueError(f"decode_image: could not decode the image bytes as JPEG/PNG/GIF/BMP/WebP "
-                       f"(corrupt, truncated or empty): {_describe(bytes(encoded.numpy()))}")
-    return image
-  check = tf.debugging.Assert(ok, ["decode_image: could not decode the image bytes as "
-                                   "JPEG/PNG/GIF/BMP/WebP (corrupt, truncated or empty)"])
+    try:
+      return tf.constant(decode_image_np(bytes(tf.convert_to_tensor(encoded).numpy())))
+    except ImageDecodeError as err:
+      raise ValueError(f"decode_image: {err}") from err
+  image, ok = try_decode_image(encoded)
+  check = tf.debugging.Assert(ok, ["decode_image: could not decode the image bytes (corrupt, "
+                                   "truncated, empty or not an image format PIL reads)"])
   with tf.control_dependencies([check]):
     return tf.identity(image)
 
