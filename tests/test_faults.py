@@ -15,7 +15,6 @@ is shared; each case copies it and runs `main` in this process, as the command l
 import errno
 import glob
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ import time
 import gin
 import pytest
 
+from test_train_binary import losses
 from unified_io.cli import train as train_cli
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import trainer
@@ -46,15 +46,6 @@ def run_main(args, capsys):
     gin.clear_config()
   out, err = capsys.readouterr()
   return status, out, err
-
-
-def losses(model_dir):
-  out = {}
-  with open(os.path.join(model_dir, "train", "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      out[record["step"]] = record["loss"]
-  return out
 
 
 def snapshot(model_dir):
