@@ -165,7 +165,7 @@ def postprocess(task: seqio.Task, outputs: Sequence, examples: Sequence[Mapping]
   return out
 
 
-def _as_float(task: str, name: str, value) -> Optional[float]:
+def _as_float(value) -> Optional[float]:
   value = getattr(value, "value", value)  # seqio.metrics.Scalar
   if isinstance(value, (numbers.Number, np.number)) or (
       isinstance(value, np.ndarray) and value.size == 1):
@@ -192,7 +192,7 @@ def run_metric_fns(task: seqio.Task, targets: Sequence, predictions: Optional[Se
       raise EvalInputError(f"task {task.name}: metric function {name} returned "
                            f"{type(values).__name__}, not a dict of metric values")
     for key, value in values.items():
-      number = _as_float(task.name, key, value)
+      number = _as_float(value)
       if number is None:
         log(f"eval: {task.name}/{key} is a {type(value).__name__}, not a number: not written")
         continue
@@ -218,7 +218,8 @@ class Evaluator:
     """`max_examples`: per task, or {task: count}; `load=False` builds no examples (for
     `infer`, which loads chunks itself). `mesh`: run on it, the parameters given to `evaluate`
     sharded on it (`InferenceMesh.load_run`); every process builds the same examples and
-    gets every row back, so all score alike (only process 0 should write: `is_writer`)."""
+    gets every row back, so all score alike (only process 0 should write:
+    `InferenceMesh.is_writer`)."""
     if mesh is not None and batch_size % mesh.data_size:
       rounded = -(-batch_size // mesh.data_size) * mesh.data_size
       log(f"eval: batch size {batch_size} -> {rounded}, a multiple of the mesh's data axis "
@@ -255,10 +256,6 @@ class Evaluator:
     self._log_likelihood = jax.jit(lambda p, b: decoding.target_log_likelihood(model, p, b))
     self._render = {m: jax.jit(lambda p, tokens, m=m: model.render(p, m.value, tokens))
                     for m in (Modality.IMAGE, Modality.AUDIO)}
-
-  @property
-  def is_writer(self) -> bool:
-    return self.mesh is None or self.mesh.is_writer
 
   def _apply(self, fn, params, *batch_args):
     """`fn(params, *batch_args)` as numpy, every row; on the mesh when there is one."""

@@ -47,6 +47,24 @@ def _task_names(name: str) -> Sequence[str]:
   return registry.task_names(name)
 
 
+def _open_run(checkpoint_path: str, log) -> sharded_inference.InferenceMesh:
+  """Checks the checkpoint path exists, makes the run's data configuration this process's
+  (`run_config.apply_run_data`, before task names are looked up) and returns gin's mesh."""
+  if not os.path.exists(checkpoint_path):
+    raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
+  run_config_lib.apply_run_data(checkpoint_path, log=log)
+  return sharded_inference.inference_mesh()
+
+
+def _lengths(given: Optional[Mapping[str, int]], run: run_loader.Run) -> Mapping[str, int]:
+  """The task feature lengths given, or the training run's."""
+  lengths = given or run.task_feature_lengths
+  if not lengths:
+    raise gin_required.GinRequiredError(
+        "the checkpoint has no run config with task feature lengths; set TASK_FEATURE_LENGTHS")
+  return lengths
+
+
 def _read_done(path: str) -> Dict[str, Dict]:
   if os.path.exists(path):
     with open(path) as f:
@@ -76,11 +94,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
   gin_required.check_required("evaluate", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
-  if not os.path.exists(checkpoint_path):
-    raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
-  run_config_lib.apply_run_data(checkpoint_path, log=log)
+  mesh = _open_run(checkpoint_path, log)
   tasks = _task_names(mixture_or_task_name)
-  mesh = sharded_inference.inference_mesh()
   writes = mesh.is_writer
   os.makedirs(output_dir, exist_ok=True)
   done_path = os.path.join(output_dir, DONE_FILE)
@@ -99,12 +114,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
     for step in pending:
       run = mesh.load_run(checkpoint_path, step, dtype, model_config=model_config)
       if evaluator is None:
-        lengths = task_feature_lengths or run.task_feature_lengths
-        if not lengths:
-          raise gin_required.GinRequiredError(
-              "the checkpoint has no run config with task feature lengths; set "
-              "TASK_FEATURE_LENGTHS")
-        evaluator = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
+        evaluator = evaluator_lib.Evaluator(run.model, tasks,
+                                            _lengths(task_feature_lengths, run), split=split,
                                             batch_size=batch_size, max_examples=max_examples,
                                             decode_options=decode_options, log=log, mesh=mesh)
       metrics = {name: r.metrics for name, r in evaluator.evaluate(
@@ -138,16 +149,10 @@ def infer(checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   `model_config`, `dtype`, the mesh and the run's data: as for `evaluate`."""
   gin_required.check_required("infer", checkpoint_path=checkpoint_path,
                            mixture_or_task_name=mixture_or_task_name, output_dir=output_dir)
-  if not os.path.exists(checkpoint_path):
-    raise run_loader.RunLoadError(f"checkpoint path {checkpoint_path} does not exist")
-  run_config_lib.apply_run_data(checkpoint_path, log=log)
-  mesh = sharded_inference.inference_mesh()
+  mesh = _open_run(checkpoint_path, log)
+  tasks = _task_names(mixture_or_task_name)  # (before the checkpoint loads)
   run = mesh.load_run(checkpoint_path, step, dtype, model_config=model_config)
-  lengths = task_feature_lengths or run.task_feature_lengths
-  if not lengths:
-    raise gin_required.GinRequiredError(
-        "the checkpoint has no run config with task feature lengths; set TASK_FEATURE_LENGTHS")
-  tasks = _task_names(mixture_or_task_name)
+  lengths = _lengths(task_feature_lengths, run)
   predictor = evaluator_lib.Evaluator(run.model, tasks, lengths, split=split,
                                       batch_size=batch_size, decode_options=decode_options,
                                       log=log, load=False, mesh=mesh)

@@ -304,7 +304,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                             async_save=async_checkpoints)
     arrange = _pair_arrangement(model)
     while True:  # the newest checkpoint that reads, setting aside those that do not
-      resume_step = checkpoints.latest_step()
+      resume_step, data = checkpoints.latest_step(), None
       try:
         start_batch, data_seed, shards = _input_position(checkpoints, resume_step, seed,
                                                          input_shards)
@@ -325,6 +325,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             model_info_path=os.path.join(model_dir, "model-info.txt"))
         break
       except ckpt_lib.CorruptCheckpointError as exc:  # (named, kept aside, never deleted)
+        if data is not None:  # (its input: a live tf.data iterator can hang the exit)
+          data.close()
         kept = checkpoints.set_aside(exc.step)
         older = checkpoints.latest_step()
         print(f"{exc}; kept aside as {kept}; resuming from "
