@@ -64,5 +64,6 @@ setuptools.setup(
         "uio2-predict=unified_io.cli.predict:main",
         "uio2-eval=unified_io.cli.eval:main",
         "uio2-infer=unified_io.cli.infer:main",
+        "uio2-memory-plan=unified_io.cli.memory_plan:main",
     ]},
 )

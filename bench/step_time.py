@@ -2,15 +2,20 @@
 
   python bench/step_time.py ../shared/reference/uio2_text_golden.npz --batch 2 --iters 50
   python bench/step_time.py ../shared/reference/uio2_text_golden.npz --batch 8 --forward-only
+  python bench/step_time.py ../shared/reference/uio2_text_golden.npz --batch 2 --dtype bfloat16
 
 Builds the model from the file's `meta/config_json` (modalities from the `param/*` names present),
-in float32, converts the file's weights, and makes a batch shaped like the file's `input/*` at
-batch size B by repeating the file's rows (so padding patterns are the file's own). Every `input/*`
-tensor is used whatever its modality, so files with more modalities need no change here.
+with `--dtype` activations (float32 by default; parameters are always float32), converts the
+file's weights, and makes a batch shaped like the file's `input/*` at batch size B by repeating the
+file's rows (so padding patterns are the file's own). Every `input/*` tensor is used whatever its
+modality, so files with more modalities need no change here. `--dtype bfloat16` is the TPU/GPU
+setting; XLA:CPU emulates bfloat16 arithmetic (converting around each op), so on a CPU it is
+slower than float32, not faster.
 
-Prints the config, each phase with its wall time, the lower+compile seconds (apart from the first
-run), median / p10 / p90 ms per step, and as its last line `fwd_bwd_ms <median>` (`fwd_ms <median>`
-with --forward-only). Exits 2, with one line on stderr, on an unusable file.
+Prints the config (with its dtype), each phase with its wall time, the lower+compile seconds (apart
+from the first run), median / p10 / p90 ms per step with the dtype, and as its last line
+`fwd_bwd_ms <median>` (`fwd_ms <median>` with --forward-only). Exits 2, with one line on stderr,
+on an unusable file.
 
 `--cpus N` pins the process to N of its cores before JAX starts; XLA:CPU sizes its thread pool from
 that. On the 2-vCPU CI machines one thread is faster than two for the tiny configs (the two vCPUs
@@ -29,6 +34,10 @@ import numpy as np
 # `make install` installs the package; from a bare checkout, fall back on the repository root (last
 # on the path, so nothing there shadows an installed package).
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# `TrunkConfig.dtype` names (written out: unified_io.config imports jax, which waits for --cpus).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class BenchError(Exception):
@@ -68,8 +77,9 @@ def make_batch(golden: Mapping[str, np.ndarray], batch_size: int) -> Dict:
   return nest_inputs(inputs)
 
 
-def build(golden: Mapping[str, np.ndarray], batch_size: int):
-  """(model, params, batch) on the default device: the file's config and weights, in float32."""
+def build(golden: Mapping[str, np.ndarray], batch_size: int, dtype: str = "float32"):
+  """(model, params, batch) on the default device: the file's config with `dtype` activations,
+  and its weights (float32)."""
   import flax.linen as nn
   import jax
 
@@ -80,7 +90,7 @@ def build(golden: Mapping[str, np.ndarray], batch_size: int):
 
   release = {k[len("param/"):]: golden[k] for k in golden.files if k.startswith("param/")}
   try:
-    cfg = config_from_release(str(golden["meta/config_json"]), release.keys(), dtype="float32")
+    cfg = config_from_release(str(golden["meta/config_json"]), release.keys(), dtype=dtype)
     model = UnifiedIOModel(cfg)
     batch = make_batch(golden, batch_size)
     abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))
@@ -133,7 +143,7 @@ def time_step(step: Callable, args, iters: int) -> np.ndarray:
 def run(args) -> None:
   start = time.perf_counter()
   golden = load_golden(args.golden)
-  model, params, batch = build(golden, args.batch)
+  model, params, batch = build(golden, args.batch, args.dtype)
   print(f"file: {args.golden}")
   print(describe(model, params, batch))
   print(f"setup: imports, config, weights and batch {time.perf_counter() - start:.2f} s")
@@ -150,8 +160,8 @@ def run(args) -> None:
 
   ms = time_step(step, (params, batch), args.iters)
   median = float(np.median(ms))
-  print(f"timing: {what}, batch {args.batch}, {args.iters} steps: median {median:.2f} ms, "
-        f"p10 {np.percentile(ms, 10):.2f} ms, p90 {np.percentile(ms, 90):.2f} ms, "
+  print(f"timing: {what}, {args.dtype}, batch {args.batch}, {args.iters} steps: median "
+        f"{median:.2f} ms, p10 {np.percentile(ms, 10):.2f} ms, p90 {np.percentile(ms, 90):.2f} ms, "
         f"min {ms.min():.2f} ms")
   print(f"{'fwd_ms' if args.forward_only else 'fwd_bwd_ms'} {median:.3f}")
 
@@ -163,6 +173,8 @@ def main(argv=None) -> int:
   parser.add_argument("--batch", type=int, default=2, help="batch size B (the file's rows repeated)")
   parser.add_argument("--iters", type=int, default=50, help="timed steps")
   parser.add_argument("--warmup", type=int, default=5, help="untimed steps after the first run")
+  parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                      help="activation dtype (parameters stay float32); bfloat16 as on TPU/GPU")
   parser.add_argument("--forward-only", action="store_true", help="time forward + loss only")
   parser.add_argument("--cpus", type=int, default=None,
                       help="pin to this many cores before JAX starts (default: all)")

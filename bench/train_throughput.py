@@ -36,6 +36,10 @@ Embedding gathers, norms, softmax and the optimizer are not model FLOPs. XLA's o
 the compiled step is printed beside it. The peak comes from the device name (H100/H200 989,
 A100 312 TFLOP/s) or `--peak_tflops`. Without a GPU, `--gpu` exits 2 saying so.
 
+`--attention_impl` (default "auto": cuDNN flash attention on a GPU in bf16) and `--scan_layers` set
+the model's fields of those names, so the fused kernel and the pod gins' scan are measured against
+plain XLA attention / unrolled layers in the same session.
+
 Each mode prints labelled figures and ends with one `name value` line: `train_tokens_per_s_<last
 config> <trunk tokens/s>` on CPU, `mfu_<last size> <fraction>` on GPU.
 """
@@ -255,7 +259,8 @@ def run_gpu_size(size: str, args) -> float:
 
   devices = require_gpu(args.allow_cpu)
   peak = peak_flops(devices[0], args.peak_tflops) * len(devices)
-  cfg = make_config(size, dtype=args.gpu_dtype)
+  cfg = make_config(size, dtype=args.gpu_dtype, attention_impl=args.attention_impl,
+                    scan_layers=args.scan_layers)
   model = UnifiedIOModel(cfg)
   lengths = {"text_inputs": args.gpu_lengths[0], "text_targets": args.gpu_lengths[1]}
   start = time.perf_counter()
@@ -264,7 +269,8 @@ def run_gpu_size(size: str, args) -> float:
   setup = trainer_setup(model, batch, mesh)
   state = setup.state
   encoder_len, decoder_lens = trunk_lengths(model, state.params, batch)
-  print(f"== {size} ({args.gpu_dtype} activations, float32 parameters)")
+  print(f"== {size} ({args.gpu_dtype} activations, float32 parameters, attention "
+        f"{args.attention_impl!r}{', scanned layers' if args.scan_layers else ''})")
   print(describe(model, state.params, (encoder_len, decoder_lens)))
   print(f"setup: {time.perf_counter() - start:.1f} s")
   compiled, compile_s = compile_step(setup, batch)
@@ -316,6 +322,10 @@ def parse_args(argv):
   parser.add_argument("--gpu_lengths", type=int, nargs=2, default=(512, 512),
                       metavar=("TEXT_INPUTS", "TEXT_TARGETS"), help="GPU mode: lengths")
   parser.add_argument("--gpu_dtype", default="bfloat16", help="GPU mode: activation dtype")
+  parser.add_argument("--attention_impl", default="auto",
+                      help="GPU mode: TrunkConfig.attention_impl (auto, xla, cudnn, cpu)")
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="GPU mode: scanned layers (the large/xl/xxl gins' setting)")
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="GPU mode: the device's peak (default: from its name)")
   parser.add_argument("--allow_cpu", action="store_true",

@@ -106,6 +106,13 @@ def test_unknown_trunk_field():
   assert "emb_dim" in str(error)  # the message lists the real fields
 
 
+# What gin/models/{large,xl,xxl}.gin set beyond the preset for a TPU/GPU pod run (tests/test_bf16.py
+# checks the documented override back to the CPU settings).
+POD_SETTINGS = {"large": dict(dtype="bfloat16", scan_layers=True, remat_policy="dots_no_batch"),
+                "xl": dict(dtype="bfloat16", scan_layers=True, remat_policy="full"),
+                "xxl": dict(dtype="bfloat16", scan_layers=True, remat_policy="full")}
+
+
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_size_gin_files_select_their_preset(size):
   import gin
@@ -118,7 +125,7 @@ def test_size_gin_files_select_their_preset(size):
     cfg = make_config()
   finally:
     gin.clear_config()
-  assert cfg.trunk == trunk_config(size, dtype="bfloat16")
+  assert cfg.trunk == trunk_config(size, **{**POD_SETTINGS.get(size, {}), "dtype": "bfloat16"})
 
 
 def test_make_config_supplies_components_for_the_chosen_modalities():

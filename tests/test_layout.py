@@ -33,6 +33,7 @@ ALLOWED = {
     "evaluation": MODEL | {"network", "model", "decoding", "data", "datasets", "partitioning",
                            "training", "gin_required"},
     "interop": MODEL | {"network", "model", "training"},
+    "memory_plan": MODEL | {"model", "decoding", "partitioning", "presets", "interop"},
     "tasks": MODEL | {"data", "datasets", "evaluation"},  # evaluation: how each task is scored
     # The binaries and experiments sit on top: they may import anything.
 }

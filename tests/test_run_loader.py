@@ -173,3 +173,24 @@ def test_a_bare_checkpoint_with_a_model_config(tmp_path, text_run):
   run = load_run(str(bare), model_config=config_of("models/tiny.gin"))
   assert run.model_dir is None and run.task_feature_lengths is None and run.step == 0
   _assert_params_equal(run.params, saved[5])
+
+
+def test_a_per_layer_checkpoint_loads_into_a_scanned_model(tmp_path, text_run):
+  """A converted release is per layer; the large/xl/xxl gins scan their layers: the checkpoint is
+  checked in its own layout and stacked, whole or straight onto a mesh's shardings."""
+  from unified_io import partitioning
+  from unified_io.network import layer_stacking
+  model_dir, saved = text_run
+  bare = tmp_path / "release"
+  shutil.copytree(os.path.join(model_dir, "checkpoints", "5"), bare)
+  scanned = config_of("models/tiny.gin", ["make_config.scan_layers = True"])
+  expected = layer_stacking.stack_layers(saved[5])
+  _assert_params_equal(load_run(str(bare), model_config=scanned).params, expected)
+  mesh = partitioning.make_mesh(model=2, devices=jax.devices()[:4])
+  run = load_run(str(bare), model_config=scanned, mesh=mesh, dtype="bfloat16")
+  assert run.model.cfg.trunk.scan_layers
+  kernel = run.params["encoder"]["layers"]["attention"]["query"]["kernel"]
+  assert kernel.dtype == jnp.bfloat16 and kernel.sharding.mesh.shape == mesh.shape
+  _assert_params_equal(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), run.params),
+                       jax.tree_util.tree_map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16),
+                                                                    np.float32), expected))

@@ -52,6 +52,17 @@ class RematPolicy(str, enum.Enum):
   DOTS_NO_BATCH = "dots_no_batch"
 
 
+class AttentionImpl(str, enum.Enum):
+  """Which implementation computes attention (`network/layers/backends.py` resolves AUTO and
+  checks that the choice runs on this backend; docs/backends.md has the table)."""
+
+  AUTO = "auto"  # the backend's best: CPU -> CPU; GPU -> CUDNN or XLA; TPU -> SPLASH or XLA
+  XLA = "xla"  # the plain jnp formulation, plain autodiff (what XLA fuses on GPU and TPU)
+  CPU = "cpu"  # hand-written VJPs tuned for XLA:CPU (layers/dot_product.py)
+  CUDNN = "cudnn"  # jax.nn.dot_product_attention(implementation="cudnn"); bf16/fp16 only
+  SPLASH = "splash"  # the TPU Pallas splash-attention kernel
+
+
 @dataclasses.dataclass(frozen=True)
 class TrunkConfig:
   """The encoder-decoder transformer shared by every modality.
@@ -90,6 +101,13 @@ class TrunkConfig:
   # Run the encoder and decoder layers under `nn.scan`: one compiled layer body, parameters (and
   # decoding caches) stacked on a leading "layers" axis (`unified_io.network.layer_stacking` converts).
   scan_layers: bool = False
+  # How attention runs: an `AttentionImpl` or its value. "auto" picks per backend when the model
+  # is traced: the CPU-tuned custom VJPs on CPU; cuDNN flash attention on GPU (bf16/fp16, head_dim
+  # <= 128 and a multiple of 8, even lengths, no attention dropout; else "xla"); the splash kernel
+  # on TPU (lengths multiples of 128, no attention dropout; else "xla"). cuDNN takes q and k in the
+  # activation dtype, the one numerical difference from the release's float32 logits. (SwiGLU and
+  # RMSNorm follow the backend alone: their custom VJPs on CPU only.) See docs/backends.md.
+  attention_impl: AttentionImpl = AttentionImpl.AUTO
 
   def __post_init__(self):
     for name in ("emb_dim", "num_heads", "head_dim", "num_encoder_layers", "num_decoder_layers",
@@ -111,6 +129,11 @@ class TrunkConfig:
                        _as_member(RematPolicy, self.remat_policy, "remat_policy", "policy"))
     require(isinstance(self.scan_layers, bool), "scan_layers",
              f"must be a bool, got {self.scan_layers!r}")
+    impl = _as_member(AttentionImpl, self.attention_impl, "attention_impl", "implementation")
+    object.__setattr__(self, "attention_impl", impl)
+    require(self.dropout_rate == 0.0 or impl not in (AttentionImpl.CUDNN, AttentionImpl.SPLASH),
+             "attention_impl", f"{impl.value!r} has no attention dropout (dropout_rate "
+             f"{self.dropout_rate}); use 'auto', 'xla' or 'cpu'")
 
   @property
   def joined_heads_dim(self) -> int:

@@ -14,6 +14,11 @@ statistics and counters are replicated (they are a vector per matrix; [layers, r
 matrix of scanned layers, whose layers axis is never split anyway). Batches are split over
 `data` on their leading axis; each process contributes the rows its devices hold (`process_rows`,
 `global_batch`).
+
+The mesh follows the hardware (`make_mesh`): devices are placed by the physical topology, and a
+multi-slice mesh (`dcn_data`) keeps `model` inside a slice and splits only `data` across slices.
+Sizes that do not fit the devices, the model or the batch are refused in one line (`MeshError`)
+before anything is compiled: `make_mesh`, `check_divisible`, `check_batch_size`.
 """
 
 import contextlib
@@ -22,7 +27,10 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from unified_io.config import ConfigError
 
 DATA, MODEL = "data", "model"
 Rules = Tuple[Tuple[str, Optional[str]], ...]
@@ -55,16 +63,89 @@ def axis_rules(fsdp: bool = False) -> Rules:
   return _BASE_RULES + _REPLICATED + embed
 
 
-def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence] = None) -> Mesh:
-  """A (data, model) mesh over `devices` (default: all); data = -1 takes what model leaves."""
+class MeshError(ConfigError):
+  """A mesh that does not fit the devices, the model or the batch; the message is one line naming
+  the problem and the sizes that would work. A ConfigError: binaries report it as bad config."""
+
+
+def _divisors(n: int) -> str:
+  return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence] = None,
+              dcn_data: int = 1) -> Mesh:
+  """A (data, model) mesh over `devices` (default: all); data = -1 takes what model leaves.
+
+  The devices are laid out by the physical topology (`mesh_utils.create_device_mesh`: on TPU the
+  model axis lands on neighbouring chips of the torus, on GPU devices go in XLA's global order).
+  `dcn_data` > 1: a multi-slice (hybrid) mesh, the data axis spanning `dcn_data` granules joined by
+  the slower data-centre network (TPU slices, by `slice_index`; else processes) and the model
+  axis kept inside each granule (`mesh_utils.create_hybrid_device_mesh`): only the once-a-step
+  gradient reduction crosses it. Raises MeshError (one line) for sizes that do not fit.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  if data == -1:
-    if len(devices) % model:
-      raise ValueError(f"mesh: model={model} does not divide the {len(devices)} devices")
-    data = len(devices) // model
-  if data * model != len(devices):
-    raise ValueError(f"mesh: data={data} x model={model} != {len(devices)} devices")
-  return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
+  n = len(devices)
+  if model < 1 or n % model:
+    raise MeshError(f"mesh: model={model} does not divide the {n} devices; use a model axis "
+                    f"(model_parallel) dividing {n}: {_divisors(n)}")
+  data = n // model if data == -1 else data
+  if data * model != n:
+    raise MeshError(f"mesh: data={data} x model={model} != {n} devices; use data x model = {n} "
+                    f"(or data=-1 to take what model leaves)")
+  if dcn_data < 1 or data % dcn_data:
+    raise MeshError(f"mesh: dcn_data={dcn_data} does not divide data={data}; use a number of "
+                    f"slices dividing {data}: {_divisors(data)}")
+  if dcn_data > 1:
+    return Mesh(_hybrid_devices(devices, data // dcn_data, model, dcn_data), (DATA, MODEL))
+  # Across processes, each process's devices form one block of the mesh, so its rows of a batch
+  # are contiguous (`process_rows`).
+  several = len({d.process_index for d in devices}) > 1
+  try:
+    grid = mesh_utils.create_device_mesh((data, model), devices, contiguous_submeshes=several)
+  except (ValueError, NotImplementedError, AssertionError):
+    # A subset of a TPU slice's chips (a test's first 6 devices, one host's chips of a pod) is no
+    # full torus, and some shapes (model=3 on a 2x2x1 v4-8) cannot be laid onto one:
+    # create_device_mesh refuses both. The plain order is a valid mesh there, only without the
+    # topology-aware placement; jax.devices() lists processes in turn, so blocks stay contiguous.
+    # (CPU devices, real or fake, take the plain order inside create_device_mesh anyway.)
+    grid = np.asarray(devices).reshape(data, model)
+  return Mesh(grid, (DATA, MODEL))
+
+
+def _hybrid_devices(devices: Sequence, data_per_granule: int, model: int, dcn_data: int
+                    ) -> np.ndarray:
+  """[data, model] devices of a multi-slice mesh (`make_mesh` with `dcn_data`)."""
+  # Granules are TPU slices where the devices span several; elsewhere (GPU or CPU hosts, whose
+  # devices have no slice_index or all the same one) processes.
+  by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+  key = "slice_index" if by_slice else "process_index"
+  granules: Dict[int, int] = {}
+  for device in devices:
+    granules[getattr(device, key)] = granules.get(getattr(device, key), 0) + 1
+  what, one = ("slices", "slice") if by_slice else ("processes", "process")
+  per_granule = data_per_granule * model
+  if len(granules) != dcn_data or set(granules.values()) != {per_granule}:
+    counts = sorted(set(granules.values()))
+    several = len(granules) > 1
+    held = (f"{counts[0]} devices" + (" each" if several else "") if len(counts) == 1
+            else f"{counts} devices")
+    fits = several and len(counts) == 1 and (data_per_granule * dcn_data) % len(granules) == 0
+    fix = str(len(granules)) if fits else f"1 (the data axis inside one {one})"
+    raise MeshError(
+        f"mesh: dcn_data={dcn_data} needs {dcn_data} {what} of {per_granule} devices "
+        f"(data/dcn_data={data_per_granule} x model={model}); these devices are in "
+        f"{len(granules)} {what if several else one} ({held}): use dcn_data={fix}")
+  return mesh_utils.create_hybrid_device_mesh(
+      (data_per_granule, model), (dcn_data, 1), devices, process_is_granule=not by_slice)
+
+
+def check_batch_size(mesh: Mesh, batch_size: int, what: str = "batch size") -> None:
+  """Raises MeshError unless the data axis splits a global batch of `batch_size` rows evenly."""
+  data = int(mesh.shape[DATA])
+  if batch_size % data:
+    near = sorted({max(data, batch_size // data * data), -(-batch_size // data) * data})
+    raise MeshError(f"mesh {dict(mesh.shape)}: {what} {batch_size} does not split over "
+                    f"data={data}; use a multiple of {data} ({' or '.join(map(str, near))})")
 
 
 def logical_specs(boxed_tree):
@@ -83,7 +164,7 @@ def shardings(boxed_tree, mesh: Mesh, rules):
 
 
 def check_divisible(boxed_tree, mesh: Mesh, rules: Rules) -> None:
-  """Raises ValueError (one line) naming the first parameter dimension that the mesh axes it is
+  """Raises MeshError (one line) naming the first parameter dimension that the mesh axes it is
   split over do not divide, and which sizes would; nothing is allocated."""
   logical = jax.tree_util.tree_leaves_with_path(
       logical_specs(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -105,7 +186,7 @@ def check_divisible(boxed_tree, mesh: Mesh, rules: Rules) -> None:
       common = np.gcd.reduce([s for _, _, s, a in split if a == axes])
       fits = [d for d in range(1, common + 1) if common % d == 0]
       knob = "model_parallel" if axes == (MODEL,) else f"a {'x'.join(axes)} size"
-      raise ValueError(
+      raise MeshError(
           f"mesh {dict(mesh.shape)}: parameter {path} dim {name!r} of size {size} is not "
           f"divisible by {'x'.join(f'{a}={mesh.shape[a]}' for a in axes)}; choose {knob} "
           f"dividing every such dimension ({', '.join(map(str, fits))})"

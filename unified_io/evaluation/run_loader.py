@@ -24,6 +24,7 @@ run every process calls `load_run` with the same global mesh; each reads only th
 devices hold.
 """
 
+import dataclasses
 import os
 import re
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
@@ -37,6 +38,7 @@ from unified_io import contract, partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.data import vocab as vocab_lib
 from unified_io.model import UnifiedIOModel
+from unified_io.network import layer_stacking
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import run_config as run_config_lib
 
@@ -218,16 +220,40 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
   boxed = abstract_boxed_params(model)
   target = _box_values(boxed)
   sharded = None if mesh is None else sharded_target(boxed, mesh, fsdp, dtype)
-  check_shapes({p: tuple(s.shape) for p, s in _flat(target).items()}, _stored_shapes(step_dir),
+  stored = _stored_shapes(step_dir)
+  # A per-layer checkpoint (a converted release) read by a scanned model (the large/xl/xxl gins'
+  # `scan_layers`), or the reverse: checked and read in the checkpoint's own layout, then converted.
+  stored_model = _in_layout_of(model, stored)
+  stored_boxed = boxed if stored_model is model else abstract_boxed_params(stored_model)
+  check_shapes({p: tuple(s.shape) for p, s in _flat(_box_values(stored_boxed)).items()}, stored,
                f"checkpoint {step_dir}")
   if sharded is None:
-    params = ckpt_lib.load_params(step_dir, target, dtype=dtype)
-  else:
+    params = ckpt_lib.load_params(step_dir, target, dtype=dtype)  # converts layouts itself
+  elif stored_model is model:
     params = ckpt_lib.restore_params_sharded(step_dir, sharded)
+  else:
+    params = ckpt_lib.restore_params_sharded(
+        step_dir, sharded_target(stored_boxed, mesh, fsdp, dtype))
+    out_shardings = jax.tree_util.tree_map(lambda s: s.sharding, sharded)
+    # (No donation: a stacked [N, ...] output cannot reuse the per-layer buffers.)
+    params = jax.jit(lambda p: layer_stacking.match_layout(p, target),
+                     out_shardings=out_shardings)(params)
   if found_step is None:
     found_step = _step_from_state(step_dir)
   return Run(model=model, params=params, step=found_step, model_dir=model_dir,
              data_config=model.data_config, task_feature_lengths=lengths, vocabulary=vocabulary)
+
+
+def _in_layout_of(model: UnifiedIOModel, stored: Dict[str, Tuple[int, ...]]) -> UnifiedIOModel:
+  """`model`, or the same model with the other trunk layout when the checkpoint's parameter
+  paths (`stored`) are in that one (`layers/...` stacked vs `layers_{i}/...`)."""
+  stacked = any(path.split("/")[:2] in ([stack, layer_stacking.STACKED]
+                                         for stack in layer_stacking.STACKS) for path in stored)
+  trunk = model.cfg.trunk
+  if stacked == trunk.scan_layers:
+    return model
+  return UnifiedIOModel(dataclasses.replace(
+      model.cfg, trunk=dataclasses.replace(trunk, scan_layers=stacked)))
 
 
 def _step_from_state(step_dir: str) -> int:

@@ -1,7 +1,7 @@
 """Inference on a device mesh, in one process or many: parameters sharded as training shards them,
 batches split over `data`, results back as numpy.
 
-  mesh = inference_mesh()                     # gin: inference_mesh.model_parallel / .fsdp
+  mesh = inference_mesh()          # gin: inference_mesh.model_parallel / .fsdp / .dcn_data
   run = mesh.load_run(checkpoint, dtype="bfloat16")          # restored onto its shardings
   rows = mesh.process_rows(batch_size)        # this process's rows of every global batch
   out = generate_global(mesh, run.model, run.params, mesh.local_rows(batch)["inputs"], target,
@@ -135,11 +135,13 @@ class InferenceMesh:
 
 
 @gin.configurable
-def inference_mesh(model_parallel: int = 1, fsdp: bool = False) -> InferenceMesh:
+def inference_mesh(model_parallel: int = 1, fsdp: bool = False, dcn_data: int = 1
+                   ) -> InferenceMesh:
   """Every device of every process: `model_parallel` devices per model replica (the heads, MLP
   and vocabulary split over them), the rest on `data`; with `fsdp` the parameters' embed axis is
-  also split over data. Training's knobs (`train.model_parallel`, `train.fsdp`), for inference."""
-  return InferenceMesh(partitioning.make_mesh(model=model_parallel), fsdp)
+  also split over data; `dcn_data` > 1 spreads `data` over that many TPU slices (multi-slice).
+  Training's knobs (`train.model_parallel`, `train.fsdp`, `train.dcn_data`), for inference."""
+  return InferenceMesh(partitioning.make_mesh(model=model_parallel, dcn_data=dcn_data), fsdp)
 
 
 def pad_rows(tree, multiple: int):

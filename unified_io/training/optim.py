@@ -23,6 +23,17 @@ The optimizer learns its batch axes from the parameters' logical axis names, as 
 named in `BATCH_AXIS_NAMES` is a batch axis), so `train.optimizer = @adafactor` in a gin file is
 right for scanned and per-layer models alike. `batch_axes=` gives them directly.
 
+Optimizer state dtype. `state_dtype="bfloat16"` stores the second moments (factored row/column
+statistics and full v) and the momentum accumulator in bfloat16: half the optimizer state's memory
+(a memory lever for pods, as t5x's `dtype_momentum`). Each step still computes in float32: the
+stored statistics are cast up, updated, used for the update, and only then stored. The second
+moments are rounded stochastically, not to nearest: their per-step change (1 - decay) = t^-0.8
+falls below half a bfloat16 ulp (2^-9 to 2^-8 relative) between steps ~1,000 and ~2,400, so
+round-to-nearest would freeze them (a statistic could never decrease again); stochastic rounding
+keeps each stored value equal in expectation to the float32 one (tests/test_bf16.py). The
+momentum moves by (1 - beta1) >= 1% of the gradient a step for beta1 <= 0.99, far above an ulp,
+so it is rounded to nearest (optax's `ema(accumulator_dtype=)`).
+
 `learning_rate_schedule` reads t5x's factor strings, e.g. "constant * rsqrt_decay" (the t5x
 default: base / sqrt(max(step, warmup))) or "constant * linear_warmup * rsqrt_decay".
 """
@@ -36,11 +47,14 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from unified_io.config import require
 from unified_io.network.trunk import LAYERS_AXIS
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 # Logical axis names whose every index is a separate parameter (`for_param_axes`).
 BATCH_AXIS_NAMES = (LAYERS_AXIS,)
+# `adafactor(state_dtype=)` names -> the dtype second moments and momentum are stored in.
+STATE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay", "linear_decay",
             "cosine_decay")
 
@@ -123,23 +137,29 @@ def adafactor(learning_rate: Schedule = gin.REQUIRED, *, decay_rate: float = 0.8
               min_dim_size_to_factor: int = 128, clipping_threshold: Optional[float] = 1.0,
               multiply_by_parameter_scale: bool = True, beta1: Optional[float] = None,
               weight_decay_rate: Optional[float] = None, global_norm_clip: Optional[float] = None,
-              batch_axes: Any = None) -> AxisAwareTransformation:
+              batch_axes: Any = None, state_dtype: str = "float32") -> AxisAwareTransformation:
   """Adafactor with the t5x defaults, per slice along batch axes (see the module docstring).
 
   `batch_axes`: a tree like the parameters of tuples of axis indices (None: no batch axes).
   The result's `for_param_axes(logical_specs)` is the same optimizer with the batch axes the
   parameters' logical axis names give (`batch_axes_of`).
+  `state_dtype`: a `STATE_DTYPES` name, the dtype the second moments and the momentum are stored
+  in ("bfloat16": half the state memory; see the module docstring). Updates are float32 either way.
   """
+  require(state_dtype in STATE_DTYPES, "adafactor.state_dtype",
+          f"unknown dtype {state_dtype!r}; known: {', '.join(STATE_DTYPES)}")
+  stored = STATE_DTYPES[state_dtype]
+
   def make(axes) -> optax.GradientTransformation:
     # optax.adafactor's chain, with the three steps that take a parameter's statistics batched.
-    steps = [scale_by_factored_rms(axes, decay_rate, min_dim_size_to_factor)]
+    steps = [scale_by_factored_rms(axes, decay_rate, min_dim_size_to_factor, state_dtype=stored)]
     if clipping_threshold is not None:
       steps.append(clip_by_block_rms(axes, clipping_threshold))
     steps.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
     if multiply_by_parameter_scale:
       steps.append(scale_by_param_block_rms(axes))
     if beta1 is not None:
-      steps.append(optax.ema(beta1, debias=False, accumulator_dtype=jnp.float32))
+      steps.append(optax.ema(beta1, debias=False, accumulator_dtype=stored))
     if weight_decay_rate is not None:
       steps.append(optax.add_decayed_weights(weight_decay_rate))
     steps.append(optax.scale(-1.0))
@@ -199,19 +219,25 @@ def factored_dims(shape: Sequence[int], batch: Sequence[int], min_dim_size_to_fa
 
 
 def scale_by_factored_rms(batch_axes: Any, decay_rate: float, min_dim_size_to_factor: int,
-                          epsilon: float = 1e-30) -> optax.GradientTransformation:
+                          epsilon: float = 1e-30, state_dtype: Any = None
+                          ) -> optax.GradientTransformation:
   """g / sqrt(second moment estimate): optax's `scale_by_factored_rms` (its state, its decay
-  1 - (t + 1)^-decay_rate at step t), the row and column statistics kept per batch index."""
+  1 - (t + 1)^-decay_rate at step t), the row and column statistics kept per batch index.
+
+  `state_dtype`: the dtype the statistics are stored in (None: the parameter's, as optax); they
+  are updated and used in float32, and stored with `_store` (stochastic rounding to bfloat16).
+  """
   def init(params):
     def moments(p, batch):
+      dtype = state_dtype or p.dtype
       dims = factored_dims(p.shape, batch, min_dim_size_to_factor)
       # (a new placeholder per leaf: leaves sharing one buffer cannot be donated to a step)
-      unused = lambda: jnp.zeros((1,), p.dtype)  # noqa: E731
+      unused = lambda: jnp.zeros((1,), dtype)  # noqa: E731
       if dims is None:
-        return unused(), unused(), jnp.zeros_like(p)
+        return unused(), unused(), jnp.zeros(p.shape, dtype)
       row, col = dims  # v_row averages over the column axis, v_col over the row axis
-      return (jnp.zeros(tuple(np.delete(p.shape, col)), p.dtype),
-              jnp.zeros(tuple(np.delete(p.shape, row)), p.dtype), unused())
+      return (jnp.zeros(tuple(np.delete(p.shape, col)), dtype),
+              jnp.zeros(tuple(np.delete(p.shape, row)), dtype), unused())
 
     treedef, leaves = _leaves(batch_axes, params)
     v_row, v_col, v = _unzip(treedef, [moments(*leaf) for leaf in leaves], 3)
@@ -220,29 +246,63 @@ def scale_by_factored_rms(batch_axes: Any, decay_rate: float, min_dim_size_to_fa
   def update(grads, state, params):
     t = jnp.asarray(state.count + 1, jnp.float32)
     decay = 1.0 - t ** (-decay_rate)
+    # Rounding noise differs per step, per leaf and per statistic, and depends on nothing else,
+    # so a resumed run rounds as the uninterrupted one. (Odd 32-bit constants spread the seeds.)
+    step_seed = state.count.astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
 
-    def scaled(g, v_row, v_col, v, p, batch):
+    def scaled(index, g, v_row, v_col, v, p, batch):
+      dtype = state_dtype or p.dtype
+      store = lambda x, k: _store(  # noqa: E731
+          x, dtype, step_seed + jnp.uint32((3 * index + k) * 0x85EBCA6B % 2**32))
+      f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
       dims = factored_dims(p.shape, batch, min_dim_size_to_factor)
       g_sqr = g * g + epsilon
-      unused = lambda: jnp.zeros((1,), p.dtype)  # noqa: E731
+      unused = lambda: jnp.zeros((1,), dtype)  # noqa: E731
       if dims is None:
-        v = (decay * v + (1.0 - decay) * g_sqr).astype(p.dtype)
-        return g * v ** -0.5, unused(), unused(), v
+        v = decay * f32(v) + (1.0 - decay) * g_sqr
+        return g * v ** -0.5, unused(), unused(), store(v, 0)
       row, col = dims
-      v_row = (decay * v_row + (1.0 - decay) * jnp.mean(g_sqr, axis=col)).astype(p.dtype)
-      v_col = (decay * v_col + (1.0 - decay) * jnp.mean(g_sqr, axis=row)).astype(p.dtype)
+      v_row = decay * f32(v_row) + (1.0 - decay) * jnp.mean(g_sqr, axis=col)
+      v_col = decay * f32(v_col) + (1.0 - decay) * jnp.mean(g_sqr, axis=row)
       row_in_v_row = row - 1 if row > col else row
       row_factor = (v_row / jnp.mean(v_row, axis=row_in_v_row, keepdims=True)) ** -0.5
       col_factor = v_col ** -0.5
       update = g * jnp.expand_dims(row_factor, axis=col) * jnp.expand_dims(col_factor, axis=row)
-      return update, v_row, v_col, unused()
+      return update, store(v_row, 1), store(v_col, 2), unused()
 
     treedef, leaves = _leaves(batch_axes, grads, state.v_row, state.v_col, state.v, params)
-    updates, v_row, v_col, v = _unzip(treedef, [scaled(*leaf) for leaf in leaves], 4)
+    outputs = [scaled(index, *leaf) for index, leaf in enumerate(leaves)]
+    updates, v_row, v_col, v = _unzip(treedef, outputs, 4)
     return updates, optax.FactoredState(count=optax.safe_increment(state.count), v_row=v_row,
                                         v_col=v_col, v=v)
 
   return optax.GradientTransformation(init, update)
+
+
+def _store(x: jax.Array, dtype: Any, seed: jax.Array) -> jax.Array:
+  """Float32 `x` as `dtype`. To bfloat16 by stochastic rounding: 16 pseudo-random bits added to
+  the 16 dropped mantissa bits carry into the kept ones, so x rounds up with probability (its
+  distance from the bfloat16 value below) / ulp and the stored value's expectation is x. Other
+  dtypes: a plain cast."""
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    return x.astype(dtype)
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  kept = (bits + (_hash_bits(x.shape, seed) >> 16)) & jnp.uint32(0xFFFF0000)  # a bfloat16 value
+  return jax.lax.bitcast_convert_type(kept, jnp.float32).astype(jnp.bfloat16)
+
+
+def _hash_bits(shape: Sequence[int], seed: jax.Array) -> jax.Array:
+  """32 well-mixed bits per element of an array of `shape`: a 32-bit integer hash (two
+  multiply-xorshift rounds) of the element's flat index xor `seed`. Elementwise integer arithmetic
+  on iotas, so it shards with the array, and cheaper than a `jax.random.bits` per optimizer leaf
+  (on CPU those more than doubled the tiny model's update compile time; this adds about half)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  for axis, size in enumerate(shape):
+    index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+  h = index ^ seed.astype(jnp.uint32)
+  h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
+  h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
+  return h ^ (h >> 16)
 
 
 def clip_by_block_rms(batch_axes: Any, threshold: float) -> optax.GradientTransformation:

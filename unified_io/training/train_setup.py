@@ -7,9 +7,12 @@
     state, metrics = setup.step(setup.state, first, rng)
 
 In order: the logical axis rules; the abstract state (`jax.eval_shape` of `model.init` on
-`init_batch` and `TrainState.create`, nothing allocated), the optimizer remade for the parameters'
-logical axes (`optim.for_param_axes`: Adafactor takes scanned layers' stacked axis as a batch of
-layers) and the state's shardings
+`init_batch` and `TrainState.create`, nothing allocated); the mesh checked against it (a model
+axis that does not divide the heads, MLP or vocabulary, an FSDP data axis that does not divide
+the embedding, a batch the data axis does not split: `partitioning.MeshError`, one line; also
+`check_mesh`, from the config alone); the optimizer remade for the parameters' logical axes
+(`optim.for_param_axes`: Adafactor takes scanned layers' stacked axis as a batch of layers) and
+the state's shardings
 (`partitioning.state_shardings`); the state, created directly on its
 shardings, restored onto them from a checkpoint (`resume_step`: `CheckpointMismatchError` or
 `CorruptCheckpointError` before anything is written), or created and then given
@@ -61,6 +64,15 @@ def abstract_state(init_params: Callable[[], Any], optimizer: optax.GradientTran
   return boxed, jax.eval_shape(lambda: TrainState.create(nn.meta.unbox(boxed), optimizer))
 
 
+def check_mesh(model: UnifiedIOModel, mesh: Mesh, fsdp: bool, batch_size: int) -> None:
+  """What `build_train_setup` checks of the mesh, from the config alone (one `jax.eval_shape`):
+  raises `partitioning.MeshError` (one line) when its axes do not divide a split parameter
+  dimension or a global batch of `batch_size` rows, so a run refuses before it opens anything."""
+  partitioning.check_batch_size(mesh, batch_size, "BATCH_SIZE")
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
+  partitioning.check_divisible(boxed, mesh, partitioning.axis_rules(fsdp))
+
+
 def build_train_setup(
     model: UnifiedIOModel, optimizer: optax.GradientTransformation,
     learning_rate: Callable[[Any], Any], init_batch: Dict, *, mesh: Optional[Mesh] = None,
@@ -83,6 +95,11 @@ def build_train_setup(
   init_params = lambda: model.init(init_rng, init_batch)  # noqa: E731
   with partitioning.activated(mesh, rules):
     boxed, abstract = abstract_state(init_params, optimizer)
+    # A mesh that does not fit the model or the batch is refused here, in one line, before
+    # anything is allocated or compiled (`partitioning.MeshError`).
+    partitioning.check_divisible(boxed, mesh, rules)
+    partitioning.check_batch_size(mesh, jax.tree_util.tree_leaves(init_batch)[0].shape[0],
+                                  "the batch's size")
     # The optimizer `abstract` holds the state of (the step must run that one).
     optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
     shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)

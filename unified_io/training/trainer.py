@@ -6,7 +6,9 @@ One call of `train()`:
      one line (`InputConfigError`) before anything is written;
   1. refuses (one line, `CheckpointMismatchError`, nothing written) a MODEL_DIR whose
      run-config.json has another model or vocabulary than this configuration;
-  2. builds the mesh, the model and the optimizer, then resumes from the newest checkpoint in
+  2. builds the mesh (by the devices' topology; a size that does not fit the devices, the heads,
+     MLP or vocabulary, or BATCH_SIZE is refused in one line, `partitioning.MeshError`, nothing
+     written), the model and the optimizer, then resumes from the newest checkpoint in
      MODEL_DIR/checkpoints (state, input position and the input's saved tf.data state, so the
      input is not replayed: `unified_io.training.input`), or initialises (optionally loading
      parameters from INITIAL_CHECKPOINT_PATH with an assignment map). A checkpoint whose
@@ -63,7 +65,7 @@ from unified_io.training.run_config import RunConfig, RunConfigError
 from unified_io.training.input import (InputConfigError, ProcessInput, check_input,
                                        open_process_input, trim_batch)
 from unified_io.training.progress import ProgressLog
-from unified_io.training.train_setup import TrainSetup, build_train_setup
+from unified_io.training.train_setup import TrainSetup, build_train_setup, check_mesh
 from unified_io.training.train_state import TrainState
 
 
@@ -243,7 +245,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           batch_size: int = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
           optimizer: Callable = gin.REQUIRED, learning_rate: Callable = gin.REQUIRED,
           num_microbatches: int = 1, seed: int = 0, use_dropout: bool = True,
-          model_parallel: int = 1, fsdp: bool = False, input_shards: Optional[int] = None,
+          model_parallel: int = 1, fsdp: bool = False, dcn_data: int = 1,
+          input_shards: Optional[int] = None,
           checkpoint_every: int = 1000, keep_checkpoints: Optional[int] = None,
           async_checkpoints: bool = True,
           initial_checkpoint_path: Optional[str] = None,
@@ -263,6 +266,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   row stop the run as "stop" does (0: never; checked where metrics are logged, every
   `log_every` steps). On SIGTERM the current step is checkpointed and `Preempted` raised (during
   start-up or compilation: raised at once, nothing saved).
+  `model_parallel`, `fsdp`, `dcn_data`: the mesh (`partitioning.make_mesh`): `model_parallel`
+  devices per replica (heads, MLP and vocabulary split over them), the rest on `data`; `fsdp` also
+  splits the parameters' embed axis over `data`; `dcn_data` > 1 spreads `data` over that many TPU
+  slices (hosts elsewhere) joined by the data-centre network, `model` staying inside each.
   `input_shards`: how many fixed slices of each batch are read by separate pipelines (default:
   the process count; a resumed run keeps its checkpoint's number). The batches are a function of
   (seed, input_shards) only: pin it to see the same data on another topology.
@@ -298,7 +305,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   _check_same_model(model_dir, run_config)
   sigterm = _SigtermFlag()
   try:
-    mesh = partitioning.make_mesh(model=model_parallel)
+    # A mesh that does not fit the devices, the model or BATCH_SIZE fails here, in one line
+    # (`partitioning.MeshError`), before the input is opened or MODEL_DIR is made.
+    mesh = partitioning.make_mesh(model=model_parallel, dcn_data=dcn_data)
+    check_mesh(model, mesh, fsdp, batch_size)
     checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
                                             save_every=checkpoint_every, keep=keep_checkpoints,
                                             async_save=async_checkpoints)

@@ -8,6 +8,10 @@ replaces masked logits by -1e10 (the release adds a -1e10 bias, which in float32
 that, so a fully masked query row becomes a uniform average over all keys rather than NaN);
 softmax in float32; the weights are cast back to the activation dtype before they multiply v.
 
+`cfg.attention_impl` chooses how that is computed on this backend (backends.py has the table): the
+CPU-tuned custom VJPs, the plain formulation, cuDNN or splash (fused_attention.py); every choice
+keeps the uniform average for fully masked rows.
+
 Incremental decoding (`cache=` a `CacheKind`, see `unified_io.decoding`) keeps, in the flax
 "cache" collection:
   SELF:  the keys (after RoPE) and values of every position decoded so far, [B, S, H, K] with S
@@ -24,11 +28,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unified_io.config import TrunkConfig
+from unified_io.config import AttentionImpl, TrunkConfig
+from unified_io.network.layers import backends
 from unified_io.network.layers.dense import Projection
-from unified_io.network.layers.dot_product import MASKED_LOGIT, attend, attend_block_diagonal
+from unified_io.network.layers.dot_product import (MASKED_LOGIT, attend, attend_block_diagonal,
+                                                   attend_plain)
+from unified_io.network.layers.fused_attention import attend_cudnn, attend_splash
 from unified_io.network.layers.norms import RMSNorm
 from unified_io.network.layers.rope import apply_rope
+
+
+def attend_with(impl: AttentionImpl, q_blhk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
+                mask_b1ls: jax.Array, dtype,
+                blocks: Optional[Sequence[Tuple[int, int]]] = None) -> jax.Array:
+  """[B, L, H, K] attention by the resolved `impl` (never AUTO; `backends.resolve_attention`).
+
+  `blocks` (see `Attention.__call__`) splits the plain and CPU formulations into per-block
+  attentions; the fused kernels keep no [L, S] tensor, and splash skips empty blocks itself.
+  """
+  if impl in (AttentionImpl.CPU, AttentionImpl.XLA):
+    attend_fn = attend if impl == AttentionImpl.CPU else attend_plain
+    if blocks is not None:
+      return attend_block_diagonal(q_blhk, k_bshk, v_bshk, mask_b1ls, blocks, dtype, attend_fn)
+    return attend_fn(q_blhk, k_bshk, v_bshk, mask_b1ls, dtype)
+  if impl == AttentionImpl.CUDNN:
+    return attend_cudnn(q_blhk, k_bshk, v_bshk, mask_b1ls, dtype)
+  if impl == AttentionImpl.SPLASH:
+    return attend_splash(q_blhk, k_bshk, v_bshk, mask_b1ls, dtype)
+  raise ValueError(f"attention implementation {impl!r} is not resolved (see backends.py)")
 
 
 class CacheKind(str, enum.Enum):
@@ -80,12 +107,12 @@ class Attention(nn.Module):
     if mask_b1ls is None:
       mask_b1ls = jnp.ones((1, 1, q_blhk.shape[1], k_bshk.shape[1]), bool)
 
-    if deterministic or cfg.dropout_rate == 0.0:
-      if blocks is not None:
-        out_blhk = attend_block_diagonal(q_blhk, k_bshk, v_bshk, mask_b1ls, blocks,
-                                         cfg.activation_dtype)
-      else:
-        out_blhk = attend(q_blhk, k_bshk, v_bshk, mask_b1ls, cfg.activation_dtype)
+    dropout = not deterministic and cfg.dropout_rate > 0.0
+    impl = backends.resolve_attention(
+        cfg.attention_impl, dtype=cfg.activation_dtype, head_dim=cfg.head_dim,
+        q_length=q_blhk.shape[1], kv_length=k_bshk.shape[1], dropout=dropout)
+    if not dropout:
+      out_blhk = attend_with(impl, q_blhk, k_bshk, v_bshk, mask_b1ls, cfg.activation_dtype, blocks)
     else:  # attention dropout: the plain formulation (dropout acts on the full weights)
       logits_bhls = jnp.einsum("BLHK,BSHK->BHLS", q_blhk / jnp.sqrt(jnp.float32(cfg.head_dim)),
                                k_bshk)

@@ -21,13 +21,16 @@ Layout: q, k and v are transposed once to [B, H, L|S, K], so both products are b
 with their batch dimensions leading; written on [B, L, H, K], XLA:CPU transposed operands and
 results inside every product.
 
+`attend_plain` is the same formulation with plain autodiff (the "xla" choice of
+`TrunkConfig.attention_impl`, for backends where XLA fuses it; backends.py chooses).
+
 `attend_block_diagonal` is `attend` for masks that allow nothing outside diagonal blocks (the
 decoder's targets never attend to each other): each block is its own attention, about half the
 work and memory of the full [L, L] for the full model's three targets.
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +94,10 @@ def _attend_bwd(dtype, residuals, g_blhk):
   q_blhk, k_bshk, v_bshk, mask_b1ls, lse_bhl1 = (after(g_bhlk, r) for r in residuals)
   q_bhlk, k_bhsk, v_bhsk = _heads_major_operands(q_blhk, k_bshk, v_bshk, dtype)
   weights32_bhls = jnp.exp(_masked_logits(q_bhlk, k_bhsk, mask_b1ls) - lse_bhl1)
+  # A row without any key has weights 1/S, but its log-sum-exp, -1e10 + log(S), rounds to -1e10
+  # in float32, which would make them exp(0) = 1.
+  has_key_b1l1 = jnp.any(mask_b1ls, axis=-1, keepdims=True)
+  weights32_bhls = jnp.where(has_key_b1l1, weights32_bhls, 1.0 / k_bhsk.shape[2])
   d_v_bhsk = jnp.einsum("BHLS,BHLK->BHSK", weights32_bhls.astype(dtype), g_bhlk)
   d_weights_bhls = jnp.einsum("BHLK,BHSK->BHLS", g_bhlk, v_bhsk).astype(jnp.float32)
   # The softmax VJP; masked logits were constants, so they pass no gradient to q and k.
@@ -108,10 +115,30 @@ def _attend_bwd(dtype, residuals, g_blhk):
 attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+def attend_plain(q_blhk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, mask_b1ls: jax.Array,
+                 dtype=jnp.float32) -> jax.Array:
+  """`attend` as the release writes it, differentiated by plain autodiff."""
+  q_bhlk, k_bhsk, v_bhsk = _heads_major_operands(q_blhk, k_bshk, v_bshk, dtype)
+  weights_bhls = jax.nn.softmax(_masked_logits(q_bhlk, k_bhsk, mask_b1ls), axis=-1)
+  out_bhlk = jnp.einsum("BHLS,BHSK->BHLK", weights_bhls.astype(dtype), v_bhsk)
+  return _to_heads_major(out_bhlk)
+
+
+def uniform_where_no_key(out_blhk: jax.Array, v_bshk: jax.Array, mask_b1ls: jax.Array,
+                         dtype) -> jax.Array:
+  """`out`, with each query row the mask leaves without any key replaced by the uniform average
+  over ALL S values: what the release's -1e10 logits give such a row. Fused kernels (and
+  per-block attention) give something else there: zeros, NaN, or the average over one block."""
+  has_key_bl1 = jnp.any(mask_b1ls, axis=-1).transpose(0, 2, 1)  # [B, L, 1 or H]
+  uniform_b1hk = jnp.mean(v_bshk.astype(jnp.float32), axis=1, keepdims=True).astype(dtype)
+  return jnp.where(has_key_bl1[..., None], out_blhk.astype(dtype), uniform_b1hk)
+
+
 def attend_block_diagonal(q_blhk: jax.Array, k_blhk: jax.Array, v_blhk: jax.Array,
                           mask_b1ll: jax.Array, blocks: Sequence[Tuple[int, int]],
-                          dtype=jnp.float32) -> jax.Array:
-  """`attend` for a self-attention mask that allows nothing outside the [start, stop) blocks.
+                          dtype=jnp.float32, attend_fn: Callable = attend) -> jax.Array:
+  """`attend_fn` (`attend` or `attend_plain`) for a self-attention mask that allows nothing
+  outside the [start, stop) blocks.
 
   `blocks` must tile [0, L) in order. A query row the mask leaves without any key gets the uniform
   average over ALL L values, as the full softmax gives it (not over its block's).
@@ -121,8 +148,6 @@ def attend_block_diagonal(q_blhk: jax.Array, k_blhk: jax.Array, v_blhk: jax.Arra
   if blocks[0][0] != 0 or any(stop != s for (_, stop), s in zip(blocks, stops)):
     raise ValueError(f"attention blocks {list(blocks)} do not tile [0, {length})")
   out_blhk = jnp.concatenate(
-      [attend(q_blhk[:, a:b], k_blhk[:, a:b], v_blhk[:, a:b], mask_b1ll[:, :, a:b, a:b], dtype)
+      [attend_fn(q_blhk[:, a:b], k_blhk[:, a:b], v_blhk[:, a:b], mask_b1ll[:, :, a:b, a:b], dtype)
        for a, b in blocks], axis=1)
-  has_key_bl1 = jnp.any(mask_b1ll, axis=-1).transpose(0, 2, 1)  # [B, L, 1 or H]
-  uniform_b1hk = jnp.mean(v_blhk.astype(jnp.float32), axis=1, keepdims=True).astype(dtype)
-  return jnp.where(has_key_bl1[..., None], out_blhk, uniform_b1hk)
+  return uniform_where_no_key(out_blhk, v_blhk, mask_b1ll, dtype)

@@ -3,20 +3,29 @@
 `swiglu(gate, up) = silu(gate) * up` has a hand-written backward pass that keeps only its two
 inputs (the matmul outputs, which the projections' backward passes keep anyway): plain autodiff
 also keeps silu's sigmoid and product, two more [B, L, mlp_dim] tensors per layer, and on XLA:CPU
-every kept byte is page-faulted in again on every call.
+every kept byte is page-faulted in again on every call. That pays on CPU only: on GPU and TPU XLA
+fuses silu into the product, and plain autodiff (`swiglu_plain`) is used
+(`backends.hand_written_vjps` chooses).
 """
 
 import flax.linen as nn
 import jax
 
 from unified_io.config import TrunkConfig
+from unified_io.network.layers import backends
 from unified_io.network.layers.dense import Projection
 from unified_io.network.layers.recompute import after
 
 
+def swiglu_plain(gate: jax.Array, up: jax.Array) -> jax.Array:
+  """silu(gate) * up, differentiated by plain autodiff."""
+  return nn.silu(gate) * up
+
+
 @jax.custom_vjp
 def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
-  return nn.silu(gate) * up
+  """silu(gate) * up, with the backward pass that keeps only gate and up."""
+  return swiglu_plain(gate, up)
 
 
 def _swiglu_fwd(gate, up):
@@ -44,7 +53,7 @@ class GatedMLP(nn.Module):
     dim, dtype = x_bld.shape[-1], cfg.activation_dtype
     gate_blf = Projection((dim,), (cfg.mlp_dim,), ("embed", "mlp"), dtype, name="wi_0")(x_bld)
     up_blf = Projection((dim,), (cfg.mlp_dim,), ("embed", "mlp"), dtype, name="wi_1")(x_bld)
-    h_blf = swiglu(gate_blf, up_blf)
+    h_blf = (swiglu if backends.hand_written_vjps() else swiglu_plain)(gate_blf, up_blf)
     h_blf = nn.with_logical_constraint(h_blf, ("batch", "length", "mlp"))
     h_blf = nn.Dropout(cfg.dropout_rate)(h_blf, deterministic=deterministic)
     return Projection((cfg.mlp_dim,), (dim,), ("mlp", "embed"), dtype, name="wo")(h_blf)

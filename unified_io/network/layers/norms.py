@@ -5,6 +5,8 @@ rsqrt for it. Plain autodiff also keeps x * rsqrt and an rsqrt broadcast to x's 
 every norm (three pre-norms and two qk-norms per layer): on XLA:CPU the step's temporary buffer is
 page-faulted in anew on every call, so each kept activation costs more than recomputing x * rsqrt
 (`recompute.after` keeps XLA from merging that recomputation back into the forward pass).
+That pays on CPU only: on GPU and TPU XLA fuses the norm and plain autodiff (`rms_norm_plain`) is
+used (`backends.hand_written_vjps` chooses).
 """
 
 import functools
@@ -13,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unified_io.network.layers import backends
 from unified_io.network.layers.recompute import after
 
 
@@ -20,6 +23,11 @@ def _forward(x, scale, eps):
   x32 = x.astype(jnp.float32)
   rsqrt = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
   return (scale * (x32 * rsqrt)).astype(x.dtype), rsqrt
+
+
+def rms_norm_plain(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """`rms_norm`, differentiated by plain autodiff."""
+  return _forward(x, scale, eps)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -58,4 +66,5 @@ class RMSNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                        (x.shape[-1],), jnp.float32)
-    return rms_norm(x, scale, self.eps)
+    norm = rms_norm if backends.hand_written_vjps() else rms_norm_plain
+    return norm(x, scale, self.eps)
