@@ -14,7 +14,11 @@ wider and deeper than the goldens' 256x4x2x512), it:
      numbers for both,
   4. times forward + loss + backward of each, interleaved (`--rounds` rounds of `--iters` steps),
      and prints both losses (they agree to float32 rounding when the port is right) and the
-     median ms per step of each, and the speed-up release / ours.
+     median ms per step of each, and the speed-up release / ours;
+  5. prints the work of the step (XLA's FLOP count of ours) as GFLOP/s of each against this
+     machine's float32 matmul rate measured in the same run (1024^3 products, jax and torch), so
+     the distance to the physical limit is visible: a speed-up needs the release below that
+     limit by the same factor.
 
 The release's loss is what the golden's README describes (the release has none of its own): per
 target modality sum((CE + 1e-4 logZ^2) * mask) / max(sum(mask), 1), summed over modalities.
@@ -160,9 +164,12 @@ def build_ours(golden, cfg_json: str, state_dict, batch_np):
   model = UnifiedIOModel(cfg)
   abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch_np))
   params, _ = release_to_params(release, abstract)
-  step = jax.jit(jax.value_and_grad(model.loss_fn, has_aux=True))
   params, batch = jax.device_put(params), jax.device_put(batch_np)
-  return lambda: step(params, batch), model
+  step = jax.jit(jax.value_and_grad(model.loss_fn, has_aux=True)).lower(params, batch).compile()
+  analysis = step.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  flops = float((analysis or {}).get("flops", 0.0))
+  return lambda: step(params, batch), flops
 
 
 def time_calls(call, iters: int) -> List[float]:
@@ -182,7 +189,9 @@ def compare(golden_name: str, golden, trunk: Trunk, args) -> float:
   batch_np = make_batch(golden, args.batch)
   batch_t = {k[len("input/"):]: torch.from_numpy(np.ascontiguousarray(
       tile_rows(np.asarray(golden[k]), args.batch))) for k in golden.files if k.startswith("input/")}
-  ours_call, ours_model = build_ours(golden, cfg_json, release_model.state_dict(), batch_np)
+  start = time.perf_counter()
+  ours_call, flops = build_ours(golden, cfg_json, release_model.state_dict(), batch_np)
+  compile_s = time.perf_counter() - start
 
   def release_step():
     release_model.zero_grad(set_to_none=True)
@@ -198,9 +207,8 @@ def compare(golden_name: str, golden, trunk: Trunk, args) -> float:
   n_params = sum(p.numel() for p in release_model.parameters())
   print(f"== {golden_name} golden, trunk {trunk.name} (emb x heads x layers x mlp, head_dim "
         f"{trunk.head_dim}), batch {args.batch}: {n_params / 1e6:.2f}M parameters")
-  start = time.perf_counter()
   loss_ours = float(ours_step())
-  print(f"ours: compile + first step {time.perf_counter() - start:.1f} s")
+  print(f"ours: weights converted, step lowered and compiled in {compile_s:.1f} s")
   loss_release = float(release_step())
   print(f"loss: release {loss_release:.6f}, ours {loss_ours:.6f} "
         f"(relative difference {abs(loss_ours - loss_release) / abs(loss_release):.1e})")
@@ -215,7 +223,30 @@ def compare(golden_name: str, golden, trunk: Trunk, args) -> float:
         f"(p10 {np.percentile(release_ms, 10):.1f}, p90 {np.percentile(release_ms, 90):.1f}), "
         f"ours {o:.1f} ms (p10 {np.percentile(ours_ms, 10):.1f}, "
         f"p90 {np.percentile(ours_ms, 90):.1f}): speed-up {r / o:.2f}x")
+  if flops:
+    peak = args.matmul_gflops
+    print(f"work: {flops / 1e9:.1f} GFLOP per step (XLA's count of our compiled step); ours "
+          f"{flops / o / 1e6:.0f} GFLOP/s = {100 * flops / o / 1e6 / peak:.0f}% of this machine's "
+          f"float32 matmul rate ({peak:.0f} GFLOP/s, jax); the release "
+          f"{flops / r / 1e6:.0f} GFLOP/s at the same work = {100 * flops / r / 1e6 / peak:.0f}%; "
+          f"a 2x speed-up would need {200 * flops / r / 1e6 / peak:.0f}%")
   return r / o
+
+
+def matmul_gflops(size: int = 1024, iters: int = 20) -> Tuple[float, float]:
+  """This machine's float32 matmul rate, GFLOP/s, median of `iters` [size]^3 products: (jax,
+  torch). The physical limit the training steps are measured against."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
+  product = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(product(a))
+  jax_ms = np.median(time_calls(lambda: jax.block_until_ready(product(a)), iters))
+  t = torch.from_numpy(np.asarray(a))
+  torch_ms = np.median(time_calls(lambda: t @ t, iters))
+  flop = 2.0 * size ** 3
+  return flop / jax_ms / 1e6, flop / torch_ms / 1e6
 
 
 def main(argv=None) -> int:
@@ -250,6 +281,9 @@ def main(argv=None) -> int:
     print(f"device: jax {jax.__version__} / torch {torch.__version__} on "
           f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    jax_rate, torch_rate = matmul_gflops()
+    args.matmul_gflops = jax_rate
+    print(f"float32 matmul 1024^3: jax {jax_rate:.0f} GFLOP/s, torch {torch_rate:.0f} GFLOP/s")
     results = []
     for name in [g for g in args.golden.split(",") if g]:
       golden = load_golden(os.path.join(args.reference, f"uio2_{name}_golden.npz"))
