@@ -70,6 +70,10 @@ TRAIN_MISTAKES = {  # name: (flags after the model dir, words the line must have
     "bad policy": (["--gin.train.nonfinite_policy='stopp'"], ["'skip' or 'stop'", "'stopp'"]),
     "bad remat policy": (["--gin.make_config.remat_policy='nope'"],
                          ["remat_policy", "'nope'", "'dots_no_batch'"]),
+    "bad optimizer state dtype": (["--gin.adafactor.state_dtype='bf16'"],
+                                  ["adafactor.state_dtype", "'bf16'", "bfloat16"]),
+    "attention kernel not on this backend": (["--gin.make_config.attention_impl='cudnn'"],
+                                             ["attention_impl", "'cudnn'", "'xla'"]),
 }
 _DROPS = {"unknown mixture": ("MIXTURE_OR_TASK_NAME",), "missing length": ("TASK_FEATURE_LENGTHS",),
           "unknown length": ("TASK_FEATURE_LENGTHS",), "macro typo": ("TRAIN_STEPS",)}

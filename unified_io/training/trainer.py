@@ -303,6 +303,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     raise InputConfigError(str(exc)) from exc
   # A MODEL_DIR of another model is refused before anything is written (a typo loses nothing).
   _check_same_model(model_dir, run_config)
+  # Built once, here: a bad optimizer setting (e.g. `adafactor.state_dtype`) fails before any
+  # folder is made.
+  transformation = optimizer(learning_rate)
   sigterm = _SigtermFlag()
   try:
     # A mesh that does not fit the devices, the model or BATCH_SIZE fails here, in one line
@@ -328,7 +331,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         # (parameters are created from a batch with every modality of the data: `first`)
         first = partitioning.global_batch(arrange(next(data)), mesh, batch_size)
         setup = build_train_setup(
-            model, optimizer(learning_rate), learning_rate, first, mesh=mesh, fsdp=fsdp,
+            model, transformation, learning_rate, first, mesh=mesh, fsdp=fsdp,
             seed=seed, num_microbatches=num_microbatches, use_dropout=use_dropout,
             checkpoints=checkpoints, resume_step=resume_step,
             initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
