@@ -117,6 +117,10 @@ def test_eval_mistakes_are_one_line(text_run, tmp_path, capsys):
   line = _one_line(eval_cli.main, flags + ["--gin.MIXTURE_OR_TASK_NAME='world_text'",
                                            "--gin.evaluate.max_exampels=5"], capsys, "uio2-eval")
   assert "no parameter `max_exampels`" in line and "did you mean max_examples" in line
+  # one process has one slice: a multi-slice mesh is refused before anything is loaded
+  line = _one_line(eval_cli.main, flags + ["--gin.MIXTURE_OR_TASK_NAME='world_text'",
+                                           "--gin.inference_mesh.dcn_data=2"], capsys, "uio2-eval")
+  assert "dcn_data=2" in line and "use dcn_data=1" in line, line
   assert not (tmp_path / "eval").exists()
 
 
@@ -130,7 +134,8 @@ def test_predict_file_of_the_wrong_modality_fails_before_loading(text_run, tmp_p
   cases = [(["--image", wav], f"--image {wav}: this is an audio file; give it with --audio"),
            (["--audio", png], "this is an image file; give it with --image"),
            (["--video", wav], "this is an audio file; give it with --audio"),
-           (["--video", write_garbage(tmp_path / "broken.mp4")], "--video")]
+           (["--video", write_garbage(tmp_path / "broken.mp4")], "--video"),
+           (["--image", png, "--dcn_data", "2"], "--dcn_data: mesh: dcn_data=2")]
   for flags, words in cases:
     line = _one_line(predict_cli.main, base + flags, capsys, "uio2-predict")
     assert words in line, line

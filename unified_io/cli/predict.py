@@ -13,7 +13,7 @@ checkpoints/<step> folders (`unified_io.evaluation.run_loader.load_run`).
 
 Sharded, as training shards (`unified_io.evaluation.sharded_inference`): `--model_parallel N`
 restores the parameters over a (data, model) mesh of every device, N per model replica (`--fsdp`
-also splits their embed axis over data); the example is repeated to fill the data axis. Several
+also splits their embed axis over data; `--dcn_data S` spreads data over S TPU slices); the example is repeated to fill the data axis. Several
 hosts run the same command with `--coordinator_address HOST:PORT --num_processes P --process_id I`
 (each reads the input files itself); only process 0 prints and writes. Without these flags the
 model runs whole on one device. The example goes through
@@ -302,6 +302,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "with the multi-host flags)")
   p.add_argument("--fsdp", action="store_true",
                  help="with a mesh: also split the parameters' embed axis over data")
+  p.add_argument("--dcn_data", type=int, default=1,
+                 help="with a mesh: spread data over this many TPU slices (hosts elsewhere)")
   p.add_argument("--vocoder", default=None, help="audio: module:function instead of Griffin-Lim")
   p.add_argument("--gin_file", action="append", default=[],
                  help="a model gin for a checkpoint without run-config.json, or to override it "
@@ -405,15 +407,16 @@ def predict(args) -> None:
 def _mesh(args):
   """The `InferenceMesh` of --model_parallel / --fsdp, or None: the model whole on one device."""
   import jax
-  if args.model_parallel is None and not args.fsdp and jax.process_count() == 1:
+  if (args.model_parallel is None and not args.fsdp and args.dcn_data == 1
+      and jax.process_count() == 1):
     return None
   from unified_io import partitioning
   from unified_io.evaluation import sharded_inference
   try:
     return sharded_inference.InferenceMesh(
-        partitioning.make_mesh(model=args.model_parallel or 1), args.fsdp)
-  except ValueError as exc:  # a model axis that does not divide the devices
-    raise PredictError(f"--model_parallel: {exc}") from exc
+        partitioning.make_mesh(model=args.model_parallel or 1, dcn_data=args.dcn_data), args.fsdp)
+  except ValueError as exc:  # a model axis or slice count that does not divide the devices
+    raise PredictError(f"--model_parallel / --dcn_data: {exc}") from exc
 
 
 def _generate(run, mesh, inputs, target: Modality, options, seed: int) -> np.ndarray:
