@@ -416,7 +416,8 @@ def _mesh(args):
     return sharded_inference.InferenceMesh(
         partitioning.make_mesh(model=args.model_parallel or 1, dcn_data=args.dcn_data), args.fsdp)
   except ValueError as exc:  # a model axis or slice count that does not divide the devices
-    raise PredictError(f"--model_parallel / --dcn_data: {exc}") from exc
+    flag = "--dcn_data" if "dcn_data" in str(exc) else "--model_parallel"
+    raise PredictError(f"{flag}: {exc}") from exc
 
 
 def _generate(run, mesh, inputs, target: Modality, options, seed: int) -> np.ndarray:
