@@ -22,7 +22,8 @@ class ConfigError(ValueError):
   """A configuration field has a value the model cannot be built with."""
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Activation / parameter dtype names (config fields, `load_run(dtype=)`, the memory plan).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def require(ok: bool, field: str, message: str) -> None:
@@ -120,7 +121,7 @@ class TrunkConfig:
     # 2D RoPE rotates hd/4 pairs with the row and hd/4 with the column.
     require(self.head_dim % 4 == 0, "head_dim",
              f"must be a multiple of 4 for 2D RoPE, got {self.head_dim}")
-    require(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    require(self.dtype in DTYPES, "dtype", f"must be one of {sorted(DTYPES)}, got {self.dtype!r}")
     require(0.0 <= self.dropout_rate < 1.0, "dropout_rate",
              f"must be in [0, 1), got {self.dropout_rate}")
     require(self.encoder_max_image_length > 0 and self.decoder_max_image_length > 0,
@@ -141,7 +142,7 @@ class TrunkConfig:
 
   @property
   def activation_dtype(self):
-    return _DTYPES[self.dtype]
+    return DTYPES[self.dtype]
 
   @property
   def image_input_rope_scale(self) -> float:

@@ -51,14 +51,13 @@ import numpy as np
 from jax.sharding import AbstractMesh, NamedSharding
 
 from unified_io import decoding, partitioning, presets
-from unified_io.config import UnifiedIOConfig
+from unified_io.config import DTYPES, UnifiedIOConfig
 from unified_io.interop.release import config_from_release, release_config
 from unified_io.modalities import Modality
 from unified_io.model import UnifiedIOModel
 
 GIB = 1 << 30
 RELEASED = ("large", "xl", "xxl")  # sizes whose full released model (every modality) is planned
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,19 +119,15 @@ class Shapes(NamedTuple):
   decode_length: int  # T: the target's tokens (its full grid for image and audio)
 
 
-def abstract_params(model: UnifiedIOModel):
-  """The boxed parameters (shapes and logical axes) by `jax.eval_shape`."""
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
-
-
 def abstract_shapes(model: UnifiedIOModel, decode: DecodeShape, boxed=None) -> Shapes:
   """Everything the plan measures, by `jax.eval_shape` (nothing allocated); `boxed`: the
-  parameters' if already made (`abstract_params`), shared by the plans of several targets."""
+  parameters' if already made (`model.abstract_params()`), shared by the plans of several
+  targets."""
   if decode.target not in model.cfg.target_modalities:
     raise ValueError(f"this model decodes {[m.value for m in model.cfg.target_modalities]}, "
                      f"not {decode.target.value!r}")
-  boxed = abstract_params(model) if boxed is None else boxed
-  params = _values(boxed)
+  boxed = model.abstract_params() if boxed is None else boxed
+  params = partitioning.box_values(boxed)
   inputs = model.batch_spec(decode.batch, decode.lengths)["inputs"]
   encoded = jax.eval_shape(functools.partial(decoding.encode, model), params, inputs)
   length = decoding.target_length(model, decode.target,
@@ -146,11 +141,6 @@ def abstract_shapes(model: UnifiedIOModel, decode: DecodeShape, boxed=None) -> S
 # ------------------------------------------------------------------------------------------------
 # Bytes per device.
 # ------------------------------------------------------------------------------------------------
-def _values(boxed):
-  return jax.tree_util.tree_map(lambda x: getattr(x, "value", x), boxed,
-                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
 def _shard_bytes(shape: Sequence[int], dtype, sharding: NamedSharding) -> int:
   return math.prod(sharding.shard_shape(tuple(shape))) * np.dtype(dtype).itemsize
 
@@ -179,7 +169,7 @@ def gathered_bytes(boxed, mesh: MeshShape, dtype, target: Modality) -> int:
   unused = {f"token_embedders_{m.value}" for m in Modality if m != target}
   total = 0
   for (path, leaf), spec, sharding in zip(
-      jax.tree_util.tree_leaves_with_path(_values(boxed)), specs, whole):
+      jax.tree_util.tree_leaves_with_path(partitioning.box_values(boxed)), specs, whole):
     split_over_data = any(partitioning.DATA in ((a,) if isinstance(a, str) else tuple(a or ()))
                           for a in spec)
     if split_over_data and str(getattr(path[0], "key", path[0])) not in unused:
@@ -197,7 +187,8 @@ def parameter_bytes(boxed, mesh: MeshShape, dtype) -> Tuple[int, int, int]:
       partitioning.shardings(boxed, mesh.abstract(), mesh.rules),
       is_leaf=lambda x: isinstance(x, NamedSharding))
   total = device = largest = 0
-  for leaf, sharding in zip(jax.tree_util.tree_leaves(_values(boxed)), shardings):
+  values = jax.tree_util.tree_leaves(partitioning.box_values(boxed))
+  for leaf, sharding in zip(values, shardings):
     cast = dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.dtype
     total += _total_bytes(leaf.shape, cast)
     device += _shard_bytes(leaf.shape, cast, sharding)
@@ -336,11 +327,12 @@ def memory_plan(model: UnifiedIOModel, shapes: Shapes, mesh: MeshShape, dtype: s
                 device_gib: float = 80.0, title: str = "") -> Plan:
   """The plan of decoding `shapes` on `mesh` with parameters in `dtype` (module docstring).
   Raises `partitioning.MeshError` (one line) when the mesh does not divide the model or batch."""
-  if dtype not in _DTYPES:
-    raise ValueError(f"dtype {dtype!r}: use one of {sorted(_DTYPES)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
   partitioning.check_batch_size(mesh.abstract(), shapes.decode.batch, "decode batch")
-  total, device, largest = parameter_bytes(shapes.boxed_params, mesh, _DTYPES[dtype])
-  count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(_values(shapes.boxed_params)))
+  total, device, largest = parameter_bytes(shapes.boxed_params, mesh, DTYPES[dtype])
+  leaves = jax.tree_util.tree_leaves(partitioning.box_values(shapes.boxed_params))
+  count = sum(math.prod(x.shape) for x in leaves)
   enc = shapes.encoded
   encoded = (enc.hidden, enc.mask, enc.rope)
   b, s = enc.hidden.shape[:2]
@@ -352,7 +344,7 @@ def memory_plan(model: UnifiedIOModel, shapes: Shapes, mesh: MeshShape, dtype: s
           note=f"{shapes.decode.target.value}: T={shapes.decode_length}, S={s}"),
   ]
   if mesh.fsdp and mesh.data > 1:
-    gathered = gathered_bytes(shapes.boxed_params, mesh, _DTYPES[dtype], shapes.decode.target)
+    gathered = gathered_bytes(shapes.boxed_params, mesh, DTYPES[dtype], shapes.decode.target)
     rows.append(Row("fsdp: parameters gathered over data", gathered * mesh.model, gathered,
                     note="the decode loop's gathers, hoisted"))
   encode = _estimate(_encode_temporaries(model, shapes), mesh)
@@ -372,6 +364,5 @@ def memory_plan(model: UnifiedIOModel, shapes: Shapes, mesh: MeshShape, dtype: s
   return Plan(title, mesh, tuple(rows), int(device_gib * GIB), host)
 
 
-__all__ = ["DecodeShape", "MeshShape", "Plan", "Row", "Shapes", "abstract_params",
-           "abstract_shapes", "batch_bytes", "cache_bytes", "gathered_bytes", "memory_plan",
-           "parameter_bytes", "plan_config"]
+__all__ = ["DecodeShape", "MeshShape", "Plan", "Row", "Shapes", "abstract_shapes", "batch_bytes",
+           "cache_bytes", "gathered_bytes", "memory_plan", "parameter_bytes", "plan_config"]

@@ -69,6 +69,11 @@ class UnifiedIOModel:
     return contract.dummy_batch(self.cfg, batch_size, lengths)
 
   # -- parameters -----------------------------------------------------------------------------
+  def abstract_params(self) -> Dict:
+    """`init`'s boxed parameters as `jax.ShapeDtypeStruct`s (shapes and logical axes, by
+    `jax.eval_shape`: nothing is allocated or compiled)."""
+    return jax.eval_shape(self.init, jax.random.PRNGKey(0), self.batch_spec(1))
+
   def init(self, rng: jax.Array, batch) -> Dict:
     """Boxed (logically partitioned) parameters; `flax.linen.meta.unbox` strips the boxes.
     (Made unpacked: the parameters do not depend on packing, and any batch size works.)"""

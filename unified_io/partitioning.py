@@ -148,6 +148,13 @@ def check_batch_size(mesh: Mesh, batch_size: int, what: str = "batch size") -> N
                     f"data={data}; use a multiple of {data} ({' or '.join(map(str, near))})")
 
 
+def box_values(boxed_tree):
+  """The arrays (or shape structs) inside a tree of boxed parameters. Not `nn.meta.unbox`: under
+  `jax.set_mesh` unboxing applies a sharding constraint, which fails eagerly on abstract leaves."""
+  return jax.tree_util.tree_map(lambda x: getattr(x, "value", x), boxed_tree,
+                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def logical_specs(boxed_tree):
   """Logical PartitionSpecs (axis names) of a tree of boxed parameters."""
   return nn.get_partition_spec(boxed_tree)

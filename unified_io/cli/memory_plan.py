@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                                           args.text_only))
     mesh = mp.MeshShape(args.data, args.model, args.fsdp)
     targets = args.target or [m.value for m in model.cfg.target_modalities]
-    boxed = mp.abstract_params(model)
+    boxed = model.abstract_params()
     fits = True
     for target in targets:
       decode = mp.DecodeShape(args.batch, target, args.decode_length, _lengths(args.length))

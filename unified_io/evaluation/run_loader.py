@@ -29,13 +29,12 @@ import os
 import re
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from unified_io import contract, partitioning
-from unified_io.config import UnifiedIOConfig
+from unified_io.config import DTYPES, UnifiedIOConfig
 from unified_io.data import vocab as vocab_lib
 from unified_io.model import UnifiedIOModel
 from unified_io.network import layer_stacking
@@ -155,19 +154,12 @@ def check_shapes(model_params: Dict[str, Tuple[int, ...]],
 
 def abstract_boxed_params(model: UnifiedIOModel) -> Dict[str, Any]:
   """The model's parameters as `jax.ShapeDtypeStruct`s in their logical-axis boxes."""
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
-
-
-def _box_values(boxed):
-  # The boxes' values, not `nn.meta.unbox`: under `jax.set_mesh` unboxing applies a sharding
-  # constraint, which fails eagerly on abstract leaves (a caller may hold a mesh already).
-  return jax.tree_util.tree_map(lambda x: getattr(x, "value", x), boxed,
-                                is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  return model.abstract_params()
 
 
 def abstract_params(model: UnifiedIOModel) -> Dict[str, Any]:
   """The model's parameters as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-  return _box_values(abstract_boxed_params(model))
+  return partitioning.box_values(abstract_boxed_params(model))
 
 
 def sharded_target(boxed, mesh: Mesh, fsdp: bool = False, dtype=None) -> Dict[str, Any]:
@@ -182,11 +174,8 @@ def sharded_target(boxed, mesh: Mesh, fsdp: bool = False, dtype=None) -> Dict[st
   def struct(leaf, sharding):
     cast = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
     return jax.ShapeDtypeStruct(leaf.shape, dtype if cast else leaf.dtype, sharding=sharding)
-  return jax.tree_util.tree_map(struct, _box_values(boxed),
+  return jax.tree_util.tree_map(struct, partitioning.box_values(boxed),
                                 partitioning.shardings(boxed, mesh, rules))
-
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
@@ -212,20 +201,21 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
   model_dir, step_dir, found_step = resolve_checkpoint(checkpoint, step)
   cfg, lengths, vocabulary = _configured(model_dir, model_config, checkpoint)
   if isinstance(dtype, str):
-    if dtype not in _DTYPES:
-      raise RunLoadError(f"dtype {dtype!r}: use one of {sorted(_DTYPES)}")
-    dtype = _DTYPES[dtype]
+    if dtype not in DTYPES:
+      raise RunLoadError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    dtype = DTYPES[dtype]
 
   model = UnifiedIOModel(cfg)
   boxed = abstract_boxed_params(model)
-  target = _box_values(boxed)
+  target = partitioning.box_values(boxed)
   sharded = None if mesh is None else sharded_target(boxed, mesh, fsdp, dtype)
   stored = _stored_shapes(step_dir)
   # A per-layer checkpoint (a converted release) read by a scanned model (the large/xl/xxl gins'
   # `scan_layers`), or the reverse: checked and read in the checkpoint's own layout, then converted.
   stored_model = _in_layout_of(model, stored)
   stored_boxed = boxed if stored_model is model else abstract_boxed_params(stored_model)
-  check_shapes({p: tuple(s.shape) for p, s in _flat(_box_values(stored_boxed)).items()}, stored,
+  stored_target = partitioning.box_values(stored_boxed)
+  check_shapes({p: tuple(s.shape) for p, s in _flat(stored_target).items()}, stored,
                f"checkpoint {step_dir}")
   if sharded is None:
     params = ckpt_lib.load_params(step_dir, target, dtype=dtype)  # converts layouts itself

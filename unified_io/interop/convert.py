@@ -55,7 +55,7 @@ def abstract_params(cfg) -> Dict:
   it needs that contract to cover every modality of `cfg`.
   """
   model = UnifiedIOModel(cfg)
-  return nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1)))
+  return nn.meta.unbox(model.abstract_params())
 
 
 def _np_dtype(name: str) -> np.dtype:

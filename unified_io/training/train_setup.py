@@ -69,7 +69,7 @@ def check_mesh(model: UnifiedIOModel, mesh: Mesh, fsdp: bool, batch_size: int) -
   raises `partitioning.MeshError` (one line) when its axes do not divide a split parameter
   dimension or a global batch of `batch_size` rows, so a run refuses before it opens anything."""
   partitioning.check_batch_size(mesh, batch_size, "BATCH_SIZE")
-  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), model.batch_spec(1))
+  boxed = model.abstract_params()
   partitioning.check_divisible(boxed, mesh, partitioning.axis_rules(fsdp))
 
 
