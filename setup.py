@@ -65,5 +65,6 @@ setuptools.setup(
         "uio2-eval=unified_io.cli.eval:main",
         "uio2-infer=unified_io.cli.infer:main",
         "uio2-memory-plan=unified_io.cli.memory_plan:main",
+        "uio2-train-tokenizer=unified_io.cli.train_tokenizer:main",
     ]},
 )

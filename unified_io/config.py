@@ -236,6 +236,10 @@ class ImageVQGANConfig:
   attn_resolutions: Tuple[int, ...] = (32,)
   default_input_size: Size2 = (256, 256)
   patch_size: Size2 = (8, 8)
+  # GroupNorm's groups (the release: 32). With one channel per group (32 channels) the norm is an
+  # instance norm, which removes each channel's mean over the image: a flat background's colour
+  # then cannot pass the encoder's or the decoder's last norm (`tokenizer_training`).
+  norm_groups: int = 32
 
   def __post_init__(self):
     # Every level but the last halves the resolution: the patch size follows from ch_mult.

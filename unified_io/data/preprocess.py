@@ -268,6 +268,13 @@ def _image_ops():
   return image_ops
 
 
+def model_image(image: tf.Tensor, size) -> tf.Tensor:
+  """A raw image (uint8, or float in [0, 1]; any size) as every model input and target is made:
+  resized and padded to `size`, float32 [H, W, 3] in [0, 1]. The tokenizer trainer reads images
+  through this too, so a tokenizer learns the pictures the model will ask it to encode."""
+  return _to_model_image(image, None, size, "image")[0]
+
+
 def _to_model_image(image, mask, size, field: str):
   """(image, optional mask) -> (float32 [.., H, W, 3] in [0, 1], valid [.., H, W] bool)."""
   ops = _image_ops()

@@ -23,7 +23,7 @@ and the jitted train step with the state donated and the state and batch shardin
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -31,7 +31,9 @@ import optax
 from jax.sharding import Mesh
 
 from unified_io import partitioning
+from unified_io.config import UnifiedIOConfig
 from unified_io.model import UnifiedIOModel
+from unified_io.training import tokenizer_graft as graft
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import optim
 from unified_io.training.train_state import TrainState
@@ -80,6 +82,7 @@ def build_train_setup(
     checkpoints: Optional[ckpt_lib.TrainCheckpoints] = None, resume_step: Optional[int] = None,
     initial_checkpoint_path: Optional[str] = None,
     assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+    tokenizers: Optional[Mapping[str, str]] = None,
     model_info_path: Optional[str] = None) -> TrainSetup:
   """The mesh (default: every device on `data`), rules, state and step (module docstring).
 
@@ -87,7 +90,8 @@ def build_train_setup(
   with `jax.random.PRNGKey(seed)`. `learning_rate`: the schedule `optimizer` was made with (the
   step logs it); it is remade for the parameters' logical axes (`optim.for_param_axes`), and the
   result's `optimizer` is the one the step runs. `resume_step`: restore that step from
-  `checkpoints` instead of initialising.
+  `checkpoints` instead of initialising. `tokenizers`: {kind: trained tokenizer folder} grafted
+  into a fresh or loaded state (`graft.graft_tokenizers`), not into a restored one.
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules(fsdp)
@@ -111,7 +115,7 @@ def build_train_setup(
       state, _ = checkpoints.restore(target, resume_step)
     else:
       state = _initial_state(init_params, optimizer, shardings, initial_checkpoint_path,
-                             assignment_map)
+                             assignment_map, tokenizers, model.cfg)
     # (after the restore: a checkpoint that does not fit or cannot be read leaves MODEL_DIR as is)
     if model_info_path and jax.process_index() == 0:
       with open(model_info_path, "w") as f:
@@ -128,13 +132,19 @@ def build_train_setup(
 
 def _initial_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,
                    shardings: TrainState, initial_checkpoint_path: Optional[str],
-                   assignment_map: Sequence[Tuple[str, Optional[str]]]) -> TrainState:
-  """A fresh state on `shardings`; its parameters loaded from `initial_checkpoint_path` if given."""
+                   assignment_map: Sequence[Tuple[str, Optional[str]]],
+                   tokenizers: Optional[Mapping[str, str]], model_config: UnifiedIOConfig
+                   ) -> TrainState:
+  """A fresh state on `shardings`; its parameters loaded from `initial_checkpoint_path` if given,
+  then the trained `tokenizers` grafted in (over the checkpoint's own)."""
   state = jax.jit(lambda: TrainState.create(nn.meta.unbox(init_params()), optimizer),
                   out_shardings=shardings)()
-  if not initial_checkpoint_path:
+  if not initial_checkpoint_path and not tokenizers:
     return state
-  params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
-                                assignment_map=assignment_map)
+  params = state.params
+  if initial_checkpoint_path:
+    params = ckpt_lib.load_params(initial_checkpoint_path, params, assignment_map=assignment_map)
+  if tokenizers:
+    params = graft.graft_tokenizers(params, tokenizers, model_config)
   params = jax.device_put(params, shardings.params)
   return jax.jit(lambda p: TrainState.create(p, optimizer), out_shardings=shardings)(params)

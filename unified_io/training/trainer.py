@@ -3,7 +3,9 @@
 One call of `train()`:
   0. builds (without reading) the input pipeline of every stage it will sample
      (`input.check_input`), so a bad mixture, length, denoising rate or curriculum stops it with
-     one line (`InputConfigError`) before anything is written;
+     one line (`InputConfigError`) before anything is written; likewise a trained tokenizer in
+     `tokenizers` of a kind, target or config the model lacks (`TokenizerGraftError`, from its
+     tokenizer.json alone: `training.tokenizer_graft.check_tokenizers`);
   1. refuses (one line, `CheckpointMismatchError`, nothing written) a MODEL_DIR whose
      run-config.json has another model or vocabulary than this configuration;
   2. builds the mesh (by the devices' topology; a size that does not fit the devices, the heads,
@@ -11,7 +13,8 @@ One call of `train()`:
      written), the model and the optimizer, then resumes from the newest checkpoint in
      MODEL_DIR/checkpoints (state, input position and the input's saved tf.data state, so the
      input is not replayed: `unified_io.training.input`), or initialises (optionally loading
-     parameters from INITIAL_CHECKPOINT_PATH with an assignment map). A checkpoint whose
+     parameters from INITIAL_CHECKPOINT_PATH with an assignment map, then putting in the trained
+     tokenizers' parameters, frozen from then on: `training.tokenizer_graft`). A checkpoint whose
      parameter shapes are not the model's is refused like (1); a step whose files are missing or
      unreadable is named in one line, renamed to checkpoints/<step>.corrupt-<time> and the next
      newest step tried;
@@ -46,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
@@ -59,6 +62,7 @@ from unified_io.config import ConfigError, UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.network import packing
+from unified_io.training import tokenizer_graft as graft
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import run_config as run_config_lib
 from unified_io.training.run_config import RunConfig, RunConfigError
@@ -251,6 +255,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           async_checkpoints: bool = True,
           initial_checkpoint_path: Optional[str] = None,
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+          tokenizers: Optional[Mapping[str, str]] = None,
           log_every: int = 10,
           nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
           max_consecutive_nonfinite: int = 3,
@@ -280,6 +285,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `save_input_state`: save each input shard's tf.data state with every checkpoint, so a resumed
   run restores it instead of replaying the batches before it (`unified_io.training.input`);
   False keeps the position only (smaller, faster checkpoints; a resume replays).
+  `tokenizers`: {"image" | "audio": a `uio2-train-tokenizer` folder (its newest step) or one of
+  its checkpoints/<step>}: those parameters replace the model's `target_embedders_<kind>/vqgan`
+  after initialisation (or INITIAL_CHECKPOINT_PATH) and stay frozen; a resumed run already holds
+  them. A tokenizer of another kind or config than the model's is refused before anything is
+  written (`unified_io.training.tokenizer_graft`).
   `gin_imports`: the modules the run's gin imports (`gin_flags.parse_gin`; uio2-train passes
   them): those outside unified_io are recorded in run-config.json as the run's task modules.
   """
@@ -301,6 +311,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                        gin_imports)
   except RunConfigError as exc:
     raise InputConfigError(str(exc)) from exc
+  # A tokenizer the model cannot take is refused here too; its step is fixed now (printed below).
+  located = graft.check_tokenizers(tokenizers, model_config)
   # A MODEL_DIR of another model is refused before anything is written (a typo loses nothing).
   _check_same_model(model_dir, run_config)
   # Built once, here: a bad optimizer setting (e.g. `adafactor.state_dtype`) fails before any
@@ -335,6 +347,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             seed=seed, num_microbatches=num_microbatches, use_dropout=use_dropout,
             checkpoints=checkpoints, resume_step=resume_step,
             initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
+            tokenizers={kind: where.step_dir for kind, where in located.items()},
             model_info_path=os.path.join(model_dir, "model-info.txt"))
         break
       except ckpt_lib.CorruptCheckpointError as exc:  # (named, kept aside, never deleted)
@@ -361,6 +374,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             f"{start_batch} ({how})", flush=True)
     elif initial_checkpoint_path:
       print(f"initial parameters from {initial_checkpoint_path}", flush=True)
+    if resume_step is None:
+      for kind, where in located.items():
+        print(f"tokenizer {kind}: {where.path} (step {where.step})", flush=True)
 
     input_states = data.state if save_input_state else None  # (called only when a save starts)
     log = ProgressLog(model_dir, start_step=int(setup.state.step), total_steps=train_steps,

@@ -109,19 +109,20 @@ class GroupNorm(nn.Module):
     return y_bnc.reshape(x.shape)
 
 
-def _group_norm(name: str) -> GroupNorm:
-  return GroupNorm(name=name)
+def _group_norm(name: str, groups: int) -> GroupNorm:
+  return GroupNorm(num_groups=groups, name=name)
 
 
 class ResnetBlock(nn.Module):
   """x + conv(swish(norm(conv(swish(norm(x)))))); a 1x1 `nin_shortcut` when channels change."""
 
   out_ch: int
+  groups: int = 32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, h, w, C] -> [B, h, w, out_ch]
-    h = _conv(self.out_ch, 3, "conv1")(nn.swish(_group_norm("norm1")(x)))
-    h = _conv(self.out_ch, 3, "conv2")(nn.swish(_group_norm("norm2")(h)))
+    h = _conv(self.out_ch, 3, "conv1")(nn.swish(_group_norm("norm1", self.groups)(x)))
+    h = _conv(self.out_ch, 3, "conv2")(nn.swish(_group_norm("norm2", self.groups)(h)))
     if x.shape[-1] != self.out_ch:
       x = _conv(self.out_ch, 1, "nin_shortcut")(x)
     return x + h
@@ -130,10 +131,12 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
   """Single-head self-attention over all positions of the map, with 1x1-conv q/k/v/proj_out."""
 
+  groups: int = 32
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [B, h, w, C]
     b, hh, ww, c = x.shape
-    h = _group_norm("norm")(x)
+    h = _group_norm("norm", self.groups)(x)
     q, k, v = (_conv(c, 1, n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))  # [B, Q|K, C]
     logits = jnp.einsum("bqc,bkc->bqk", q, k) * (c ** -0.5)
     weights = jax.nn.softmax(logits, axis=-1)
@@ -184,13 +187,13 @@ class Encoder(nn.Module):
     h = _conv(cfg.ch, 3, "conv_in")(x)
     for i, mult in enumerate(cfg.ch_mult):
       for j in range(cfg.num_res_blocks):
-        h = ResnetBlock(cfg.ch * mult, name=f"down_{i}_block_{j}")(h)
+        h = ResnetBlock(cfg.ch * mult, cfg.norm_groups, name=f"down_{i}_block_{j}")(h)
         if attn[i]:
-          h = AttnBlock(name=f"down_{i}_attn_{j}")(h)
+          h = AttnBlock(cfg.norm_groups, name=f"down_{i}_attn_{j}")(h)
       if i != levels - 1:
         h = Downsample(name=f"down_{i}_downsample")(h)
-    h = _middle(h)
-    return _conv(cfg.z_channels, 3, "conv_out")(nn.swish(_group_norm("norm_out")(h)))
+    h = _middle(h, cfg.norm_groups)
+    return _conv(cfg.z_channels, 3, "conv_out")(nn.swish(_group_norm("norm_out", cfg.norm_groups)(h)))
 
 
 class Decoder(nn.Module):
@@ -203,23 +206,23 @@ class Decoder(nn.Module):
     cfg = self.cfg
     levels, attn = len(cfg.ch_mult), attention_levels(cfg)
     h = _conv(cfg.ch * cfg.ch_mult[-1], 3, "conv_in")(z)
-    h = _middle(h)
+    h = _middle(h, cfg.norm_groups)
     for k in range(levels):
       level = levels - 1 - k  # taming's i_level; the release names modules by k
       for j in range(cfg.num_res_blocks + 1):
-        h = ResnetBlock(cfg.ch * cfg.ch_mult[level], name=f"up_{k}_block_{j}")(h)
+        h = ResnetBlock(cfg.ch * cfg.ch_mult[level], cfg.norm_groups, name=f"up_{k}_block_{j}")(h)
         if attn[level]:
-          h = AttnBlock(name=f"up_{k}_attn_{j}")(h)
+          h = AttnBlock(cfg.norm_groups, name=f"up_{k}_attn_{j}")(h)
       if level != 0:
         h = Upsample(name=f"up_{k}_upsample")(h)
-    return _conv(cfg.out_ch, 3, "conv_out")(nn.swish(_group_norm("norm_out")(h)))
+    return _conv(cfg.out_ch, 3, "conv_out")(nn.swish(_group_norm("norm_out", cfg.norm_groups)(h)))
 
 
-def _middle(h: jax.Array) -> jax.Array:
+def _middle(h: jax.Array, groups: int) -> jax.Array:
   # Called from Encoder/Decoder's compact __call__, so these modules are named inside them.
-  h = ResnetBlock(h.shape[-1], name="mid_block_1")(h)
-  h = AttnBlock(name="mid_attn_1")(h)
-  return ResnetBlock(h.shape[-1], name="mid_block_2")(h)
+  h = ResnetBlock(h.shape[-1], groups, name="mid_block_1")(h)
+  h = AttnBlock(groups, name="mid_attn_1")(h)
+  return ResnetBlock(h.shape[-1], groups, name="mid_block_2")(h)
 
 
 class VectorQuantizer(nn.Module):

@@ -1,0 +1,188 @@
+"""Training the VQ tokenizers: the step learns, dead codes come back, resuming is exact, bad input
+is named. Small tokenizer configs (16 px images, a 16-code book) keep each compile to seconds."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unified_io.tasks  # noqa: F401  (registers the world tasks)
+from unified_io.config import AudioVQGANConfig, ConfigError, ImageVQGANConfig
+from unified_io.presets import make_config
+from unified_io.tokenizer_training import codebook as codebook_lib
+from unified_io.tokenizer_training import objectives
+from unified_io.tokenizer_training import trainer as tokenizer_trainer
+from unified_io.tokenizer_training.data import TokenizerDataError
+from unified_io.tokenizer_training.state import TokenizerState
+
+SMALL_IMAGE = ImageVQGANConfig(embed_dim=4, n_embed=16, z_channels=4, resolution=16, ch=32,
+                               ch_mult=(1, 1), num_res_blocks=0, attn_resolutions=(),
+                               default_input_size=(16, 16), patch_size=(2, 2))
+SMALL_AUDIO = AudioVQGANConfig(
+    vocab_size=16, proj_dim=8, encoder_hidden_size=32, encoder_num_layers=1, encoder_mlp_dim=64,
+    encoder_num_heads=2, encoder_head_dim=16, decoder_hidden_size=32, decoder_num_layers=1,
+    decoder_mlp_dim=64, decoder_num_heads=2, decoder_head_dim=16, default_input_size=(16, 32),
+    patch_size=(8, 8))
+
+
+def _model_config(image=SMALL_IMAGE, audio=SMALL_AUDIO):
+  cfg = make_config("tiny", input_modalities=("text",), target_modalities=("text", "image", "audio"))
+  return dataclasses.replace(cfg, image_vqgan=image, audio_vqgan=audio)
+
+
+def _train_kwargs(tmp_path, **overrides):
+  kwargs = dict(model_dir=str(tmp_path / "tok"), mixture_or_task_name="world_text_to_image",
+                kind="image", model_config=_model_config(), train_steps=4, batch_size=2,
+                checkpoint_every=2, log_every=2, eval_every=0, eval_examples=2,
+                warmup_steps=1)
+  kwargs.update(overrides)
+  return kwargs
+
+
+# ------------------------------------------------------------------------------ the codebook
+def test_moving_average_update_by_hand():
+  counts, sums = jnp.array([2.0, 2.0]), jnp.array([[2.0, 0.0], [0.0, 2.0]])
+  z = jnp.array([[3.0, 0.0], [5.0, 0.0]])
+  ids = jnp.array([0, 0])
+  out = codebook_lib.update(counts, sums, z, ids, jax.random.key(0), decay=0.5, restart_below=0.0)
+  # counts: 0.5 * 2 + 0.5 * (2, 0); sums: 0.5 * sums + 0.5 * (8, 0 | 0, 0)
+  np.testing.assert_allclose(out.counts, [2.0, 1.0])
+  np.testing.assert_allclose(out.codebook, [[(1 + 4) / 2.0, 0.0], [0.0, 1.0 / 1.0]])
+  assert int(out.used) == 1 and int(out.restarted) == 0
+
+
+def test_dead_codes_are_restarted_on_batch_latents():
+  counts = jnp.array([4.0, 0.0, 0.001])  # codes 1 and 2 have (almost) never been picked
+  sums = jnp.array([[4.0, 0.0], [0.0, 0.0], [9.0, 9.0]])
+  z = jnp.array([[1.0, 0.0], [0.0, 7.0], [0.5, 3.0]])
+  ids = jnp.array([0, 0, 0])
+  out = codebook_lib.update(counts, sums, z, ids, jax.random.key(3), decay=0.9,
+                            restart_below=0.5)
+  assert int(out.restarted) == 2
+  even_share = 3 / 3
+  for code in (1, 2):  # each restarted on one of the batch's latents, with an even share's count
+    assert any(np.allclose(out.codebook[code], row) for row in np.asarray(z))
+    assert float(out.counts[code]) == even_share
+  # the living code only moved by its moving average
+  np.testing.assert_allclose(out.counts[0], 0.9 * 4 + 0.1 * 3)
+  # and the next nearest search can pick them
+  picked = codebook_lib.nearest(z, out.codebook)
+  assert len(set(np.asarray(picked).tolist())) >= 2
+
+
+def test_training_revives_an_unused_codebook():
+  """Codes all start on one point (far from every latent): without restarts one code would take
+  every latent; with them most of the book is in use after a few steps."""
+  obj = objectives.objective("image", SMALL_IMAGE)
+  params = obj.init(jax.random.key(0))
+  params = obj.with_codebook(params, jnp.full((16, 4), 50.0))
+  optimizer, schedule = tokenizer_trainer.make_optimizer(1e-3, 1, 10, params)
+  state = TokenizerState.create(params, optimizer, obj.codebook(params))
+  step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
+                                     codebook_decay=0.9, restart_below=0.03, seed=0)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  used = []
+  for _ in range(3):
+    state, metrics = step(state, x)
+    used.append(float(metrics["codebook/batch_usage"]))
+  assert used[0] == 1 / 16  # every latent on the one nearest code at first
+  assert used[-1] >= 0.5, used
+
+
+# ------------------------------------------------------------------------------- the step
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(kind):
+  config = SMALL_IMAGE if kind == "image" else SMALL_AUDIO
+  obj = objectives.objective(kind, config)
+  params = obj.init(jax.random.key(1))
+  optimizer, schedule = tokenizer_trainer.make_optimizer(3e-3, 1, 100, params)
+  state = TokenizerState.create(params, optimizer, obj.codebook(params))
+  step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
+                                     codebook_decay=0.99, restart_below=0.03, seed=0)
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(np.clip(rng.normal(0, 0.5, (2, *obj.example_shape)), -1, 1), jnp.float32)
+  losses = []
+  for _ in range(12):
+    state, metrics = step(state, x)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert int(state.step) == 12 and int(state.nonfinite_steps) == 0
+  # the codebook follows the moving averages: the optimizer never moves it
+  assert "quantize" in state.params
+
+
+def test_a_non_finite_step_changes_nothing_but_the_counters():
+  obj = objectives.objective("image", SMALL_IMAGE)
+  params = obj.init(jax.random.key(1))
+  optimizer, schedule = tokenizer_trainer.make_optimizer(1e-3, 1, 10, params)
+  state = TokenizerState.create(params, optimizer, obj.codebook(params))
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
+                                     codebook_decay=0.99, restart_below=0.03, seed=0)
+  x = jnp.full((2, 16, 16, 3), jnp.nan)
+  state, metrics = step(state, x)
+  assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
+  assert float(metrics["nonfinite"]) == 1.0
+  for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+# ------------------------------------------------------------------------ runs and resuming
+def _params_of(model_dir, step):
+  from unified_io.training import checkpoints as ckpt_lib
+  obj = objectives.objective("image", SMALL_IMAGE)
+  target = obj.init(jax.random.key(0))
+  return ckpt_lib.load_params(os.path.join(model_dir, "checkpoints", str(step)), target)
+
+
+def test_resuming_is_exact_and_the_run_writes_its_record_measures_and_report(tmp_path, capsys):
+  whole = _train_kwargs(tmp_path / "whole")
+  measures = tokenizer_trainer.train_tokenizer(**whole)
+  for name in ("eval/psnr", "eval/ssim", "eval/codebook_usage", "eval/perplexity"):
+    assert np.isfinite(measures[name]), name
+  record = json.load(open(os.path.join(whole["model_dir"], "tokenizer.json")))
+  assert record["kind"] == "image" and record["config"]["n_embed"] == 16
+  assert os.path.exists(os.path.join(whole["model_dir"], "report", "index.html"))
+  assert os.path.exists(os.path.join(whole["model_dir"], "report", "reconstructions.png"))
+  split = _train_kwargs(tmp_path / "split", train_steps=2)
+  tokenizer_trainer.train_tokenizer(**split)
+  tokenizer_trainer.train_tokenizer(**{**split, "train_steps": 4})
+  assert "resumed from step 2" in capsys.readouterr().out
+  a, b = _params_of(whole["model_dir"], 4), _params_of(split["model_dir"], 4)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --------------------------------------------------------------------------------- bad input
+def test_refusals_name_the_problem_before_anything_is_written(tmp_path):
+  model_dir = tmp_path / "tok"
+  with pytest.raises(ConfigError, match="'depth' is not a tokenizer"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, kind="depth"))
+  no_image = make_config("tiny", input_modalities=("text",), target_modalities=("text",))
+  with pytest.raises(ConfigError, match="no image tokenizer"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, model_config=no_image))
+  with pytest.raises(TokenizerDataError, match="no task with image_targets or image_inputs"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, mixture_or_task_name="world_text"))
+  assert not model_dir.exists()
+
+
+def test_a_tokenizer_dir_of_another_config_is_refused(tmp_path):
+  tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, train_steps=1, checkpoint_every=1))
+  other = _model_config(image=dataclasses.replace(SMALL_IMAGE, n_embed=32))
+  with pytest.raises(tokenizer_trainer.TokenizerTrainingError, match="another configuration"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, model_config=other))
+
+
+def test_a_batch_of_another_size_and_a_flat_batch(capsys):
+  import tensorflow as tf
+  wrong = tf.data.Dataset.from_tensors(tf.zeros([8, 8, 3])).repeat()
+  with pytest.raises(tokenizer_trainer.TokenizerTrainingError, match=r"\(8, 8, 3\) per example"):
+    next(tokenizer_trainer._Batches(wrong, 2, (16, 16, 3)))
+  assert tokenizer_trainer._flat_batches(np.zeros((2, 4, 4, 3))) == 2
+  assert tokenizer_trainer._flat_batches(np.stack([np.zeros((4, 4, 3)),
+                                                   np.eye(4)[..., None].repeat(3, -1)])) == 1

@@ -1,0 +1,1 @@
+"""Training the VQ tokenizers (image VQGAN, audio ViT-VQGAN) on registered data: `uio2-train-tokenizer`."""
