@@ -44,7 +44,7 @@ from unified_io.config import ConfigError, UnifiedIOConfig
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import input as input_lib
 from unified_io.training.progress import ProgressLog
-from unified_io.training.trainer import Preempted, _SigtermFlag, check_model_dir
+from unified_io.training.trainer import Preempted, SigtermFlag, check_model_dir
 from unified_io.tokenizer_training import codebook as codebook_lib
 from unified_io.tokenizer_training import measures as measures_lib
 from unified_io.tokenizer_training import objectives
@@ -173,12 +173,12 @@ class _Batches:
     return batch
 
   def state(self):
-    return {INPUT_SHARD: input_lib._iterator_files(self._iterator)}  # pylint: disable=protected-access
+    return {INPUT_SHARD: input_lib.iterator_files(self._iterator)}
 
   def restore(self, saved) -> bool:
     if INPUT_SHARD not in saved:
       return False
-    input_lib._restore_iterator(self._iterator, saved[INPUT_SHARD])  # pylint: disable=protected-access
+    input_lib.restore_iterator(self._iterator, saved[INPUT_SHARD])
     return True
 
 
@@ -276,7 +276,7 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
   dataset = tokenizer_examples(mixture_or_task_name, kind, size, split="train", shuffle=True,
                                seed=seed)
   batches = _Batches(dataset, batch_size, obj.example_shape)
-  sigterm = _SigtermFlag()
+  sigterm = SigtermFlag()
   try:
     checkpoints = ckpt_lib.TrainCheckpoints(os.path.join(model_dir, "checkpoints"),
                                             save_every=checkpoint_every, keep=keep_checkpoints)

@@ -166,7 +166,7 @@ class TrainInput:
             flush=True)
       return False
     try:
-      _restore_iterator(self._iterator, state)
+      restore_iterator(self._iterator, state)
     except (tf.errors.OpError, AssertionError, ValueError) as exc:
       print(f"{self._name}: the saved input state does not restore ({_first_line(exc)}); "
             "replaying", flush=True)
@@ -239,7 +239,7 @@ class TrainInput:
     if not self._saveable:
       return None
     try:
-      files = _iterator_files(self._iterator)
+      files = iterator_files(self._iterator)
     except tf.errors.OpError as exc:  # e.g. FAILED_PRECONDITION: a stateful op
       self._saveable = False
       print(f"{self._name}: the pipeline's state cannot be saved ({_first_line(exc)}); "
@@ -261,7 +261,7 @@ def _scratch_dir() -> Iterator[str]:
     tf.io.gfile.rmtree(path)
 
 
-def _iterator_files(iterator) -> Dict[str, bytes]:
+def iterator_files(iterator) -> Dict[str, bytes]:
   """The iterator's `tf.train.Checkpoint` files, as bytes."""
   with _scratch_dir() as path:
     tf.train.Checkpoint(iterator=iterator).write(f"{path}/{_ITERATOR}")
@@ -272,7 +272,8 @@ def _iterator_files(iterator) -> Dict[str, bytes]:
     return files
 
 
-def _restore_iterator(iterator, state: ShardState) -> None:
+def restore_iterator(iterator, state: ShardState) -> None:
+  """Puts an iterator back where `iterator_files` saved it (the tokenizer trainer uses both)."""
   with _scratch_dir() as path:
     for name, data in state.items():
       if name.startswith(_ITERATOR):

@@ -146,7 +146,7 @@ def _input_position(checkpoints: ckpt_lib.TrainCheckpoints, resume_step: Optiona
           saved_shards if input_shards is None else input_shards)
 
 
-class _SigtermFlag:
+class SigtermFlag:
   """Set by SIGTERM; the loop checks it between steps, saves and raises `Preempted`.
 
   Installed when `train` starts, restored when it returns. Until the first step has compiled
@@ -318,7 +318,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   # Built once, here: a bad optimizer setting (e.g. `adafactor.state_dtype`) fails before any
   # folder is made.
   transformation = optimizer(learning_rate)
-  sigterm = _SigtermFlag()
+  sigterm = SigtermFlag()
   try:
     # A mesh that does not fit the devices, the model or BATCH_SIZE fails here, in one line
     # (`partitioning.MeshError`), before the input is opened or MODEL_DIR is made.
@@ -442,7 +442,7 @@ class _NonFiniteGuard:
 
 
 def _run_steps(setup: TrainSetup, data: ProcessInput, first: Dict, log: ProgressLog,
-               checkpoints: ckpt_lib.TrainCheckpoints, sigterm: _SigtermFlag, *,
+               checkpoints: ckpt_lib.TrainCheckpoints, sigterm: SigtermFlag, *,
                train_steps: int, batch_size: int, rng: jax.Array, nonfinite: "_NonFiniteGuard",
                group_batches: bool, log_every: int,
                extra_metrics: Optional[Callable[[], Dict[str, float]]],
