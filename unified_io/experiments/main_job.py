@@ -2,10 +2,13 @@
 it on held-out examples, and write a report (HTML + PNGs): loss curves, a metrics table against
 targets, and a gallery of predictions.
 
-  python -m unified_io.experiments.main_job                       # = make demo; about 17 min on 2 CPU cores
+  python -m unified_io.experiments.main_job                       # = make demo; about 15 min on 2 CPU cores
   python -m unified_io.experiments.main_job --steps 200 --out /tmp/quick --eval_examples 16
 
-It is the same code a user runs by hand: `uio2-train` with models/tiny_multimodal.gin and
+It is the same code a user runs by hand: first `uio2-train-tokenizer` (the world's image
+tokenizer, 1000 steps, ~2 min; an OUT/tokenizer_image or --tokenizer_dir that already holds them
+is reused), then `uio2-train` with that tokenizer grafted in (`train.tokenizers`), with
+models/tiny_multimodal.gin and
 runs/pretrain.gin on the `world_main` mixture (the gin bindings are printed) with grouped batches
 (`train.group_batches`: a step runs only the modalities its batch holds, about 4 steps/s here,
 after ~2.5 min of compiling one step per group), then the evaluator

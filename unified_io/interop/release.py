@@ -130,9 +130,15 @@ def _resampler(config: Mapping, name: str) -> ResamplerConfig:
                          dropout_rate=float(rc.get("dropout_rate", 0.0)))
 
 
+# Our config fields the release's JSON does not have: the release fixes them in its code.
+_RELEASE_FIXED = {"image_vqgan": {"norm_groups": 32}}  # torch GroupNorm(32, ...) everywhere
+
+
 def _pick(section: Mapping, name: str, cls) -> Dict:
-  out = {}
+  out = dict(_RELEASE_FIXED.get(name, {}))
   for field in dataclasses.fields(cls):
+    if field.name in out:
+      continue
     value = _field(section, name, field.name)
     out[field.name] = tuple(value) if isinstance(value, list) else value
   return out

@@ -76,13 +76,14 @@ class Objective:
     reconstruction = self.module.apply({"params": params}, straight_through, method=self.decode)
     return reconstruction, z_ne, ids_n, code_ne
 
-  def loss(self, params, x: jax.Array, commitment: float) -> Tuple[jax.Array, Dict[str, Any]]:
+  def loss(self, params, x: jax.Array, commitment: float,
+           l1_weight: float = 1.0) -> Tuple[jax.Array, Dict[str, Any]]:
     reconstruction, z_ne, ids_n, code_ne = self.forward(params, x)
     error = reconstruction - x
     code_error_n = jnp.sum(jnp.square(z_ne - code_ne), axis=-1)
     terms = {"l1": jnp.mean(jnp.abs(error)), "l2": jnp.mean(jnp.square(error)),
              "commitment": jnp.mean(code_error_n) / z_ne.shape[-1]}
-    loss = terms["l1"] + terms["l2"] + commitment * terms["commitment"]
+    loss = l1_weight * terms["l1"] + terms["l2"] + commitment * terms["commitment"]
     return loss, {"terms": terms, "z": z_ne, "ids": ids_n, "code_error": code_error_n}
 
 

@@ -121,7 +121,7 @@ def random_crops(x_bhwc: jax.Array, size: int, key: jax.Array) -> jax.Array:
 
 def make_step(obj: objectives.Objective, optimizer, schedule, *, commitment: float,
               codebook_decay: float, restart_below: float, seed: int,
-              crop: Optional[int] = None):
+              crop: Optional[int] = None, l1_weight: float = 1.0):
   """The jitted training step; `crop`: train on one random square window of each example
   (keyed by the step, so resuming stays exact)."""
   restart_key = jax.random.key(seed + 17)
@@ -130,7 +130,8 @@ def make_step(obj: objectives.Objective, optimizer, schedule, *, commitment: flo
   def step(state: TokenizerState, x: jax.Array):
     if crop is not None and crop < max(x.shape[1:3]):
       x = random_crops(x, crop, jax.random.fold_in(crop_key, state.step))
-    (loss, aux), grads = jax.value_and_grad(obj.loss, has_aux=True)(state.params, x, commitment)
+    (loss, aux), grads = jax.value_and_grad(obj.loss, has_aux=True)(state.params, x, commitment,
+                                                               l1_weight)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     book = codebook_lib.update(state.code_counts, state.code_sums, aux["z"], aux["ids"],
