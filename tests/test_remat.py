@@ -17,6 +17,8 @@ from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 from unified_io.network.trunk import REMAT_POLICIES as POLICY_FUNCTIONS
 
+from tiny_models import random_tokens
+
 
 def _model(**overrides):
   return UnifiedIOModel(make_config("tiny", text_vocab_size=256, **overrides))
@@ -25,13 +27,7 @@ def _model(**overrides):
 @pytest.fixture(scope="module")
 def setup():
   plain = _model()
-  batch = plain.dummy_batch(2, {"text_inputs": 8, "text_targets": 6})
-  rng = np.random.default_rng(0)
-  for side in batch.values():
-    for features in side.values():
-      for name in ("tokens", "inputs", "targets"):
-        if name in features:
-          features[name] = rng.integers(1, 256, features[name].shape).astype(np.int32)
+  batch = random_tokens(plain.dummy_batch(2, {"text_inputs": 8, "text_targets": 6}))
   params = nn.meta.unbox(jax.jit(plain.init)(jax.random.PRNGKey(0), batch))
   return batch, params, _loss_and_grads(plain, params, batch)
 

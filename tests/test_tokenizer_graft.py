@@ -32,6 +32,8 @@ from unified_io.training.checkpoints import TrainCheckpoints
 from unified_io.training.optim import adafactor, learning_rate_schedule
 from unified_io.training.train_setup import build_train_setup
 
+from tiny_models import random_tokens
+
 CFG = make_config("tiny", input_modalities=("text",), target_modalities=("text", "image"),
                   text_vocab_size=256)
 VQ = CFG.image_vqgan
@@ -75,13 +77,8 @@ def record_only(directory):
 @pytest.fixture(scope="module")
 def model_and_batch():
   model = UnifiedIOModel(CFG)
-  batch = model.dummy_batch(2, {"text_inputs": 8, "text_targets": 4})
+  batch = random_tokens(model.dummy_batch(2, {"text_inputs": 8, "text_targets": 4}))
   rng = np.random.default_rng(0)
-  for side in batch.values():
-    for features in side.values():
-      for name in ("tokens", "inputs", "targets"):
-        if name in features:
-          features[name] = rng.integers(1, 256, features[name].shape).astype(np.int32)
   batch["targets"]["image"]["image"] = rng.uniform(
       -1, 1, batch["targets"]["image"]["image"].shape).astype(np.float32)
   return model, batch

@@ -13,16 +13,12 @@ from unified_io.training.optim import adafactor, learning_rate_schedule
 from unified_io.training.train_state import TrainState
 from unified_io.training.train_step import make_train_step
 
+from tiny_models import random_tokens
+
 
 def _text_model_and_batch(batch_size=4):
   model = UnifiedIOModel(make_config("tiny", text_vocab_size=256))
-  batch = model.dummy_batch(batch_size, {"text_inputs": 8, "text_targets": 6})
-  rng = np.random.default_rng(0)
-  for side in batch.values():
-    for features in side.values():
-      for name in ("tokens", "inputs", "targets"):
-        if name in features:
-          features[name] = rng.integers(1, 256, features[name].shape).astype(np.int32)
+  batch = random_tokens(model.dummy_batch(batch_size, {"text_inputs": 8, "text_targets": 6}))
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), batch))
   return model, params, batch
 

@@ -1,5 +1,7 @@
 """Model configs the tests share (the same as gin/models/tiny.gin and tiny_multimodal.gin)."""
 
+import numpy as np
+
 from unified_io.modalities import Modality
 from unified_io.presets import make_config
 
@@ -8,3 +10,15 @@ TINY_TEXT = make_config("tiny")
 TINY_ALL_MODALITIES = make_config(
     "tiny", input_modalities=tuple(Modality),
     target_modalities=tuple(m for m in Modality if m.can_be_target), components="tiny")
+
+
+def random_tokens(batch, seed: int = 0, vocab: int = 256):
+  """`batch` (a model's dummy_batch) with every token / input / target id array drawn from
+  [1, vocab), in place; returned for chaining."""
+  rng = np.random.default_rng(seed)
+  for side in batch.values():
+    for features in side.values():
+      for name in ("tokens", "inputs", "targets"):
+        if name in features:
+          features[name] = rng.integers(1, vocab, features[name].shape).astype(np.int32)
+  return batch

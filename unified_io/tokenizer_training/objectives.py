@@ -1,6 +1,13 @@
 """The tokenizers' training forward passes and loss (taming's, without the perceptual and GAN terms).
 
-  loss = |x - x'|_1 + |x - x'|_2^2 + commitment * |z - sg(code)|^2        (means over elements)
+  loss = l1_weight * |x - x'|_1 + |x - x'|_2^2 + commitment * |z - sg(code)|^2   (element means)
+
+l1_weight is 0 by default, not taming's 1. The L1 term's gradient has the same size at every pixel
+however small its error, so on images that are mostly background (the world's: 90-95%) the
+background's tiny errors outvote the objects' large ones, and objects come back as blobs in a
+warm or a cool hue. With L2 alone the gradient follows the error: after the same 1440 steps
+(64 px crops, 160 s) held-out PSNR went from 21.0-23.0 to 25.4 dB, and on object pixels from
+9-10 to 14.4 dB, red, yellow, pink and blue objects coming back in their colours.
 
 where x' is the reconstruction through the codes, with the straight-through estimator
 (z + sg(code - z)) carrying the decoder's gradient to the encoder. The codebook itself follows
@@ -77,7 +84,7 @@ class Objective:
     return reconstruction, z_ne, ids_n, code_ne
 
   def loss(self, params, x: jax.Array, commitment: float,
-           l1_weight: float = 1.0) -> Tuple[jax.Array, Dict[str, Any]]:
+           l1_weight: float = 0.0) -> Tuple[jax.Array, Dict[str, Any]]:
     reconstruction, z_ne, ids_n, code_ne = self.forward(params, x)
     error = reconstruction - x
     code_error_n = jnp.sum(jnp.square(z_ne - code_ne), axis=-1)

@@ -9,7 +9,7 @@ One call of `train_tokenizer()`:
   2. resumes from the newest checkpoint in MODEL_DIR/checkpoints (state, and the input
      pipeline's tf.data state, so the resumed run sees the batches the uninterrupted one would
      have: resuming is exact), or initialises;
-  3. runs the jitted step (`objectives.py`: L1 + L2 reconstruction and commitment, Adam on the
+  3. runs the jitted step (`objectives.py`: L2 (optionally L1) reconstruction and commitment, Adam on the
      encoder and decoder; the codebook follows moving averages with dead-code restarts,
      `codebook.py`) to TRAIN_STEPS, logging to TensorBoard, MODEL_DIR/train/metrics.jsonl and the
      console, checkpointing every `checkpoint_every` steps and on SIGTERM (exit 143 from the
@@ -121,7 +121,7 @@ def random_crops(x_bhwc: jax.Array, size: int, key: jax.Array) -> jax.Array:
 
 def make_step(obj: objectives.Objective, optimizer, schedule, *, commitment: float,
               codebook_decay: float, restart_below: float, seed: int,
-              crop: Optional[int] = None, l1_weight: float = 1.0):
+              crop: Optional[int] = None, l1_weight: float = 0.0):
   """The jitted training step; `crop`: train on one random square window of each example
   (keyed by the step, so resuming stays exact)."""
   restart_key = jax.random.key(seed + 17)
@@ -246,7 +246,8 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
                     kind: str = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
                     train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
                     learning_rate: float = 1e-3, warmup_steps: int = 50,
-                    commitment: float = 0.25, codebook_decay: float = 0.99,
+                    commitment: float = 0.25, l1_weight: float = 0.0,
+                    codebook_decay: float = 0.99,
                     restart_below: float = 0.03, seed: int = 0, checkpoint_every: int = 500,
                     keep_checkpoints: Optional[int] = 2, log_every: int = 25,
                     eval_every: int = 500, eval_examples: int = 64,
@@ -254,7 +255,8 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
                     image_crop: Optional[int] = 64, gin_imports=()) -> Dict[str, float]:
   """Trains the `kind` tokenizer of `model_config` to step `train_steps`; returns the last
   held-out measures (module docstring). `restart_below`: a code whose moving-average count falls
-  below this fraction of an even share is restarted; `codebook_decay`: the moving averages'.
+  below this fraction of an even share is restarted; `codebook_decay`: the moving averages';
+  `l1_weight`: taming's L1 reconstruction term beside L2 (0: why, in `objectives.py`).
 
   `image_crop`: the image tokenizer's steps train on one random `image_crop`-pixel square of each
   image (taming trains on crops too; the VQGAN is convolutional and held-out measures use whole
@@ -298,7 +300,7 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
           + (f", trained on random {crop} px crops" if crop else ""), flush=True)
     step_fn = make_step(obj, optimizer, schedule, commitment=commitment,
                         codebook_decay=codebook_decay, restart_below=restart_below, seed=seed,
-                        crop=crop)
+                        crop=crop, l1_weight=l1_weight)
     evaluator = Evaluator(obj, eval_set, model_dir, batch_size, usage_warning)
     log = ProgressLog(model_dir, start_step=int(state.step), total_steps=train_steps,
                       log_every=log_every)
