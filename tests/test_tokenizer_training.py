@@ -88,16 +88,27 @@ def test_restarts_draw_the_latents_the_codebook_serves_worst():
     np.testing.assert_allclose(out.codebook[code], z[2])
 
 
-def test_training_revives_an_unused_codebook():
-  """Codes all start on one point (far from every latent): without restarts one code would take
-  every latent; with them most of the book is in use after a few steps."""
-  obj = objectives.objective("image", SMALL_IMAGE)
-  params = obj.init(jax.random.key(0))
-  params = obj.with_codebook(params, jnp.full((16, 4), 50.0))
-  optimizer, schedule = tokenizer_trainer.make_optimizer(1e-3, 1, 10, params)
-  state = TokenizerState.create(params, optimizer, obj.codebook(params))
+def _make_step(kind):
+  obj = objectives.objective(kind, SMALL_IMAGE if kind == "image" else SMALL_AUDIO)
+  optimizer, schedule = tokenizer_trainer.make_optimizer(3e-3, 1, 100, obj.init(jax.random.key(1)))
   step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
                                      codebook_decay=0.9, restart_below=0.03, seed=0)
+  return obj, optimizer, step
+
+
+@pytest.fixture(scope="module")
+def image_step():
+  """One compiled image step the step tests share (each starts its own state)."""
+  return _make_step("image")
+
+
+def test_training_revives_an_unused_codebook(image_step):
+  """Codes all start on one point (far from every latent): without restarts one code would take
+  every latent; with them most of the book is in use after a few steps."""
+  obj, optimizer, step = image_step
+  params = obj.init(jax.random.key(0))
+  params = obj.with_codebook(params, jnp.full((16, 4), 50.0))
+  state = TokenizerState.create(params, optimizer, obj.codebook(params))
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
   used = []
   for _ in range(3):
@@ -109,14 +120,10 @@ def test_training_revives_an_unused_codebook():
 
 # ------------------------------------------------------------------------------- the step
 @pytest.mark.parametrize("kind", ["image", "audio"])
-def test_a_training_step_lowers_the_loss_on_a_fixed_batch(kind):
-  config = SMALL_IMAGE if kind == "image" else SMALL_AUDIO
-  obj = objectives.objective(kind, config)
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(kind, image_step):
+  obj, optimizer, step = image_step if kind == "image" else _make_step("audio")
   params = obj.init(jax.random.key(1))
-  optimizer, schedule = tokenizer_trainer.make_optimizer(3e-3, 1, 100, params)
   state = TokenizerState.create(params, optimizer, obj.codebook(params))
-  step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
-                                     codebook_decay=0.99, restart_below=0.03, seed=0)
   rng = np.random.default_rng(2)
   x = jnp.asarray(np.clip(rng.normal(0, 0.5, (2, *obj.example_shape)), -1, 1), jnp.float32)
   losses = []
@@ -130,14 +137,11 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch(kind):
   assert "quantize" in state.params
 
 
-def test_a_non_finite_step_changes_nothing_but_the_counters():
-  obj = objectives.objective("image", SMALL_IMAGE)
+def test_a_non_finite_step_changes_nothing_but_the_counters(image_step):
+  obj, optimizer, step = image_step
   params = obj.init(jax.random.key(1))
-  optimizer, schedule = tokenizer_trainer.make_optimizer(1e-3, 1, 10, params)
   state = TokenizerState.create(params, optimizer, obj.codebook(params))
   before = jax.tree_util.tree_map(np.asarray, state.params)
-  step = tokenizer_trainer.make_step(obj, optimizer, schedule, commitment=0.25,
-                                     codebook_decay=0.99, restart_below=0.03, seed=0)
   x = jnp.full((2, 16, 16, 3), jnp.nan)
   state, metrics = step(state, x)
   assert int(state.step) == 1 and int(state.nonfinite_steps) == 1
@@ -197,7 +201,9 @@ def test_refusals_name_the_problem_before_anything_is_written(tmp_path):
 
 
 def test_a_tokenizer_dir_of_another_config_is_refused(tmp_path):
-  tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, train_steps=1, checkpoint_every=1))
+  from unified_io.tokenizer_training.state import write_record
+  os.makedirs(tmp_path / "tok")
+  write_record(str(tmp_path / "tok"), "image", SMALL_IMAGE)  # as a run of SMALL_IMAGE leaves it
   other = _model_config(image=dataclasses.replace(SMALL_IMAGE, n_embed=32))
   with pytest.raises(tokenizer_trainer.TokenizerTrainingError, match="another configuration"):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, model_config=other))
