@@ -22,6 +22,8 @@ from unified_io.presets import make_config
 from unified_io.training import optim
 from unified_io.training.train_setup import abstract_state, build_train_setup
 
+from tiny_models import random_tokens
+
 LR = optim.learning_rate_schedule("constant", base_learning_rate=0.01)
 
 
@@ -208,14 +210,8 @@ VOCAB = 256
 
 
 def _text_batch(model):
-  rng = np.random.default_rng(0)
-  batch = model.dummy_batch(2, {"text_inputs": 8, "text_targets": 6})
-  for side in batch.values():
-    for features in side.values():
-      for name in ("tokens", "inputs", "targets"):
-        if name in features:
-          features[name] = rng.integers(2, VOCAB, features[name].shape).astype(np.int32)
-  return batch
+  return random_tokens(model.dummy_batch(2, {"text_inputs": 8, "text_targets": 6}), vocab=VOCAB,
+                       low=2)
 
 
 def _setup(scan_layers: bool, batch):

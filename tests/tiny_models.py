@@ -12,13 +12,13 @@ TINY_ALL_MODALITIES = make_config(
     target_modalities=tuple(m for m in Modality if m.can_be_target), components="tiny")
 
 
-def random_tokens(batch, seed: int = 0, vocab: int = 256):
+def random_tokens(batch, seed: int = 0, vocab: int = 256, low: int = 1):
   """`batch` (a model's dummy_batch) with every token / input / target id array drawn from
-  [1, vocab), in place; returned for chaining."""
+  [low, vocab), in place; returned for chaining."""
   rng = np.random.default_rng(seed)
   for side in batch.values():
     for features in side.values():
       for name in ("tokens", "inputs", "targets"):
         if name in features:
-          features[name] = rng.integers(1, vocab, features[name].shape).astype(np.int32)
+          features[name] = rng.integers(low, vocab, features[name].shape).astype(np.int32)
   return batch
