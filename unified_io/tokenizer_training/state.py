@@ -22,9 +22,9 @@ import optax
 
 # The folder's record (tokenizer.json) is read where a model takes the tokenizer in.
 from unified_io.training.tokenizer_graft import (CONFIGS, RECORD, VQConfig, config_from_record,
-                                                 write_record)
+                                                 read_record, write_record)
 
-__all__ = ["CONFIGS", "RECORD", "TokenizerState", "VQConfig", "config_from_record",
+__all__ = ["CONFIGS", "RECORD", "TokenizerState", "VQConfig", "config_from_record", "read_record",
            "write_record"]
 
 

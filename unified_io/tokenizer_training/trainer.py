@@ -50,8 +50,8 @@ from unified_io.tokenizer_training import measures as measures_lib
 from unified_io.tokenizer_training import objectives
 from unified_io.tokenizer_training import report as report_lib
 from unified_io.tokenizer_training.data import tokenizer_examples
-from unified_io.tokenizer_training.state import (CONFIGS, RECORD, TokenizerState,
-                                                 config_from_record, write_record)
+from unified_io.tokenizer_training.state import (CONFIGS, RECORD, TokenizerState, read_record,
+                                                 write_record)
 
 INPUT_SHARD = "shard-0-of-1"  # the one input pipeline's name in a checkpoint's input/ folder
 REPORT_EXAMPLES = 16
@@ -77,11 +77,10 @@ def _check_same_tokenizer(model_dir: str, kind: str, config) -> None:
   path = os.path.join(model_dir, RECORD)
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    record = json.load(f)
-  if record.get("kind") != kind or config_from_record(record["kind"], record["config"]) != config:
+  saved_kind, saved_config = read_record(model_dir)  # (an unreadable record is one line too)
+  if saved_kind != kind or saved_config != config:
     raise TokenizerTrainingError(
-        f"{model_dir} holds a {record.get('kind')} tokenizer of another configuration "
+        f"{model_dir} holds a {saved_kind} tokenizer of another configuration "
         f"({path}); resume it with the model config it was trained with, or train in a new "
         "MODEL_DIR")
 

@@ -99,7 +99,7 @@ def locate_tokenizer(path: str, step: Optional[int] = None) -> TokenizerLocation
     if step is not None and step != int(name):
       raise TokenizerGraftError(f"tokenizer {path} is step {int(name)}, but step {step} was asked")
     folder, step = root, int(name)
-  kind, config = _read_record(folder)
+  kind, config = read_record(folder)
   steps = _steps(folder)
   if not steps:
     raise TokenizerGraftError(f"tokenizer {folder}: no checkpoint in "
@@ -204,7 +204,7 @@ def _differences(trained: VQConfig, model: VQConfig) -> str:
       for f in dataclasses.fields(model) if getattr(trained, f.name) != getattr(model, f.name))
 
 
-def _read_record(folder: str):
+def read_record(folder: str):
   """(kind, config) of a tokenizer folder's record; a record we cannot read is one line."""
   where = os.path.join(folder, RECORD)
   try:
