@@ -61,6 +61,7 @@ setuptools.setup(
         "uio2-convert=unified_io.interop.convert:main",
         "uio2-train=unified_io.cli.train:main",
         "uio2-merge=unified_io.cli.merge:main",
+        "uio2-merge-lora=unified_io.cli.merge_lora:main",
         "uio2-predict=unified_io.cli.predict:main",
         "uio2-eval=unified_io.cli.eval:main",
         "uio2-infer=unified_io.cli.infer:main",

@@ -64,10 +64,17 @@ def _loss_on_first_batch(params_dir):
   return float(loss)
 
 
-def test_finetune_starts_from_the_pretrained_parameters(tmp_path):
-  pre, fine = tmp_path / "pre", tmp_path / "fine"
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A 12-step pretraining run (its MODEL_DIR), the base of the fine-tuning tests."""
+  pre = tmp_path_factory.mktemp("pretrained") / "pre"
   status, _, err = _train("pretrain.gin", pre, 12, "--gin.learning_rate_schedule.warmup_steps=50")
   assert status == 0, err[-3000:]
+  return pre
+
+
+def test_finetune_starts_from_the_pretrained_parameters(tmp_path, pretrained):
+  pre, fine = pretrained, tmp_path / "fine"
   status, out, err = _train("finetune.gin", fine, 2,
                             f"--gin.INITIAL_CHECKPOINT_PATH='{pre / 'checkpoints' / '12'}'")
   assert status == 0, err[-3000:]
@@ -143,3 +150,43 @@ def test_finetune_from_a_converted_release_with_an_assignment_map(tmp_path, text
     else:
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
                                     err_msg=jax.tree_util.keystr(path))
+
+
+def test_lora_finetune_trains_adapters_on_an_int8_base_then_eval_and_merge_agree(tmp_path,
+                                                                                pretrained):
+  """runs/finetune_lora.gin: the checkpoint holds only the adapters, lora.json names the base;
+  the first step's loss is the int8 base's (B = 0); uio2-eval's loader and uio2-merge-lora give
+  the same parameters, the base changed exactly at the adapted kernels; another base is refused."""
+  from unified_io.cli import merge_lora
+  from unified_io.evaluation import run_loader
+  base_dir = pretrained / "checkpoints" / "12"
+  fine = tmp_path / "lora"
+  status, out, err = _train("finetune_lora.gin", fine, 3, f"--gin.INITIAL_CHECKPOINT_PATH='{base_dir}'")
+  assert status == 0, err[-3000:]
+  assert "lora: 32,768 trained parameters" in out, out[-2000:]
+  with open(fine / "lora.json") as f:
+    record = json.load(f)
+  assert record["base"] == str(base_dir) and record["int8_base"] is True
+  # Only adapters (and their optimizer state) are checkpointed: far smaller than the base.
+  size = lambda d: sum(p.stat().st_size for p in d.rglob("*") if p.is_file())  # noqa: E731
+  assert size(fine / "checkpoints" / "3") < 0.1 * size(base_dir)
+  # Step 1 runs before any update: adapters are zero, so its loss is the (int8) base's own.
+  assert _losses(fine)[1] == pytest.approx(_loss_on_first_batch(str(base_dir)), rel=2e-2)
+
+  run = run_loader.load_run(str(fine))
+  base = run_loader.load_run(str(pretrained))
+  changed = {jax.tree_util.keystr(p) for (p, x), y in zip(
+      jax.tree_util.tree_leaves_with_path(run.params), jax.tree_util.tree_leaves(base.params))
+             if not np.array_equal(np.asarray(x), np.asarray(y))}
+  assert len(changed) == 16 and all("attention" in p for p in changed), sorted(changed)
+  merged_dir = tmp_path / "merged"
+  assert merge_lora.main(["--adapters_dir", str(fine), "--output_dir", str(merged_dir)]) == 0
+  merged = run_loader.load_run(str(merged_dir))
+  for x, y in zip(jax.tree_util.tree_leaves(merged.params), jax.tree_util.tree_leaves(run.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+
+  # Resuming the adapters on another base is refused in one line before anything is written.
+  status, _, err = _train("finetune_lora.gin", fine, 4, f"--gin.INITIAL_CHECKPOINT_PATH='{merged_dir}'")
+  assert status == 2, err[-3000:]
+  assert "uio2-train: lora: " in err and "base" in err, err[-2000:]
+  assert not (fine / "checkpoints" / "4").exists()

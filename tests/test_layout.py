@@ -29,9 +29,12 @@ ALLOWED = {
     "data": MODEL,
     "datasets": MODEL | {"data"},
     # datasets: a run records its world and dataset folders (run-config.json's data section)
-    "training": MODEL | {"network", "model", "data", "datasets", "partitioning", "gin_required"},
+    # adapters: LoRA and int8 as transforms of a model's parameter tree
+    "adapters": MODEL | {"network", "model"},
+    "training": MODEL | {"network", "model", "data", "datasets", "partitioning", "gin_required",
+                         "adapters"},
     "evaluation": MODEL | {"network", "model", "decoding", "data", "datasets", "partitioning",
-                           "training", "gin_required"},
+                           "training", "gin_required", "adapters"},
     "interop": MODEL | {"network", "model", "training"},
     "memory_plan": MODEL | {"model", "decoding", "partitioning", "presets", "interop"},
     "tasks": MODEL | {"data", "datasets", "evaluation"},  # evaluation: how each task is scored

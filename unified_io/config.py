@@ -280,6 +280,77 @@ class AudioVQGANConfig:
             self.default_input_size[1] // self.patch_size[1])
 
 
+class ProjectionExpert(str, enum.Enum):
+  """What one expert of the universal projection (`UniversalProjectionConfig.expert`) is."""
+
+  MLP = "mlp"  # Dense(W -> hidden) + GELU + Dense(hidden -> D), with biases (OneLLM's experts)
+  LINEAR = "linear"  # a bias-free W -> D kernel, as the release's one projection
+
+
+class ProjectionRouter(str, enum.Enum):
+  """What the universal projection's soft router (`UniversalProjectionConfig.router`) reads."""
+
+  MODALITY = "modality"  # a learned vector of K logits per modality
+  MODALITY_AND_TOKEN = "modality_and_token"  # that vector plus a linear map of the token's features
+
+
+@dataclasses.dataclass(frozen=True)
+class UniversalProjectionConfig:
+  """OneLLM's universal projection module: the adapter from ViT-read features to the trunk.
+
+  Replaces each served modality's own bias-free `projection` (image, audio) or `post_projection`
+  (the histories' resampler latents) with ONE set of `num_experts` experts shared by every served
+  modality, mixed per token by softmax weights from a router conditioned on the modality (and, for
+  "modality_and_token", on the token's features). Features narrower than the widest served ones
+  (the histories' resampler latents beside the image/audio ViT's two concatenated taps) are
+  zero-padded on the right. See unified_io/network/embedders/projection.py.
+
+  Gin (`UniversalProjectionConfig` is registered with gin in unified_io/presets.py):
+    make_config.input_projection = @UniversalProjectionConfig()
+    UniversalProjectionConfig.num_experts = 3
+    UniversalProjectionConfig.router = "modality_and_token"
+    UniversalProjectionConfig.modalities = ("image", "audio")
+  """
+
+  num_experts: int = 3
+  expert: ProjectionExpert = ProjectionExpert.MLP
+  # Hidden width of an "mlp" expert; 0 = twice the trunk's emb_dim.
+  mlp_dim: int = 0
+  router: ProjectionRouter = ProjectionRouter.MODALITY
+  # The ViT-read input modalities that use it; empty = every ViT-read input modality of the model.
+  modalities: Tuple[Modality, ...] = ()
+
+  def __post_init__(self):
+    require(isinstance(self.num_experts, int) and self.num_experts >= 1,
+            "input_projection.num_experts", f"must be an int >= 1, got {self.num_experts!r}")
+    object.__setattr__(self, "expert", _as_member(ProjectionExpert, self.expert,
+                                                  "input_projection.expert", "expert"))
+    object.__setattr__(self, "router", _as_member(ProjectionRouter, self.router,
+                                                  "input_projection.router", "router"))
+    require(isinstance(self.mlp_dim, int) and self.mlp_dim >= 0, "input_projection.mlp_dim",
+            f"must be an int >= 0 (0 = twice the trunk's emb_dim), got {self.mlp_dim!r}")
+    require(self.mlp_dim == 0 or self.expert == ProjectionExpert.MLP, "input_projection.mlp_dim",
+            f"is set ({self.mlp_dim}) but the experts are {self.expert.value!r}, not 'mlp'")
+    known = [m for m in Modality if m.has_patches]
+    names = ", ".join(m.value for m in known)
+    require(not isinstance(self.modalities, str), "input_projection.modalities",
+            f"must be a tuple of modality names, got the string {self.modalities!r}")
+    chosen = []
+    for value in self.modalities:
+      try:
+        modality = Modality(value)
+      except ValueError:
+        modality = None
+      require(modality in known, "input_projection.modalities",
+              f"unknown modality {value!r}; known: {names}")
+      chosen.append(modality)
+    object.__setattr__(self, "modalities", tuple(sorted(set(chosen), key=Modality.order)))
+
+  def hidden_dim(self, emb_dim: int) -> int:
+    """The hidden width of an "mlp" expert projecting to a trunk of width `emb_dim`."""
+    return self.mlp_dim or 2 * emb_dim
+
+
 @dataclasses.dataclass(frozen=True)
 class UnifiedIOConfig:
   """The whole model: the trunk, which modalities it reads and writes, and their components.
@@ -312,6 +383,9 @@ class UnifiedIOConfig:
   pack_pairs: bool = False
   packed_encoder_length: Optional[int] = None
   packed_decoder_length: Optional[int] = None
+  # OneLLM's universal projection in place of the ViT-read inputs' own linear projections; None =
+  # the release's per-modality linear projection (unified_io/network/embedders/projection.py).
+  input_projection: Optional[UniversalProjectionConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "input_modalities", as_modalities(self.input_modalities, "input_modalities"))
@@ -335,6 +409,24 @@ class UnifiedIOConfig:
       require(value is None or (isinstance(value, int) and value > 0), name,
                f"must be None or a positive int, got {value!r}")
       require(value is None or self.pack_pairs, name, "is set but `pack_pairs` is off")
+    if self.input_projection is not None:
+      require(isinstance(self.input_projection, UniversalProjectionConfig), "input_projection",
+              f"must be a UniversalProjectionConfig or None, got {self.input_projection!r}")
+      read = [m for m in self.input_modalities if m.has_patches]
+      require(bool(read), "input_projection",
+              "is set but the model reads no ViT input (image, audio or a history)")
+      absent = [m.value for m in self.input_projection.modalities if m not in read]
+      require(not absent, "input_projection.modalities",
+              f"{absent} are not input modalities of this model; its ViT-read inputs are "
+              f"{[m.value for m in read]}")
+
+  @property
+  def projected_modalities(self) -> Tuple[Modality, ...]:
+    """The input modalities read through the universal projection (empty without one)."""
+    if self.input_projection is None:
+      return ()
+    return (self.input_projection.modalities
+            or tuple(m for m in self.input_modalities if m.has_patches))
 
 
 INPUT_COMPONENTS = {

@@ -54,7 +54,10 @@ _REPLICATED = tuple((name, None) for name in (
     "vit_embed", "vit_joined_kv", "vit_mlp", "vit_patch", "vit_pos",
     "resampler_embed", "resampler_heads", "resampler_latents", "resampler_mlp",
     "conv_h", "conv_w", "conv_in", "conv_out",
-    "vq_codes", "vq_dim", "vq_embed", "vq_heads", "vq_kv", "vq_mlp", "vq_patch"))
+    "vq_codes", "vq_dim", "vq_embed", "vq_heads", "vq_kv", "vq_mlp", "vq_patch",
+    # LoRA adapters' rank axis (unified_io.adapters.lora) and the universal projection's experts
+    # and router (unified_io.network.embedders.projection): small, kept whole on every device.
+    "lora_rank", "projection_experts", "projection_modalities"))
 
 
 def axis_rules(fsdp: bool = False) -> Rules:

@@ -14,7 +14,7 @@ import gin
 
 from unified_io.config import (INPUT_COMPONENTS, TARGET_COMPONENTS, AudioVQGANConfig, ConfigError,
                                ImageVQGANConfig, ResamplerConfig, TrunkConfig, UnifiedIOConfig,
-                               VitConfig, as_modalities, require)
+                               UniversalProjectionConfig, VitConfig, as_modalities, require)
 from unified_io.interop.release import config_from_release, release_config
 from unified_io.modalities import Modality
 
@@ -107,17 +107,25 @@ def _fit_trunk_to_components(components: Dict[str, Any], overrides: Dict[str, An
   return {**fitted, **overrides}
 
 
+# Registered, not decorated: Python calls are untouched, and a gin-built config is this very class
+# (so it compares equal to one rebuilt from a run's saved config).
+gin.register(UniversalProjectionConfig)
+
+
 @gin.configurable
 def make_config(size: str = "tiny", input_modalities=("text",), target_modalities=("text",),
                 dynamic_masking: bool = False, freeze_vit: bool = True,
                 pack_pairs: bool = False, packed_encoder_length: Optional[int] = None,
                 packed_decoder_length: Optional[int] = None, components: Optional[str] = None,
+                input_projection: Optional[UniversalProjectionConfig] = None,
                 **trunk_overrides) -> UnifiedIOConfig:
   """The gin entry point: a size preset, the modalities, model switches and trunk overrides.
 
   `components` ("tiny" or "release"; default "release" for large/xl/xxl, else "tiny") supplies
   the ViTs, resamplers and VQ tokenizers the chosen modalities need, and fits the trunk's target
   vocabularies and image RoPE lengths to them (explicit trunk overrides win).
+  `input_projection`: OneLLM's universal projection for the ViT-read inputs, from gin as
+  `make_config.input_projection = @UniversalProjectionConfig()` (None = the release's linear one).
   """
   inputs = as_modalities(input_modalities, "input_modalities")
   targets = as_modalities(target_modalities, "target_modalities")
@@ -140,4 +148,5 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
                          target_modalities=tuple(target_modalities),
                          dynamic_masking=dynamic_masking, freeze_vit=freeze_vit,
                          pack_pairs=pack_pairs, packed_encoder_length=packed_encoder_length,
-                         packed_decoder_length=packed_decoder_length, **chosen)
+                         packed_decoder_length=packed_decoder_length,
+                         input_projection=input_projection, **chosen)

@@ -9,7 +9,9 @@
   uio2-predict --checkpoint /tmp/uio2 --prompt "Make the sound of a dog" --out dog.wav
 
 `--checkpoint` is a uio2-train MODEL_DIR (newest step, or `--step`) or one of its
-checkpoints/<step> folders (`unified_io.evaluation.run_loader.load_run`).
+checkpoints/<step> folders (`unified_io.evaluation.run_loader.load_run`). `--dtype bfloat16`
+casts the parameters; `--dtype int8` keeps the large matrices in int8 with per-channel scales,
+dequantized inside each jitted forward (`unified_io.adapters.int8`).
 
 Sharded, as training shards (`unified_io.evaluation.sharded_inference`): `--model_parallel N`
 restores the parameters over a (data, model) mesh of every device, N per model replica (`--fsdp`
@@ -295,8 +297,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max_length", type=int, default=None,
                  help="longest text answer in tokens (default: the run's text_targets length)")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="parameter dtype for inference")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32",
+                 help="parameter dtype for inference (int8: weight-only, a quarter of the "
+                      "float32 bytes, dequantized in each forward; unified_io.adapters.int8)")
   p.add_argument("--model_parallel", type=int, default=None,
                  help="shard over every device, N per model replica (default: one device; 1 "
                       "with the multi-host flags)")

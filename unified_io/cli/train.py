@@ -36,6 +36,7 @@ def main(argv=None) -> int:
   if args.tfds_data_dir:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   import unified_io.tasks  # noqa: F401  (registers every task and mixture)
+  from unified_io.adapters.lora import LoraError
   from unified_io.config import ConfigError
   from unified_io.data import bad_input
   from unified_io.tasks import manifest
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
   # (gin appends "In call to configurable ..." lines to what it raises: the first names the cause)
   user_errors = (FileNotFoundError, gin_flags.GinFlagError, gin_required.GinRequiredError,
                  InputConfigError, ConfigError, trainer.ModelDirError,
-                 ckpt_lib.CheckpointMismatchError)
+                 ckpt_lib.CheckpointMismatchError, LoraError)
   try:
     gin_imports = gin_flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     gin_flags.bind_tfds_data_dir(args.tfds_data_dir)  # (recorded in run-config.json)

@@ -4,6 +4,7 @@
   run = load_run("/tmp/uio2", step=300)              # a given step
   run = load_run("/tmp/uio2/checkpoints/300")        # a step directory
   run = load_run("/tmp/uio2", dtype="bfloat16")      # parameters cast for inference
+  run = load_run("/tmp/uio2", dtype="int8")          # int8 weights, dequantized in each forward
   run = load_run("/ckpt/uio2-large", model_config=make_config("large", ...))   # a bare checkpoint
   run = load_run("/tmp/uio2", dtype="bfloat16", mesh=make_mesh(model=2))       # sharded
 
@@ -22,6 +23,14 @@ and every parameter when model=1 without fsdp, are whole on each device). A mesh
 not divide a split parameter dimension is refused before anything is read. In a multi-process
 run every process calls `load_run` with the same global mesh; each reads only the shards its
 devices hold.
+
+With dtype="int8" (`evaluate.dtype` / `infer.dtype` in gin, `uio2-predict --dtype int8`) the
+parameters are read in float32 and quantised leaf by leaf (`unified_io.adapters.int8.quantize`:
+the large kernels and embedding tables to int8 with per-channel scales, about a quarter of the
+float32 bytes, the rest as saved), and the model is an `int8.Int8Model`, whose every forward
+dequantizes them inside its jit: they stay int8 in memory between calls. The load's peak is the
+float32 tree and its int8 copy (1.25x float32; the float32 one is freed on return); on a mesh
+each quantised leaf keeps its leaf's sharding (XLA propagates it).
 """
 
 import dataclasses
@@ -34,14 +43,17 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from unified_io import contract, partitioning
+from unified_io.adapters import int8
 from unified_io.config import DTYPES, UnifiedIOConfig
 from unified_io.data import vocab as vocab_lib
 from unified_io.model import UnifiedIOModel
 from unified_io.network import layer_stacking
+from unified_io.training import adapted
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import run_config as run_config_lib
 
 CHECKPOINTS = "checkpoints"
+INT8 = "int8"  # the `dtype` of weight-only int8 inference (unified_io.adapters.int8)
 
 
 class RunLoadError(ValueError):
@@ -50,7 +62,8 @@ class RunLoadError(ValueError):
 
 class Run(NamedTuple):
   model: UnifiedIOModel
-  params: Dict[str, Any]  # nested dict of jax arrays (float32, or `dtype`; on `mesh` if given)
+  params: Dict[str, Any]  # nested dict of jax arrays (float32, or `dtype`; on `mesh` if given);
+                          # with dtype="int8", `int8.Int8Weight` leaves and `model` an Int8Model
   step: int
   model_dir: Optional[str]  # None for a bare checkpoint directory given with a model config
   data_config: contract.DataConfig  # the sizes the run's input pipeline used
@@ -188,7 +201,8 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
       orbax checkpoint (a converted release) together with `model_config`.
     step: the step to load from a MODEL_DIR (default the newest).
     dtype: None (as saved, float32) or "bfloat16" / "float16" / a jnp dtype: floating parameters
-      are cast (for inference).
+      are cast (for inference); or "int8": weight-only int8 (module docstring), dequantized to
+      float32 in each forward.
     model_config: the model to load into, instead of the run's own config.
     mesh: None (every parameter whole on the default device) or a (data, model) mesh: parameters
       are restored onto their shardings (module docstring).
@@ -200,14 +214,26 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
   """
   model_dir, step_dir, found_step = resolve_checkpoint(checkpoint, step)
   cfg, lengths, vocabulary = _configured(model_dir, model_config, checkpoint)
+  quantized = isinstance(dtype, str) and dtype == INT8
+  if quantized:
+    dtype = None  # read in float32, then quantised
   if isinstance(dtype, str):
     if dtype not in DTYPES:
-      raise RunLoadError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+      raise RunLoadError(f"dtype {dtype!r}: use one of {sorted(DTYPES) + [INT8]}")
     dtype = DTYPES[dtype]
 
   model = UnifiedIOModel(cfg)
   boxed = abstract_boxed_params(model)
   target = partitioning.box_values(boxed)
+  record = adapted.read_record(model_dir) if model_dir else None
+  if record is not None:  # a LoRA run: its base, read again, plus the step's adapters
+    params = adapted.load_merged_params(model, record, step_dir, target,
+                                        partitioning.logical_specs(boxed))
+    if dtype is not None:
+      params = jax.tree_util.tree_map(
+          lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return _finish(model, cfg, params, boxed, quantized, found_step, step_dir, model_dir, lengths,
+                   vocabulary)
   sharded = None if mesh is None else sharded_target(boxed, mesh, fsdp, dtype)
   stored = _stored_shapes(step_dir)
   # A per-layer checkpoint (a converted release) read by a scanned model (the large/xl/xxl gins'
@@ -228,8 +254,17 @@ def load_run(checkpoint: str, step: Optional[int] = None, dtype=None, *,
     # (No donation: a stacked [N, ...] output cannot reuse the per-layer buffers.)
     params = jax.jit(lambda p: layer_stacking.match_layout(p, target),
                      out_shardings=out_shardings)(params)
+  return _finish(model, cfg, params, boxed, quantized, found_step, step_dir, model_dir, lengths,
+                 vocabulary)
+
+
+def _finish(model, cfg, params, boxed, quantized, found_step, step_dir, model_dir, lengths,
+            vocabulary) -> "Run":
   if found_step is None:
     found_step = _step_from_state(step_dir)
+  if quantized:
+    params = int8.quantize(params, partitioning.logical_specs(boxed))
+    model = int8.Int8Model(cfg)
   return Run(model=model, params=params, step=found_step, model_dir=model_dir,
              data_config=model.data_config, task_feature_lengths=lengths, vocabulary=vocabulary)
 

@@ -23,6 +23,7 @@ from unified_io.network import masks
 from unified_io.network import packing
 from unified_io.config import UnifiedIOConfig
 from unified_io.network.embedders import INPUT_EMBEDDERS, TARGET_EMBEDDERS, VITS, TargetPart
+from unified_io.network.embedders.projection import universal_projection
 from unified_io.network.layers import TokenEmbedder
 from unified_io.modalities import Modality
 from unified_io.network.trunk import Decoder, Encoder
@@ -79,18 +80,27 @@ class UnifiedIONetwork(nn.Module):
     # One ViT per kind, shared by the input and history embedders that use it (as in the release).
     vit_names = {INPUT_EMBEDDERS[m].VIT for m in self.cfg.input_modalities} - {None}
     self.vits = {name: VITS[name](getattr(self.cfg, name)) for name in sorted(vit_names)}
-    self.input_embedders = {m.value: self._embedder(INPUT_EMBEDDERS[m])
-                            for m in self.cfg.input_modalities}
+    # OneLLM's universal projection (cfg.input_projection): one module shared, like the ViTs, by
+    # the input embedders it serves; None = each keeps the release's own projection.
+    self.input_projection = universal_projection(
+        self.cfg, {m: INPUT_EMBEDDERS[m].feature_width(self.cfg)
+                   for m in self.cfg.projected_modalities})
+    self.input_embedders = {
+        m.value: self._embedder(INPUT_EMBEDDERS[m], **(
+            {"input_projection": self.input_projection} if m in self.cfg.projected_modalities
+            else {}))
+        for m in self.cfg.input_modalities}
     self.target_embedders = {m.value: self._embedder(TARGET_EMBEDDERS[m])
                              for m in self.cfg.target_modalities}
     self.encoder = Encoder(trunk)
     self.decoder = Decoder(trunk)
 
-  def _embedder(self, cls):
-    """An embedder with the shared pieces it declares (`TOKENS`: a token table, `VIT`: a ViT)."""
+  def _embedder(self, cls, **shared):
+    """An embedder with the shared pieces it declares (`TOKENS`: a token table, `VIT`: a ViT),
+    and any others given (`input_projection`)."""
     token_embedder = self.token_embedders[cls.TOKENS.value] if cls.TOKENS is not None else None
     vit = self.vits[cls.VIT] if cls.VIT is not None else None
-    return cls(self.cfg, token_embedder=token_embedder, vit=vit)
+    return cls(self.cfg, token_embedder=token_embedder, vit=vit, **shared)
 
   def encode(self, inputs: Mapping[str, Mapping], deterministic: bool = True) -> Encoded:
     parts = [self.input_embedders[m.value](inputs[m.value], deterministic)

@@ -237,6 +237,8 @@ class TrainCheckpoints:
       return False
     if step in self.all_steps():
       return False  # e.g. the preemption save of a step the interval already saved
+    if getattr(state, "frozen", None) is not None:  # (the LoRA base: read again from its source)
+      state = state.replace(frozen=None)
     items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(dict(data_position))}
     shards = input_states() if input_states is not None else None
     if shards is not None:

@@ -328,3 +328,15 @@ def scale_by_param_block_rms(batch_axes: Any, min_scale: float = 1e-3
     return treedef.unflatten(scaled), state
 
   return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+@gin.configurable
+def adamw(learning_rate: Schedule = gin.REQUIRED, *, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0,
+          clipping_threshold: Optional[float] = 1.0) -> optax.GradientTransformation:
+  """AdamW (optax) after global-norm clipping: the usual optimizer of LoRA adapters
+  (runs/finetune_lora.gin). Adafactor's parameter-scaled steps suit a full model, not adapters
+  whose B factor starts at zero (its scale would pin the step at `min_scale`)."""
+  parts = [optax.clip_by_global_norm(clipping_threshold)] if clipping_threshold else []
+  return optax.chain(*parts, optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
+                                         weight_decay=weight_decay))

@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from unified_io import partitioning
 from unified_io.config import UnifiedIOConfig
 from unified_io.model import UnifiedIOModel
+from unified_io.training import adapted
 from unified_io.training import tokenizer_graft as graft
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import optim
@@ -51,6 +52,9 @@ class TrainSetup:
   shardings: TrainState  # a NamedSharding per leaf of the state
   state: TrainState
   step: Callable       # jitted (state, global batch, rng) -> (state, metrics), state donated
+  # With LoRA (`lora`): the base's fingerprint for MODEL_DIR/lora.json (`training.adapted`);
+  # `boxed_params` and `state.params` are then the adapters, `state.frozen` the base.
+  lora_fingerprint: Optional[dict] = None
 
   def activated(self) -> contextlib.AbstractContextManager:
     """The mesh and the rules in effect (the step traces a new batch shape inside it)."""
@@ -83,7 +87,8 @@ def build_train_setup(
     initial_checkpoint_path: Optional[str] = None,
     assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
     tokenizers: Optional[Mapping[str, str]] = None,
-    model_info_path: Optional[str] = None) -> TrainSetup:
+    model_info_path: Optional[str] = None, lora=None, int8_base: bool = False,
+    lora_check: Optional[Callable[[dict], None]] = None) -> TrainSetup:
   """The mesh (default: every device on `data`), rules, state and step (module docstring).
 
   `init_batch`: a (global) batch with every modality the data has; parameters are created from it
@@ -92,6 +97,9 @@ def build_train_setup(
   result's `optimizer` is the one the step runs. `resume_step`: restore that step from
   `checkpoints` instead of initialising. `tokenizers`: {kind: trained tokenizer folder} grafted
   into a fresh or loaded state (`graft.graft_tokenizers`), not into a restored one.
+  `lora`: a `unified_io.adapters.lora.LoraConfig`: train adapters only, on a frozen base (the
+  parameters a full fine-tuning would start from), stored in int8 with `int8_base`
+  (`unified_io.training.adapted`); `lora_check(fingerprint)` runs before the base is read.
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules(fsdp)
@@ -104,30 +112,41 @@ def build_train_setup(
     partitioning.check_divisible(boxed, mesh, rules)
     partitioning.check_batch_size(mesh, jax.tree_util.tree_leaves(init_batch)[0].shape[0],
                                   "the batch's size")
-    # The optimizer `abstract` holds the state of (the step must run that one).
-    optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
-    shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
-    if resume_step is not None:
-      if checkpoints is None:
-        raise ValueError(f"build_train_setup: resume_step={resume_step} needs `checkpoints`")
-      target = jax.tree_util.tree_map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
-      state, _ = checkpoints.restore(target, resume_step)
+    combine, fingerprint, described = None, None, boxed
+    if lora is not None:  # the adapters train, the base is frozen (`training.adapted`)
+      boxed, optimizer, shardings, state, combine, fingerprint = adapted.build_state(
+          init_params, optimizer, mesh, rules, cfg=lora, int8_base=int8_base, seed=seed,
+          checkpoints=checkpoints, resume_step=resume_step,
+          initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
+          tokenizers=tokenizers, model_config=model.cfg, check=lora_check)
+      print(adapted.trainable_report(boxed, described), flush=True)
     else:
-      state = _initial_state(init_params, optimizer, shardings, initial_checkpoint_path,
-                             assignment_map, tokenizers, model.cfg)
+      # The optimizer `abstract` holds the state of (the step must run that one).
+      optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
+      shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
+      if resume_step is not None:
+        if checkpoints is None:
+          raise ValueError(f"build_train_setup: resume_step={resume_step} needs `checkpoints`")
+        target = jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
+            shardings)
+        state, _ = checkpoints.restore(target, resume_step)
+      else:
+        state = _initial_state(init_params, optimizer, shardings, initial_checkpoint_path,
+                               assignment_map, tokenizers, model.cfg)
     # (after the restore: a checkpoint that does not fit or cannot be read leaves MODEL_DIR as is)
     if model_info_path and jax.process_index() == 0:
       with open(model_info_path, "w") as f:
         f.write(f"# mesh {dict(mesh.shape)}, fsdp={fsdp}\n"
-                + partitioning.describe(boxed, rules) + "\n")
+                + partitioning.describe(described, rules) + "\n")
     step = jit_train_step(
         make_train_step(model.loss_fn, optimizer, learning_rate,
-                        num_microbatches=num_microbatches, use_dropout=use_dropout),
+                        num_microbatches=num_microbatches, use_dropout=use_dropout,
+                        combine=combine),
         state_shardings=shardings,
         batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix: every leaf alike)
   return TrainSetup(mesh=mesh, rules=rules, model=model, optimizer=optimizer, boxed_params=boxed,
-                    shardings=shardings, state=state, step=step)
+                    shardings=shardings, state=state, step=step, lora_fingerprint=fingerprint)
 
 
 def _initial_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,

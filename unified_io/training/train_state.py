@@ -14,8 +14,13 @@ class TrainState:
   params: Any
   opt_state: optax.OptState
   nonfinite_steps: jax.Array  # int32 [], steps whose loss or gradients were NaN/Inf
+  # Parameters the step reads but never updates, e.g. the (int8) base under LoRA adapters
+  # (`unified_io.training.adapted`); then `params` holds only what trains. Checkpoints leave it
+  # out: the base is read again from where it came from, so several runs share one base.
+  frozen: Any = None
 
   @classmethod
-  def create(cls, params, optimizer: optax.GradientTransformation) -> "TrainState":
+  def create(cls, params, optimizer: optax.GradientTransformation, frozen: Any = None
+             ) -> "TrainState":
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-               nonfinite_steps=jnp.zeros((), jnp.int32))
+               nonfinite_steps=jnp.zeros((), jnp.int32), frozen=frozen)

@@ -46,26 +46,39 @@ def split_microbatches(batch, num_microbatches: int):
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                     learning_rate: Callable[[jax.Array], jax.Array], *,
-                    num_microbatches: int = 1, use_dropout: bool = True
+                    num_microbatches: int = 1, use_dropout: bool = True,
+                    combine: Optional[Callable] = None
                     ) -> Callable[[TrainState, Dict, jax.Array], Tuple[TrainState, Metrics]]:
-  """`loss_fn(params, batch, dropout_rng) -> (loss, {name: value})`, e.g. `model.loss_fn`."""
+  """`loss_fn(params, batch, dropout_rng) -> (loss, {name: value})`, e.g. `model.loss_fn`.
+
+  `combine(frozen, trainable, dropout_rng) -> params`: the model's parameters from the state's
+  `frozen` part and the trained `params` (e.g. a base plus LoRA adapters,
+  `unified_io.training.adapted`); gradients and updates then reach the trained part only."""
+  if combine is not None:
+    model_loss = loss_fn
+
+    def loss_fn(trainable, batch, rng, frozen):  # pylint: disable=function-redefined
+      return model_loss(combine(frozen, trainable, rng), batch, rng)
+  else:
+    model_loss = loss_fn
+    loss_fn = lambda params, batch, rng, frozen: model_loss(params, batch, rng)  # noqa: E731
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def loss_and_grads(params, batch, rng):
+  def loss_and_grads(params, batch, rng, frozen):
     dropout_rng = rng if use_dropout else None
     if num_microbatches <= 1:
-      (loss, aux), grads = grad_fn(params, batch, dropout_rng)
+      (loss, aux), grads = grad_fn(params, batch, dropout_rng, frozen)
       return loss, aux, grads
     micro = split_microbatches(batch, num_microbatches)
 
     def body(carry, inputs):
       index, microbatch = inputs
       micro_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-      (loss, aux), grads = grad_fn(params, microbatch, micro_rng)
+      (loss, aux), grads = grad_fn(params, microbatch, micro_rng, frozen)
       return jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads)), None
 
     _, aux_shape = jax.eval_shape(loss_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro),
-                                  dropout_rng)
+                                  dropout_rng, frozen)
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                    (jnp.zeros(()), aux_shape, params))
     (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
@@ -74,7 +87,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
     step_rng = jax.random.fold_in(rng, state.step)
-    loss, aux, grads = loss_and_grads(state.params, batch, step_rng)
+    loss, aux, grads = loss_and_grads(state.params, batch, step_rng, state.frozen)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)

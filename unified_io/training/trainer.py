@@ -62,6 +62,7 @@ from unified_io.config import ConfigError, UnifiedIOConfig
 from unified_io.data import bad_input
 from unified_io.model import UnifiedIOModel
 from unified_io.network import packing
+from unified_io.training import adapted
 from unified_io.training import tokenizer_graft as graft
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import run_config as run_config_lib
@@ -256,6 +257,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: Optional[str] = None,
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
           tokenizers: Optional[Mapping[str, str]] = None,
+          lora=None, int8_base: bool = False,
           log_every: int = 10,
           nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
           max_consecutive_nonfinite: int = 3,
@@ -290,6 +292,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   after initialisation (or INITIAL_CHECKPOINT_PATH) and stay frozen; a resumed run already holds
   them. A tokenizer of another kind or config than the model's is refused before anything is
   written (`unified_io.training.tokenizer_graft`).
+  `lora`: a `unified_io.adapters.lora.LoraConfig` (`@lora_config()`, runs/finetune_lora.gin):
+  only LoRA adapters train, on a frozen base (fresh, or INITIAL_CHECKPOINT_PATH's parameters),
+  which `int8_base` keeps in int8; checkpoints hold the adapters and MODEL_DIR/lora.json the base
+  they belong to (`unified_io.training.adapted`).
   `gin_imports`: the modules the run's gin imports (`gin_flags.parse_gin`; uio2-train passes
   them): those outside unified_io are recorded in run-config.json as the run's task modules.
   """
@@ -300,6 +306,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       learning_rate=learning_rate, initial_checkpoint_path=initial_checkpoint_path)
   check_model_dir(model_dir)
   policy = NonFinitePolicy.parse(nonfinite_policy)
+  if int8_base and lora is None:
+    raise ConfigError("train.int8_base=True needs train.lora: an int8 base is frozen, so only "
+                      "adapters could train (runs/finetune_lora.gin)")
   if group_batches and jax.process_count() > 1:
     raise ValueError("train.group_batches=True needs one process (each process would pick "
                      f"its own batches' modalities); this run has {jax.process_count()}")
@@ -348,7 +357,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             checkpoints=checkpoints, resume_step=resume_step,
             initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
             tokenizers={kind: where.step_dir for kind, where in located.items()},
-            model_info_path=os.path.join(model_dir, "model-info.txt"))
+            model_info_path=os.path.join(model_dir, "model-info.txt"), lora=lora,
+            int8_base=int8_base,
+            # (adapters in MODEL_DIR made for another base: refused before the base is read)
+            lora_check=functools.partial(adapted.check_record, model_dir, lora,
+                                         base=initial_checkpoint_path))
         break
       except ckpt_lib.CorruptCheckpointError as exc:  # (named, kept aside, never deleted)
         if data is not None:  # (its input: a live tf.data iterator can hang the exit)
@@ -365,6 +378,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     _write(os.path.join(model_dir, "run-info.json"), json.dumps(_run_info(), indent=2) + "\n")
     if jax.process_index() == 0:  # the model as data: eval, infer and predict rebuild it from this
       run_config.save(model_dir)
+    if lora is not None:  # which base the adapters belong to (eval, merge and resume read it)
+      adapted.write_record(model_dir, lora, setup.lora_fingerprint, initial_checkpoint_path,
+                           int8_base, seed)
     print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
           f"{data.shard_indices} of {shards} (rows {data.rows.start}-{data.rows.stop - 1} "
           f"of each batch of {batch_size})", flush=True)
@@ -393,6 +409,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                      input_states=input_states)
     checkpoints.wait()
     checkpoints.close()
+    if lora is not None:  # (the adapters alone, for uio2-merge-lora and sharing one base)
+      adapted.save_adapters(model_dir, state, lora, setup.lora_fingerprint,
+                            initial_checkpoint_path, int8_base, seed)
     _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
     skipped = bad_input.summary()  # (each bad example once; per step: metrics bad_input/*)
     if skipped:

@@ -7,11 +7,12 @@ Features: input [B, F, N, P] float, mask [B, F, N] (1 = real patch), pos_ids [B,
 index in the frame's grid). Each of the B*F frames goes through the shared ViT (its last layer
 only, always detached: the release never trains the ViT through the history path), then
 `pre_projection` (V -> R), the resampler (the frame's patch mask masks the context),
-`post_projection` (R -> D) and the modality vector. Output [B, F*Q, D], frame-major. A frame is
-valid iff any of its patches is, and its Q latents inherit that. RoPE rows are the 2D table over
-(max_frames, Q) = (frame, latent) at scale 1: the first F*Q rows, the same for every example.
-The release's `max_images_per_example` frame compression is None in every preset, so frames are
-never compressed here.
+`post_projection` (R -> D; the network's shared `UniversalProjection` instead when
+`UnifiedIOConfig.input_projection` serves this modality) and the modality vector. Output
+[B, F*Q, D], frame-major. A frame is valid iff any of its patches is, and its Q latents inherit
+that. RoPE rows are the 2D table over (max_frames, Q) = (frame, latent) at scale 1: the first F*Q
+rows, the same for every example. The release's `max_images_per_example` frame compression is
+None in every preset, so frames are never compressed here.
 """
 
 from typing import Mapping, Optional, Tuple
@@ -42,6 +43,14 @@ class _HistoryEmbedder(nn.Module):
   cfg: UnifiedIOConfig
   token_embedder: Optional[TokenEmbedder] = None
   vit: Optional[nn.Module] = None
+  # The network's shared `UniversalProjection` when this modality is one it serves
+  # (`UnifiedIOConfig.projected_modalities`); None = the release's own `post_projection`.
+  input_projection: Optional[nn.Module] = None
+
+  @classmethod
+  def feature_width(cls, cfg: UnifiedIOConfig) -> int:
+    """The width of the features projected to the trunk: the resampler's latents."""
+    return getattr(cfg, cls.MODALITY.value).emb_dim
 
   @property
   def resampler_cfg(self) -> ResamplerConfig:
@@ -92,8 +101,12 @@ class _HistoryEmbedder(nn.Module):
     ctx_xnr = Projection((last_xnv.shape[-1],), (rc.emb_dim,), (VIT_EMBED, RESAMPLER_EMBED), dtype,
                          name="pre_projection")(last_xnv)
     lat_xqr = Resampler(rc, dtype, name="resampler")(ctx_xnr, mask_xn, deterministic)
-    embed_xqd = Projection((rc.emb_dim,), (trunk.emb_dim,), (RESAMPLER_EMBED, "embed"), dtype,
-                           name="post_projection")(lat_xqr)
+    if self.input_projection is None:
+      embed_xqd = Projection((rc.emb_dim,), (trunk.emb_dim,), (RESAMPLER_EMBED, "embed"), dtype,
+                             name="post_projection")(lat_xqr)
+    else:
+      embed_xqd, _ = self.input_projection(lat_xqr, self.MODALITY)
+      embed_xqd = embed_xqd.astype(dtype)
     embed_xqd = embed_xqd + modality_embedding(self, trunk.emb_dim).astype(dtype)
     # [B*F, Q, D] -> [B, F*Q, D], frame-major.
     embed_bld = embed_xqd.reshape(b, f * rc.latents_size, trunk.emb_dim)

@@ -8,9 +8,11 @@ the ViT's patch grid).
 
 The path (`ViTInputEmbedder`) is the same for audio, as in the release, which builds both with one
 class: the ViT's (last, block 1) features are concatenated [B, N, 2V], projected by a bias-free
-`projection` to D, and the modality vector is added. RoPE rows are the 2D table over the ViT's grid
-at scale sqrt(decoder_max_image_length / encoder_max_image_length), gathered by pos_ids; audio uses
-the image ratio too (a release quirk we keep).
+`projection` to D (or by the network's shared `UniversalProjection` when
+`UnifiedIOConfig.input_projection` serves this modality), and the modality vector is added. RoPE
+rows are the 2D table over the ViT's grid at scale sqrt(decoder_max_image_length /
+encoder_max_image_length), gathered by pos_ids; audio uses the image ratio too (a release quirk we
+keep).
 
 `freeze_vit` applies `stop_gradient` to the ViT outputs, so every ViT parameter gets an exactly zero
 gradient from this path (it does not rely on the optimizer to leave the ViT alone).
@@ -44,6 +46,14 @@ class ViTInputEmbedder(nn.Module):
   cfg: UnifiedIOConfig
   token_embedder: Optional[TokenEmbedder] = None
   vit: Optional[nn.Module] = None
+  # The network's shared `UniversalProjection` when this modality is one it serves
+  # (`UnifiedIOConfig.projected_modalities`); None = the release's own linear `projection`.
+  input_projection: Optional[nn.Module] = None
+
+  @classmethod
+  def feature_width(cls, cfg: UnifiedIOConfig) -> int:
+    """W, the width of the features projected to the trunk: the ViT's two taps, concatenated."""
+    return 2 * getattr(cfg, cls.VIT).emb_dim
 
   @property
   def vit_cfg(self) -> VitConfig:
@@ -71,8 +81,11 @@ class ViTInputEmbedder(nn.Module):
     if self.cfg.freeze_vit:
       last_bnv, block1_bnv = jax.lax.stop_gradient((last_bnv, block1_bnv))
     feats_bnw = jnp.concatenate([last_bnv, block1_bnv], axis=-1)  # W = 2V
-    embed_bnd = Projection((feats_bnw.shape[-1],), (trunk.emb_dim,), (VIT_EMBED, "embed"),
-                           jnp.float32, name="projection")(feats_bnw)
+    if self.input_projection is None:
+      embed_bnd = Projection((feats_bnw.shape[-1],), (trunk.emb_dim,), (VIT_EMBED, "embed"),
+                             jnp.float32, name="projection")(feats_bnw)
+    else:
+      embed_bnd, _ = self.input_projection(feats_bnw, self.MODALITY)
     embed_bnd = (embed_bnd + modality_embedding(self, trunk.emb_dim)).astype(trunk.activation_dtype)
     embed_bnd = nn.with_logical_constraint(embed_bnd, ("batch", "length", "embed"))
 
