@@ -36,7 +36,8 @@ def make_input(args, **kwargs):
   from unified_io.modalities import Modality
   from unified_io.presets import make_config
   from unified_io.training.input import TrainInput
-  config = make_config("tiny", input_modalities=tuple(Modality), components="tiny",
+  config = make_config("tiny", input_modalities=tuple(m for m in Modality if m.in_release),
+                       components="tiny",
                        target_modalities=tuple(m for m in Modality if m.can_be_target))
   return TrainInput(args.mixture, LENGTHS, args.batch,
                     UnifiedIOFeatureConverter(DataConfig.from_model(config)), seed=args.seed,

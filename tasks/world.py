@@ -20,6 +20,9 @@ Raw fields per task (every task also has text_inputs and meta/task, meta/answer)
   world_audio_caption     audio_inputs -> description ("three high beeps of a square wave")
   world_audio_qa          audio_inputs + question (pitch / count / timbre) -> answer
   world_text_to_audio     description (10% null prompt) -> audio_targets
+  world_sensor_taps       sensor_inputs (IMU [T, 6]) + "How many taps are in the signal?" -> "1".."4"
+                          (needs a model reading sensor: gin/models/tiny_sensor.gin; in no mixture
+                          of the release's modalities, only in world_sensor)
   world_image_denoise     image_inputs -> image_targets, the same scene (for [R] denoising)
   world_audio_denoise     audio_inputs -> audio_targets, the same clip (for [R] denoising)
   world_text_scene_qa     a scene described in text + question -> answer
@@ -105,6 +108,7 @@ TASKS: Dict[str, WorldTask] = {
     "audio_qa": WorldTask("audio_qa", "audio_vqa", ("audio", "text"), **_LABEL),
     "text_to_audio": WorldTask("text_to_audio", "text_to_audio", ("audio", "text"),
                                null_prompt=True, **_AUDIO_OUT),
+    "sensor_taps": WorldTask("sensor_taps", "sensor_vqa", ("sensor", "text"), **_LABEL),
     "text_scene_qa": WorldTask("text_scene_qa", "text_instruction", _TEXT, **_LABEL),
     "arithmetic": WorldTask("arithmetic", "text_instruction", _TEXT),
 }
@@ -147,11 +151,13 @@ VISION = ("caption", "vqa_colour", "vqa_shape", "vqa_count", "vqa_position", "re
 VIDEO = ("video_direction", "video_count")
 AUDIO = ("audio_caption", "audio_qa", "text_to_audio")
 TEXT = ("text_scene_qa", "arithmetic")
+SENSOR = ("sensor_taps",)
 # Relative rates of world_default: the four VQA topics share one task's weight, as do the two
 # text tasks; every other task counts once.
 # The denoising tasks copy their input unless a denoising mixture masks it: pretraining only.
 DENOISING = ("image_denoise", "audio_denoise")
-DEFAULT_RATES = {**{name: 1.0 for name in TASKS if name not in DENOISING},
+# Sensor tasks need a model reading sensor (not the release's modalities): only world_sensor.
+DEFAULT_RATES = {**{name: 1.0 for name in TASKS if name not in DENOISING + SENSOR},
                  **{f"vqa_{t}": 0.25 for t in ("colour", "shape", "count", "position")},
                  "video_direction": 0.5, "video_count": 0.5,
                  "text_scene_qa": 0.5, "arithmetic": 0.5}
@@ -160,7 +166,8 @@ MIXTURES = {"world_default": DEFAULT_RATES,
             "world_vision": {n: DEFAULT_RATES[n] for n in VISION},
             "world_video": {n: DEFAULT_RATES[n] for n in VIDEO},
             "world_audio": {n: DEFAULT_RATES[n] for n in AUDIO},
-            "world_text": {n: DEFAULT_RATES[n] for n in TEXT}}
+            "world_text": {n: DEFAULT_RATES[n] for n in TEXT},
+            "world_sensor": {n: 1.0 for n in SENSOR}}
 for _mixture, _rates in MIXTURES.items():
   registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
 

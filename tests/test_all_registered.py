@@ -5,7 +5,7 @@
 One parametrised test: for each name registered by `import unified_io.tasks` it pulls one converted
 batch (batch 2, small feature lengths) through `unified_io.training.input.TrainInput`, the trainer's
 input (train split, shuffled, endless, seqio shard 0 of 1), with the DataConfig of the tiny
-all-modality model (gin/models/tiny_multimodal.gin), and checks every feature's name, shape and
+every-modality model (gin/models/tiny_sensor.gin: tiny_multimodal.gin plus sensor), and checks every feature's name, shape and
 dtype against `UnifiedIOModel.batch_spec`. It also checks the data really flowed: every row has a
 prompt and something to learn, exactly the modalities the task carries have non-zero masks (the
 rest are the contract's zeros), values are finite, and no example was skipped as bad input.
@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from fixture_media import write_image, write_jsonl, write_video, write_wav
 from test_real_datasets import _refcoco_example, hand_made, picture
-from tiny_models import TINY_ALL_MODALITIES
+from tiny_models import TINY_SENSOR
 from unified_io.data import bad_input
 from unified_io.datasets import manifest
 from unified_io.contract import DataConfig
@@ -49,11 +49,11 @@ MIXTURES = sorted(seqio.MixtureRegistry.names())
 MANIFEST_STAND_IN = "all_registered_manifest"
 
 BATCH_SIZE = 2
-# gin/models/tiny_multimodal.gin
-MULTIMODAL = TINY_ALL_MODALITIES
+# gin/models/tiny_sensor.gin (every input modality)
+MULTIMODAL = TINY_SENSOR
 LENGTHS = {"text_inputs": 48, "text_targets": 24, "image_input_samples": 16,
            "audio_input_samples": 16, "image_history_input_samples": 8,
-           "audio_history_input_samples": 8, "num_frames": 2}
+           "audio_history_input_samples": 8, "num_frames": 2, "sensor_input_samples": 16}
 
 # Which (side, modality) masks are non-zero in a batch of the task; inputs/text always is.
 _I, _T = "inputs", "targets"
@@ -73,6 +73,7 @@ CARRIES = {
     "world_audio_caption": _AUDIO_TO_TEXT, "world_audio_qa": _AUDIO_TO_TEXT,
     "world_text_to_audio": {(_T, "audio")},
     "world_text_scene_qa": _TEXT_TO_TEXT, "world_arithmetic": _TEXT_TO_TEXT,
+    "world_sensor_taps": {(_I, "sensor"), (_T, "text")},
     "coco_captions": _IMAGE_TO_TEXT, "coco_detection": _IMAGE_TO_TEXT,
     "coco_image_denoise": {(_I, "image"), (_T, "image")},
     "refcoco": _IMAGE_TO_TEXT, "refcoco_plus": _IMAGE_TO_TEXT, "refcocog": _IMAGE_TO_TEXT,

@@ -7,6 +7,7 @@ the binary's `main` in this process); the converted release is the text golden f
 written as a safetensors release and converted with `unified_io.interop.convert`.
 """
 
+import functools
 import json
 import os
 import struct
@@ -53,6 +54,7 @@ def _losses(model_dir):
     return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
+@functools.lru_cache(maxsize=None)  # (two tests ask for the same checkpoint's)
 def _loss_on_first_batch(params_dir):
   """The loss of the tiny model with `params_dir`'s parameters on a fresh run's first batch."""
   import unified_io.tasks  # noqa: F401  (registers world_text)

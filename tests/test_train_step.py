@@ -11,7 +11,7 @@ from unified_io.presets import make_config
 from unified_io.model import UnifiedIOModel
 from unified_io.training.optim import adafactor, learning_rate_schedule
 from unified_io.training.train_state import TrainState
-from unified_io.training.train_step import make_train_step
+from unified_io.training.train_step import TrainableError, make_train_step, trainable_mask
 
 from tiny_models import random_tokens
 
@@ -100,3 +100,27 @@ def test_adafactor_training_lowers_the_loss():
     state, metrics = step(state, batch, jax.random.PRNGKey(0))
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_trainable_patterns_train_only_their_parameters_and_keep_the_rest_exactly():
+  """train.trainable: a weight decay would move every parameter; the mask keeps the others."""
+  params = {"input_projection": {"kernel": jnp.ones((2, 2))},
+            "decoder": {"wo": jnp.ones((2,)), "norm": jnp.ones((2,))}}
+  mask = trainable_mask(params, ["^input_projection/", "norm$"])
+  assert mask == {"input_projection": {"kernel": True}, "decoder": {"wo": False, "norm": True}}
+  opt = optax.adamw(0.1, weight_decay=0.5)
+
+  def loss_fn(p, batch, rng):
+    loss = sum(jnp.sum(x * batch["x"]) for x in jax.tree_util.tree_leaves(p))
+    return loss, {}
+
+  step = jax.jit(make_train_step(loss_fn, opt, lambda s: 0.1, use_dropout=False, trainable=mask))
+  batch = {"x": jnp.float32(2.0), "targets": {"text": {"mask": jnp.ones((1, 2), jnp.int32)}}}
+  state, metrics = step(TrainState.create(params, opt), batch, jax.random.PRNGKey(0))
+  assert not np.array_equal(state.params["input_projection"]["kernel"], np.ones((2, 2)))
+  assert not np.array_equal(state.params["decoder"]["norm"], np.ones(2))
+  np.testing.assert_array_equal(state.params["decoder"]["wo"], np.ones(2))
+  # The gradient norm counts only what trains: 4 + 2 entries of gradient 2.
+  assert float(metrics["grad_norm"]) == pytest.approx(2.0 * np.sqrt(6))
+  with pytest.raises(TrainableError, match=r"^train.trainable: 'encoder/' matches no parameter"):
+    trainable_mask(params, ["encoder/"])

@@ -29,10 +29,11 @@ VIT_READ = tuple(m for m in Modality if m.has_patches)
 OWN_PROJECTIONS = {Modality.IMAGE: "input_embedders_image/projection/kernel",
                    Modality.AUDIO: "input_embedders_audio/projection/kernel",
                    Modality.IMAGE_HISTORY: "input_embedders_image_history/post_projection/kernel",
-                   Modality.AUDIO_HISTORY: "input_embedders_audio_history/post_projection/kernel"}
+                   Modality.AUDIO_HISTORY: "input_embedders_audio_history/post_projection/kernel",
+                   Modality.SENSOR: "input_embedders_sensor/projection/kernel"}
 LENGTHS = {"text_inputs": 8, "text_targets": 8, "image_input_samples": 16,
            "audio_input_samples": 8, "image_history_input_samples": 8,
-           "audio_history_input_samples": 8, "num_frames": 2}
+           "audio_history_input_samples": 8, "num_frames": 2, "sensor_input_samples": 8}
 
 
 def tiny(inputs=ALL_INPUTS, input_projection=None, **overrides):

@@ -373,7 +373,8 @@ def test_every_world_task_yields_stage2_examples(name, small_data_config):
   expect = {"image_patches": "image" in modalities and "to_image" not in name,
             "audio_patches": "audio" in modalities and "to_audio" not in name,
             "image_history_patches": "image_history" in modalities,
-            "audio_history_patches": "audio_history" in modalities}
+            "audio_history_patches": "audio_history" in modalities,
+            "sensor_patches": "sensor" in modalities}
   for field, present in expect.items():
     assert (ex[field].shape[0] > 0) == present, (field, ex[field].shape)
   if name in ("text_to_image", "object_mask"):
@@ -411,8 +412,10 @@ def test_generation_tasks_drop_about_a_tenth_of_prompts(small_data_config):
 def test_mixtures_cover_the_tasks_and_are_deterministic(small_data_config):
   from unified_io.data import pipeline, registry
   world_tasks = _world_tasks()
-  assert set(registry.rates("world_default")) == {f"world_{n}" for n in world_tasks.TASKS
-                                                 if n not in world_tasks.DENOISING}
+  # (sensor tasks need a model reading sensor: their own mixture, world_sensor)
+  assert set(registry.rates("world_default")) == {
+      f"world_{n}" for n in world_tasks.TASKS if n not in world_tasks.DENOISING + world_tasks.SENSOR}
+  assert set(registry.rates("world_sensor")) == {f"world_{n}" for n in world_tasks.SENSOR}
   for mixture in ("world_vision", "world_video", "world_audio", "world_text"):
     assert set(registry.rates(mixture)) < set(registry.rates("world_default"))
 

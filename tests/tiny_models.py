@@ -1,4 +1,5 @@
-"""Model configs the tests share (the same as gin/models/tiny.gin and tiny_multimodal.gin)."""
+"""Model configs the tests share (the same as gin/models/tiny.gin, tiny_multimodal.gin and
+tiny_sensor.gin)."""
 
 import numpy as np
 
@@ -6,8 +7,12 @@ from unified_io.modalities import Modality
 from unified_io.presets import make_config
 
 TINY_TEXT = make_config("tiny")
-# Every input and target modality, with the tiny ViTs, resamplers and VQ tokenizers.
+# Every input and target modality of the release, with the tiny ViTs, resamplers and VQ tokenizers.
 TINY_ALL_MODALITIES = make_config(
+    "tiny", input_modalities=tuple(m for m in Modality if m.in_release),
+    target_modalities=tuple(m for m in Modality if m.can_be_target), components="tiny")
+# Every input modality, the sensor too (its tiny SensorConfig: 256 samples x 6 channels, 16 tokens).
+TINY_SENSOR = make_config(
     "tiny", input_modalities=tuple(Modality),
     target_modalities=tuple(m for m in Modality if m.can_be_target), components="tiny")
 

@@ -280,6 +280,43 @@ class AudioVQGANConfig:
             self.default_input_size[1] // self.patch_size[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class SensorConfig:
+  """An IMU-like 1-D sensor input (OneLLM style): `length` samples of `channels` values, read in
+  chunks of `patch` samples. A learned 1-D conv (`kernel` samples wide, stride `patch`, SAME
+  padding) turns the signal into length / patch tokens of the shared ViT's width, which the ViT's
+  blocks read in place of its patch embedding (unified_io/network/embedders/sensor.py).
+
+  Gin (`SensorConfig` is registered with gin in unified_io/presets.py; the tiny components carry
+  the default one): `make_config.sensor = @SensorConfig()`, `SensorConfig.length = 512`.
+  """
+
+  length: int = 256  # time samples T
+  channels: int = 6  # 3-axis accelerometer + 3-axis gyroscope
+  patch: int = 16  # samples per token: N = length / patch tokens
+  kernel: int = 32  # the conv tokenizer's width in samples
+  vit: str = "image_vit"  # the shared ViT the tokens feed (the UnifiedIOConfig field)
+
+  def __post_init__(self):
+    for name in ("length", "channels", "patch", "kernel"):
+      value = getattr(self, name)
+      require(isinstance(value, int) and value > 0, f"sensor.{name}",
+              f"must be a positive int, got {value!r}")
+    require(self.length % self.patch == 0, "sensor.length",
+            f"{self.length} is not a multiple of sensor.patch {self.patch}")
+    # Only the CLIP-style image ViT reads embedded tokens (`ImageViT(..., embedded=True)`).
+    require(self.vit == "image_vit", "sensor.vit", f"must be 'image_vit', got {self.vit!r}")
+
+  @property
+  def num_tokens(self) -> int:
+    return self.length // self.patch
+
+  @property
+  def patch_dim(self) -> int:
+    """Values of one chunk, (dt c)-flattened."""
+    return self.patch * self.channels
+
+
 class ProjectionExpert(str, enum.Enum):
   """What one expert of the universal projection (`UniversalProjectionConfig.expert`) is."""
 
@@ -386,6 +423,8 @@ class UnifiedIOConfig:
   # OneLLM's universal projection in place of the ViT-read inputs' own linear projections; None =
   # the release's per-modality linear projection (unified_io/network/embedders/projection.py).
   input_projection: Optional[UniversalProjectionConfig] = None
+  # The IMU-like sensor input (required when sensor is an input modality).
+  sensor: Optional[SensorConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "input_modalities", as_modalities(self.input_modalities, "input_modalities"))
@@ -400,6 +439,13 @@ class UnifiedIOConfig:
       for component in INPUT_COMPONENTS[m]:
         require(getattr(self, component) is not None, component,
                  f"is required when {m.value} is an input modality")
+    if Modality.SENSOR in self.input_modalities:
+      require(isinstance(self.sensor, SensorConfig), "sensor",
+              f"must be a SensorConfig when sensor is an input modality, got {self.sensor!r}")
+      vit = getattr(self, self.sensor.vit)
+      require(self.sensor.num_tokens <= vit.grid[0] * vit.grid[1], "sensor.length",
+              f"{self.sensor.num_tokens} tokens (length / patch) exceed the {vit.grid} grid of "
+              f"{self.sensor.vit}")
     for m in self.target_modalities:
       for component in TARGET_COMPONENTS[m]:
         require(getattr(self, component) is not None, component,
@@ -414,7 +460,7 @@ class UnifiedIOConfig:
               f"must be a UniversalProjectionConfig or None, got {self.input_projection!r}")
       read = [m for m in self.input_modalities if m.has_patches]
       require(bool(read), "input_projection",
-              "is set but the model reads no ViT input (image, audio or a history)")
+              "is set but the model reads no ViT input (image, audio, a history or sensor)")
       absent = [m.value for m in self.input_projection.modalities if m not in read]
       require(not absent, "input_projection.modalities",
               f"{absent} are not input modalities of this model; its ViT-read inputs are "
@@ -433,6 +479,7 @@ INPUT_COMPONENTS = {
     Modality.TEXT: (), Modality.IMAGE: ("image_vit",), Modality.AUDIO: ("audio_vit",),
     Modality.IMAGE_HISTORY: ("image_vit", "image_history"),
     Modality.AUDIO_HISTORY: ("audio_vit", "audio_history"),
+    Modality.SENSOR: ("sensor", "image_vit"),  # (SensorConfig.vit, which can only be image_vit)
 }
 TARGET_COMPONENTS = {Modality.TEXT: (), Modality.IMAGE: ("image_vqgan",),
                       Modality.AUDIO: ("audio_vqgan",)}

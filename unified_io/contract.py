@@ -26,6 +26,7 @@ Names follow the release's batch layout. Lengths (the seqio task feature lengths
   audio_input_samples (N)               sampled spectrogram patches
   image_history_input_samples (N)       patches per history frame; num_frames (F) frames
   audio_history_input_samples (N)       patches per audio segment; num_frames (F) segments
+  sensor_input_samples (N)              sensor chunks (<= length / patch), the first N in time
 
 inputs
   text           tokens [B, L] int32 (PAD 0; first token the target's prefix `[Text] [S]` /
@@ -38,6 +39,9 @@ inputs
                  normalised (x + 4.26) / 9.14), mask, pos_ids as image
   image_history  input [B, F, N, 16*16*3], mask [B, F, N], pos_ids [B, F, N]
   audio_history  input [B, F, N, 16*16], mask [B, F, N], pos_ids [B, F, N]
+  sensor         input [B, N, patch*C] float32 (chunks of `patch` samples of the [T, C] signal,
+                 (dt c)-flattened, raw units clipped to +-100), mask [B, N] int32 (1 = the chunk
+                 holds signal; a shorter signal is zero-padded), pos_ids [B, N] int32 (= 0..N-1)
 targets
   text           inputs [B, T] int32 ([BOS=0] + targets[:-1]), targets [B, T] (EOS-terminated),
                  mask [B, T], loss_mask [B, T] (optional, default mask)
@@ -87,8 +91,12 @@ class DataConfig:
   audio_target_patch_size: int = 8
   text_inputs_length: int = 512
   text_targets_length: int = 512
-  # The modalities the model reads and writes; the converter emits exactly these.
-  input_modalities: Tuple[Modality, ...] = tuple(Modality)
+  sensor_length: int = 256  # time samples T of the sensor signal
+  sensor_channels: int = 6
+  sensor_patch_size: int = 16  # samples per chunk (token)
+  # The modalities the model reads and writes; the converter emits exactly these. (Default: the
+  # release's, which has no sensor.)
+  input_modalities: Tuple[Modality, ...] = tuple(m for m in Modality if m.in_release)
   target_modalities: Tuple[Modality, ...] = (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)
 
   def __post_init__(self):
@@ -103,8 +111,10 @@ class DataConfig:
       _check(len(size) == 2 and all(s > 0 and s % patch == 0 for s in size), name,
              f"{tuple(size)} must be two positive multiples of the patch size {patch}")
     for name in ("image_history_max_frames", "audio_history_max_frames", "text_inputs_length",
-                 "text_targets_length"):
+                 "text_targets_length", "sensor_length", "sensor_channels", "sensor_patch_size"):
       _check(getattr(self, name) > 0, name, "must be positive")
+    _check(self.sensor_length % self.sensor_patch_size == 0, "sensor_length",
+           f"{self.sensor_length} must be a multiple of sensor_patch_size {self.sensor_patch_size}")
     for name in ("input_modalities", "target_modalities"):
       values = tuple(Modality(m) for m in getattr(self, name))
       object.__setattr__(self, name, values)
@@ -115,7 +125,10 @@ class DataConfig:
 
   # -- derived sizes --------------------------------------------------------------------------
   def grid(self, modality: Modality) -> Size2:
-    """The patch grid of an input modality's (per-frame) image or spectrogram."""
+    """The patch grid of an input modality's (per-frame) image or spectrogram; (1, N) for the
+    sensor's chunks."""
+    if Modality(modality) == Modality.SENSOR:
+      return 1, self.sensor_length // self.sensor_patch_size
     size, patch = {
         Modality.IMAGE: (self.image_input_size, self.image_patch_size),
         Modality.IMAGE_HISTORY: (self.image_history_size, self.image_patch_size),
@@ -128,7 +141,10 @@ class DataConfig:
     return h * w
 
   def patch_dim(self, modality: Modality) -> int:
-    """Values per flattened patch: p * p * 3 for images, p * p for spectrograms."""
+    """Values per flattened patch: p * p * 3 for images, p * p for spectrograms, patch * C for
+    sensor chunks."""
+    if Modality(modality) == Modality.SENSOR:
+      return self.sensor_patch_size * self.sensor_channels
     if Modality(modality).is_visual:
       return self.image_patch_size ** 2 * 3
     return self.audio_patch_size ** 2
@@ -253,6 +269,9 @@ class DataConfig:
       sizes["image_history_max_frames"] = cfg.image_history.max_frames
     if cfg.audio_history is not None:
       sizes["audio_history_max_frames"] = cfg.audio_history.max_frames
+    if cfg.sensor is not None:
+      sizes.update(sensor_length=cfg.sensor.length, sensor_channels=cfg.sensor.channels,
+                   sensor_patch_size=cfg.sensor.patch)
     if cfg.image_vqgan is not None:
       _check(cfg.image_vqgan.patch_size[0] == cfg.image_vqgan.patch_size[1],
              "image_target_patch_size", f"non-square VQGAN patch {cfg.image_vqgan.patch_size}")

@@ -1,8 +1,10 @@
 """The modalities the model reads and writes.
 
 The enum order is the release's sequence order: encoder parts are concatenated text, image,
-image_history, audio, audio_history, and decoder parts text, image, audio. Code dispatches on these
-members through registries, never on strings.
+image_history, audio, audio_history, and decoder parts text, image, audio. Members the release does
+not have come after its five (`in_release`), so every release path keeps its order: sensor (an
+IMU-like 1-D signal read through a conv tokenizer and the shared image ViT). Code dispatches on
+these members through registries, never on strings.
 """
 
 import enum
@@ -14,6 +16,7 @@ class Modality(str, enum.Enum):
   IMAGE_HISTORY = "image_history"
   AUDIO = "audio"
   AUDIO_HISTORY = "audio_history"
+  SENSOR = "sensor"
 
   @property
   def is_history(self) -> bool:
@@ -26,8 +29,13 @@ class Modality(str, enum.Enum):
     return self in (Modality.IMAGE, Modality.IMAGE_HISTORY)
 
   @property
+  def in_release(self) -> bool:
+    """A modality of the released model (everything before sensor)."""
+    return self != Modality.SENSOR
+
+  @property
   def has_patches(self) -> bool:
-    """Read as ViT patches (everything but text)."""
+    """Read as ViT patches (everything but text; sensor patches are chunks of the signal)."""
     return self != Modality.TEXT
 
   @property

@@ -13,8 +13,9 @@ from typing import Any, Dict, Optional
 import gin
 
 from unified_io.config import (INPUT_COMPONENTS, TARGET_COMPONENTS, AudioVQGANConfig, ConfigError,
-                               ImageVQGANConfig, ResamplerConfig, TrunkConfig, UnifiedIOConfig,
-                               UniversalProjectionConfig, VitConfig, as_modalities, require)
+                               ImageVQGANConfig, ResamplerConfig, SensorConfig, TrunkConfig,
+                               UnifiedIOConfig, UniversalProjectionConfig, VitConfig, as_modalities,
+                               require)
 from unified_io.interop.release import config_from_release, release_config
 from unified_io.modalities import Modality
 
@@ -72,7 +73,9 @@ def tiny_components() -> Dict[str, Any]:
           encoder_mlp_dim=256, encoder_num_heads=2, encoder_head_dim=64, decoder_hidden_size=128,
           decoder_num_layers=2, decoder_mlp_dim=256, decoder_num_heads=2, decoder_head_dim=64,
           default_input_size=(64, 128), patch_size=(8, 8)),
-      image_history_input_size=(128, 128), audio_history_input_size=(128, 64))
+      image_history_input_size=(128, 128), audio_history_input_size=(128, 64),
+      # 256 samples of 6 channels in 16 tokens: 16 of the image ViT's 64 grid rows.
+      sensor=SensorConfig())
 
 
 def release_components(size: str) -> Dict[str, Any]:
@@ -80,7 +83,8 @@ def release_components(size: str) -> Dict[str, Any]:
   cfg = config_from_release(release_config(size if size in ("large", "xl", "xxl") else "large"))
   names = ("image_vit", "audio_vit", "image_history", "audio_history", "image_vqgan", "audio_vqgan",
            "image_history_input_size", "audio_history_input_size")
-  return {name: getattr(cfg, name) for name in names}
+  # The release has no sensor input: a model reading one names its SensorConfig (make_config.sensor).
+  return {**{name: getattr(cfg, name) for name in names}, "sensor": None}
 
 
 COMPONENT_PRESETS = {"tiny": lambda size: tiny_components(), "release": release_components}
@@ -110,6 +114,7 @@ def _fit_trunk_to_components(components: Dict[str, Any], overrides: Dict[str, An
 # Registered, not decorated: Python calls are untouched, and a gin-built config is this very class
 # (so it compares equal to one rebuilt from a run's saved config).
 gin.register(UniversalProjectionConfig)
+gin.register(SensorConfig)
 
 
 @gin.configurable
@@ -118,7 +123,7 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
                 pack_pairs: bool = False, packed_encoder_length: Optional[int] = None,
                 packed_decoder_length: Optional[int] = None, components: Optional[str] = None,
                 input_projection: Optional[UniversalProjectionConfig] = None,
-                **trunk_overrides) -> UnifiedIOConfig:
+                sensor: Optional[SensorConfig] = None, **trunk_overrides) -> UnifiedIOConfig:
   """The gin entry point: a size preset, the modalities, model switches and trunk overrides.
 
   `components` ("tiny" or "release"; default "release" for large/xl/xxl, else "tiny") supplies
@@ -126,6 +131,8 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
   vocabularies and image RoPE lengths to them (explicit trunk overrides win).
   `input_projection`: OneLLM's universal projection for the ViT-read inputs, from gin as
   `make_config.input_projection = @UniversalProjectionConfig()` (None = the release's linear one).
+  `sensor`: the sensor input's SensorConfig when "sensor" is an input modality (default: the
+  component preset's; the tiny one has `SensorConfig()`, the release none).
   """
   inputs = as_modalities(input_modalities, "input_modalities")
   targets = as_modalities(target_modalities, "target_modalities")
@@ -143,6 +150,8 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
     chosen["image_history_input_size"] = available["image_history_input_size"]
     chosen["audio_history_input_size"] = available["audio_history_input_size"]
     trunk_overrides = _fit_trunk_to_components(chosen, trunk_overrides)
+  if sensor is not None:
+    chosen["sensor"] = sensor
   return UnifiedIOConfig(trunk=trunk_config(size, **trunk_overrides),
                          input_modalities=tuple(input_modalities),
                          target_modalities=tuple(target_modalities),

@@ -42,6 +42,7 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
   # pylint: disable=import-outside-toplevel
   import jax
   import numpy as np
+  from flax import traverse_util
 
   import unified_io
   from unified_io import partitioning
@@ -72,7 +73,18 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
   lora.check_compatible(saved_fingerprint, loaded.params, specs, cfg)
   say(f"merging {len(adapters)} adapters (rank {cfg.rank}, alpha {cfg.alpha:g}, "
       f"{lora.trainable_count(adapters)} numbers) into {base} step {loaded.step}")
-  merged = jax.tree_util.tree_map(np.asarray, lora.merge(loaded.params, adapters, cfg))
+  params = loaded.params
+  trained_path = os.path.join(adapters_dir, "trained.npz")  # (training.adapted.TRAINED_FILE)
+  if os.path.isfile(trained_path):  # base parameters that trained beside the adapters
+    with np.load(trained_path) as trained:
+      say(f"with {len(trained.files)} base parameters trained beside them (train.trainable)")
+      params = traverse_util.flatten_dict(params, sep="/")
+      missing = [k for k in trained.files if k not in params]
+      if missing:
+        raise MergeLoraError(f"{trained_path}: {missing[0]} is not a parameter of the base")
+      params.update({k: trained[k] for k in trained.files})
+      params = traverse_util.unflatten_dict(params, sep="/")
+  merged = jax.tree_util.tree_map(np.asarray, lora.merge(params, adapters, cfg))
 
   config_source = adapters_dir if own else loaded.model_dir
   if overwrite and os.path.isdir(output_dir):

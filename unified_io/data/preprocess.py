@@ -17,6 +17,10 @@ Stage-2 fields (N patches, P values per patch, F frames, T target tokens):
   audio_patches / _mask / _pos_ids          the same for the log-mel spectrogram (P = p*p)
   image_history_patches        float32 [F, N, P], image_history_patch_mask / _pos_ids [F, N]
   audio_history_patches / _mask / _pos_ids  the same per audio segment
+  sensor_patches               float32 [N, patch*C]  the first N chunks of `patch` samples of the
+                                          [T, C] signal, (dt c) inside a chunk
+  sensor_patch_mask            int32 [N]  1 = the chunk holds signal (a shorter one is zero-padded)
+  sensor_patch_pos_ids         int32 [N]  0..N-1, the chunk's place in time
   image_target                 float32 [H, W, 3] in [-1, 1] at the VQGAN size
   image_target_mask            int32 [T]  1 = the token's 8x8 cell overlaps the image
   image_target_loss_mask       int32 [T]  = mask (denoising may change it)
@@ -37,6 +41,12 @@ use 128 x 64) gets the spectrogram resized bilinearly to that size, and the mask
 neighbour: the model then sees the same 4.08 s at a coarser time/frequency resolution. Inputs are
 normalised with the release's ViT constants, targets with the AudioSet ones (as the tokenizer
 expects).
+
+Sensor: the raw `sensor_inputs` [T, C] keeps its units (m/s^2, rad/s); non-finite values become 0
+and everything is clipped to +-SENSOR_CLIP. The DataConfig's `sensor_channels` channels and at most
+`sensor_length` samples are required: another channel count or a longer signal is refused naming
+`sensor_inputs` (when the shape is static, as the dataset is built; otherwise as the example is
+read). Chunks are never sampled at random: the first N in time, pos_ids 0..N-1.
 """
 
 import functools
@@ -61,8 +71,10 @@ RAW_FIELDS = {
     "audio_targets": ((tf.float32,), 1, "a 16 kHz waveform [n]"),
     "image_history": ((tf.uint8, tf.float32), 4, "video frames [F, h, w, 3]"),
     "audio_history": ((tf.float32,), 2, "16 kHz audio segments [F, n]"),
+    "sensor_inputs": ((tf.float32,), 2, "a sensor signal [T, C] (time, channels)"),
 }
-INPUT_FIELDS = ("image_inputs", "audio_inputs", "image_history", "audio_history")
+INPUT_FIELDS = ("image_inputs", "audio_inputs", "image_history", "audio_history", "sensor_inputs")
+SENSOR_CLIP = 100.0  # +-10 g of acceleration in m/s^2, +-100 rad/s of rotation
 
 # Stage-2 fields: name -> (dtype, rank). registry.py turns these into seqio output features.
 PATCH_MODALITIES = tuple(m.value for m in Modality if m.has_patches)
@@ -98,7 +110,7 @@ def unified_preprocessor(dataset: tf.data.Dataset,
   else:
     vocab = vocab_lib.get_vocabulary()
   lengths = resolve_lengths(cfg, sequence_length)
-  check_raw_fields(dataset.element_spec)
+  check_raw_fields(dataset.element_spec, cfg)
   fn = functools.partial(_preprocess_example, cfg=cfg, vocab=vocab, lengths=lengths)
   return seqio.map_over_dataset(num_seeds=len(_SEEDS))(fn)(dataset)
 
@@ -123,8 +135,9 @@ def resolve_lengths(cfg: DataConfig, sequence_length: Optional[Mapping[str, int]
   return lengths
 
 
-def check_raw_fields(spec: Mapping[str, tf.TensorSpec]) -> None:
-  """Trace-time check of the raw fields' names, dtypes and ranks; errors name the field."""
+def check_raw_fields(spec: Mapping[str, tf.TensorSpec], cfg: Optional[DataConfig] = None) -> None:
+  """Trace-time check of the raw fields' names, dtypes and ranks (and, given the DataConfig, the
+  sensor signal's static shape); errors name the field."""
   if "text_inputs" not in spec:
     raise ValueError(f"raw field `text_inputs` (tf.string []) is missing; got {sorted(spec)}")
   for name, s in spec.items():
@@ -145,6 +158,14 @@ def check_raw_fields(spec: Mapping[str, tf.TensorSpec]) -> None:
                       ("image_targets", "image_target_masks")):
     if mask in spec and image not in spec:
       raise ValueError(f"raw field `{mask}` is given without `{image}`")
+  if cfg is not None and "sensor_inputs" in spec:
+    samples, channels = spec["sensor_inputs"].shape
+    if channels is not None and channels != cfg.sensor_channels:
+      raise ValueError(f"raw field `sensor_inputs` must have {cfg.sensor_channels} channels (the "
+                       f"DataConfig's sensor_channels), got shape {spec['sensor_inputs'].shape}")
+    if samples is not None and samples > cfg.sensor_length:
+      raise ValueError(f"raw field `sensor_inputs` has {samples} samples, more than the "
+                       f"DataConfig's sensor_length {cfg.sensor_length}")
 
 
 def _preprocess_example(features, seeds, *, cfg: DataConfig, vocab, lengths) -> Dict:
@@ -158,6 +179,7 @@ def _preprocess_example(features, seeds, *, cfg: DataConfig, vocab, lengths) -> 
            "audio_history": _audio_history(features, cfg, frames)}
   for modality, patches in media.items():
     out.update(_patch_fields(modality, patches, cfg, lengths, seed[modality]))
+  out.update(_sensor_fields(features, cfg, lengths["sensor_input_samples"]))
   out.update(_image_target(features, cfg))
   out.update(_audio_target(features, cfg))
   return out
@@ -258,6 +280,29 @@ def _patch_fields(modality: str, frames, cfg: DataConfig, lengths, seed) -> Dict
       patches, mask, pos = patches[0], mask[0], pos[0]
   return {f"{modality}_patches": patches, f"{modality}_patch_mask": mask,
           f"{modality}_patch_pos_ids": pos}
+
+
+def _sensor_fields(features, cfg: DataConfig, num: int) -> Dict[str, tf.Tensor]:
+  """`sensor_inputs` [T, C] -> the first `num` chunks [num, patch*C], their mask and pos_ids."""
+  if "sensor_inputs" not in features:
+    return _patch_fields("sensor", None, cfg, {"sensor_input_samples": num}, None)
+  signal_tc = features["sensor_inputs"]
+  shape = tf.shape(signal_tc)
+  checks = [tf.debugging.assert_equal(
+                shape[1], cfg.sensor_channels,
+                message=f"raw field `sensor_inputs` must have {cfg.sensor_channels} channels"),
+            tf.debugging.assert_less_equal(
+                shape[0], cfg.sensor_length,
+                message=f"raw field `sensor_inputs` has more than {cfg.sensor_length} samples")]
+  with tf.control_dependencies(checks):
+    signal_tc = tf.where(tf.math.is_finite(signal_tc), signal_tc, 0.0)
+  signal_tc = tf.clip_by_value(signal_tc, -SENSOR_CLIP, SENSOR_CLIP)
+  patch, grid = cfg.sensor_patch_size, cfg.num_patches("sensor")
+  signal_tc = tf.pad(signal_tc, [[0, cfg.sensor_length - shape[0]], [0, 0]])
+  patches_np = tf.reshape(signal_tc, [grid, patch * cfg.sensor_channels])  # [T, C] -> [N, (dt c)]
+  mask_n = tf.cast(tf.range(grid) * patch < shape[0], tf.int32)
+  return {"sensor_patches": patches_np[:num], "sensor_patch_mask": mask_n[:num],
+          "sensor_patch_pos_ids": tf.range(num, dtype=tf.int32)}
 
 
 # ------------------------------------------------------------------------------------------------

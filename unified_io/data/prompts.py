@@ -114,6 +114,12 @@ PROMPTS: Dict[str, List[str]] = {
         "{} Answer based on the audio.",
         "Answer this question about the recording: {}",
     ],
+    "sensor_vqa": [
+        "{}",
+        "Read the motion sensor and answer: {}",
+        "Question about the IMU signal: {} Answer:",
+        "{} Answer based on the sensor data.",
+    ],
     "text_to_audio": [
         "{}",
         "Make the sound of {}",

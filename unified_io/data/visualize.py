@@ -158,6 +158,10 @@ def _panels(ex, cfg, prompt, target):
         [s // cfg.audio_target_patch_size for s in cfg.audio_target_size]) == 0
     spec[np.kron(cells, np.ones([cfg.audio_target_patch_size] * 2)) > 0] = np.nan
     panels.append(("audio target", "spectrogram", spec))
+  sensor = ex.get("sensor_patches")
+  if sensor is not None and sensor.shape[0]:
+    signal = sensor[ex["sensor_patch_mask"] > 0].reshape(-1, cfg.sensor_channels)  # [T, C]
+    panels.append(("sensor input", "signal", signal))
   return panels
 
 
@@ -179,6 +183,11 @@ def render_example(ex: Dict[str, np.ndarray], cfg, vocab, path: str, title: str 
       if boxes:
         _draw_boxes(ax, boxes["target"], "lime", "-")
         _draw_boxes(ax, boxes["prompt"], "red", "--")
+    elif kind == "signal":  # one line per channel over time
+      for c in range(data.shape[1]):
+        ax.plot(data[:, c], linewidth=0.8, label=f"ch {c}")
+      ax.legend(fontsize=6, ncol=3)
+      ax.set_xlabel("sample")
     else:  # spectrogram: time across, mel up
       ax.imshow(data.T, origin="lower", aspect="auto", cmap="magma")
       ax.set_xlabel("time frame")

@@ -204,6 +204,6 @@ def release_config(size: str) -> Dict:
                           patch_size=[8, 8]),
       "audio_vqgan": vitvqgan,
       "freeze_vit": True,
-      "input_modalities": [m.value for m in Modality],
+      "input_modalities": [m.value for m in Modality if m.in_release],
       "target_modalities": ["text", "image", "audio"],
   }

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from flax import traverse_util
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -27,9 +29,11 @@ from unified_io import partitioning
 from unified_io.adapters import int8, lora
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import tokenizer_graft as graft
+from unified_io.training import train_step as train_step_lib
 from unified_io.training.train_state import TrainState
 
 RECORD = "lora.json"
+TRAINED_FILE = "trained.npz"  # base parameters trained beside the adapters (`train.trainable`)
 _DROPOUT_STREAM = 0x10A  # folded into the step's dropout rng for the adapters' rank dropout
 
 
@@ -54,12 +58,12 @@ def base_id(path: Optional[str]) -> Optional[str]:
 
 
 def write_record(model_dir: str, cfg: lora.LoraConfig, fingerprint: Mapping, base: Optional[str],
-                 int8_base: bool, seed: int) -> None:
+                 int8_base: bool, seed: int, trainable: Sequence[str] = ()) -> None:
   if jax.process_index() != 0:
     return
   base = base_id(base)
   record = {"lora": lora.config_to_dict(cfg), "fingerprint": fingerprint, "base": base,
-            "int8_base": bool(int8_base), "seed": int(seed)}
+            "int8_base": bool(int8_base), "seed": int(seed), "trainable": list(trainable)}
   with open(record_path(model_dir), "w") as f:
     json.dump(record, f, indent=2)
     f.write("\n")
@@ -126,12 +130,28 @@ def frozen_shardings(frozen_abstract, base_boxed, mesh: Mesh, rules) -> Any:
                                 is_leaf=lambda x: isinstance(x, int8.Int8Weight))
 
 
+def overlay(base, trained) -> Any:
+  """`base` with the leaves `trained` (a nested subset of it) holds replaced."""
+  flat = traverse_util.flatten_dict(base, sep="/")
+  flat.update(traverse_util.flatten_dict(trained, sep="/"))
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def subset(params, mask) -> dict:
+  """The leaves of `params` where `mask` (a like tree of bools) is True, nested as in params."""
+  flat, keep = (traverse_util.flatten_dict(t, sep="/") for t in (params, mask))
+  return traverse_util.unflatten_dict({k: v for k, v in flat.items() if keep[k]}, sep="/")
+
+
 def make_combine(cfg: lora.LoraConfig, int8_base: bool) -> Callable:
-  """(frozen base, adapters, dropout rng or None) -> the model's parameters."""
-  def combine(frozen, adapters, rng):
+  """(frozen base, {"lora": adapters, "trained": base leaves that train}, dropout rng or None)
+  -> the model's parameters."""
+  def combine(frozen, trainable, rng):
     base = int8.dequantize(frozen) if int8_base else frozen
+    if "trained" in trainable:
+      base = overlay(base, trainable["trained"])
     rng = None if rng is None else jax.random.fold_in(rng, _DROPOUT_STREAM)
-    return lora.apply_adapters(base, flatten(adapters), cfg, dropout_rng=rng)
+    return lora.apply_adapters(base, flatten(trainable["lora"]), cfg, dropout_rng=rng)
   return combine
 
 
@@ -156,9 +176,12 @@ def build_state(init_params: Callable[[], Any], optimizer, mesh: Mesh, rules, *,
                 initial_checkpoint_path: Optional[str],
                 assignment_map: Sequence[Tuple[str, Optional[str]]],
                 tokenizers: Optional[Mapping[str, str]], model_config,
-                check: Optional[Callable[[dict], None]] = None
+                check: Optional[Callable[[dict], None]] = None,
+                trainable: Sequence[str] = ()
                 ) -> Tuple[Any, Any, TrainState, TrainState, Callable, dict]:
-  """(boxed abstract adapters, optimizer for them, shardings, state, combine, fingerprint).
+  """(boxed abstract trained parameters, optimizer for them, shardings, state, combine,
+  fingerprint). The state's params are {"lora": adapters} and, with `trainable` (regexes of base
+  parameter paths, `train.trainable`), "trained": those base parameters, trained in float32.
 
   A bad target or rank is refused (LoraError, one line) before anything is allocated; `check`
   (e.g. `check_record` of MODEL_DIR) sees the base's fingerprint before the base is read."""
@@ -172,9 +195,17 @@ def build_state(init_params: Callable[[], Any], optimizer, mesh: Mesh, rules, *,
     check(fingerprint)
   adapter_specs = nest(lora.adapter_specs(base_abstract, base_specs, cfg))
   init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), _DROPOUT_STREAM)
-  init_adapters = lambda: _boxed(  # noqa: E731
-      nest(lora.init_adapters(init_rng, base_abstract, base_specs, cfg)), adapter_specs)
-  boxed = jax.eval_shape(init_adapters)
+  mask = train_step_lib.trainable_mask(base_abstract, trainable) if trainable else None
+
+  def init_trainable(base=None):
+    tree = {"lora": _boxed(nest(lora.init_adapters(init_rng, base_abstract, base_specs, cfg)),
+                           adapter_specs)}
+    if mask is not None:
+      if base is None:  # (abstract: shapes only)
+        base = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), base_abstract)
+      tree["trained"] = subset(_boxed(base, base_specs), mask)
+    return tree
+  boxed = jax.eval_shape(init_trainable)
   optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
   abstract = jax.eval_shape(lambda: TrainState.create(nn.meta.unbox(boxed), optimizer))
   shardings = partitioning.state_shardings(boxed, abstract, mesh, rules)
@@ -182,9 +213,10 @@ def build_state(init_params: Callable[[], Any], optimizer, mesh: Mesh, rules, *,
   base = base_params(init_params, base_boxed, mesh, rules, initial_checkpoint_path,
                      assignment_map, tokenizers, model_config)
   frozen = base
+  trained_source = base if mask is not None else None  # (float32, before any quantisation)
   if int8_base:
     frozen = jax.jit(lambda p: int8.quantize(p, base_specs))(base)
-    del base
+  del base
   shardings = shardings.replace(frozen=frozen_shardings(frozen, base_boxed, mesh, rules)
                                 if int8_base else partitioning.shardings(base_boxed, mesh, rules))
   frozen = jax.device_put(frozen, shardings.frozen)
@@ -195,8 +227,9 @@ def build_state(init_params: Callable[[], Any], optimizer, mesh: Mesh, rules, *,
     state, _ = checkpoints.restore(target, resume_step)
     state = state.replace(frozen=frozen)
   else:
-    state = jax.jit(lambda f: TrainState.create(nn.meta.unbox(init_adapters()), optimizer,
-                                                frozen=f), out_shardings=shardings)(frozen)
+    state = jax.jit(lambda f, b: TrainState.create(nn.meta.unbox(init_trainable(b)), optimizer,
+                                                   frozen=f), out_shardings=shardings)(
+                                                       frozen, trained_source)
   return boxed, optimizer, shardings, state, make_combine(cfg, int8_base), fingerprint
 
 
@@ -205,17 +238,25 @@ def trainable_report(boxed_adapters, base_boxed) -> str:
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(  # noqa: E731
       partitioning.box_values(tree)))
   trained, total = count(boxed_adapters), count(base_boxed)
+  also = (f", {count(boxed_adapters['trained']):,} of them base parameters (train.trainable)"
+          if "trained" in boxed_adapters else "")
   return (f"lora: {trained:,} trained parameters ({100 * trained / max(total, 1):.3f}% of the "
-          f"base's {total:,})")
+          f"base's {total:,}{also})")
 
 
 def save_adapters(model_dir: str, state: TrainState, cfg: lora.LoraConfig, fingerprint: Mapping,
-                  base: Optional[str], int8_base: bool, seed: int) -> None:
+                  base: Optional[str], int8_base: bool, seed: int,
+                  trainable: Sequence[str] = ()) -> None:
   """MODEL_DIR/adapters.npz (what `uio2-merge-lora` reads) and lora.json, after a run."""
   if jax.process_index() != 0:
     return
-  lora.save_adapters(model_dir, flatten(state.params), cfg, fingerprint, base_id(base))
-  write_record(model_dir, cfg, fingerprint, base, int8_base, seed)  # (keeps int8_base and seed)
+  lora.save_adapters(model_dir, flatten(state.params["lora"]), cfg, fingerprint, base_id(base))
+  trained = traverse_util.flatten_dict(state.params.get("trained", {}), sep="/")
+  if trained:  # (the base parameters that trained: uio2-merge-lora puts them in too)
+    np.savez(os.path.join(model_dir, TRAINED_FILE),
+             **{k: np.asarray(jax.device_get(v)) for k, v in trained.items()})
+  write_record(model_dir, cfg, fingerprint, base, int8_base, seed,
+               trainable)  # (keeps int8_base, seed and trainable)
 
 
 def load_merged_params(model, record: Mapping, step_dir: str, target_params, specs) -> Any:
@@ -229,7 +270,11 @@ def load_merged_params(model, record: Mapping, step_dir: str, target_params, spe
                                       model.dummy_batch(1)))
     base = nn.meta.unbox(init())
   lora.check_compatible(record["fingerprint"], base, specs, cfg)
-  adapters_target = nest(jax.eval_shape(
-      lambda: lora.init_adapters(jax.random.PRNGKey(0), target_params, specs, cfg)))
-  adapters = ckpt_lib.load_params(step_dir, adapters_target)
-  return jax.jit(lambda b, a: lora.merge(b, flatten(a), cfg))(base, adapters)
+  target = {"lora": nest(jax.eval_shape(
+      lambda: lora.init_adapters(jax.random.PRNGKey(0), target_params, specs, cfg)))}
+  if record.get("trainable"):
+    target["trained"] = subset(target_params,
+                               train_step_lib.trainable_mask(target_params, record["trainable"]))
+  trained = ckpt_lib.load_params(step_dir, target)
+  return jax.jit(lambda b, t: lora.merge(overlay(b, t.get("trained", {})), flatten(t["lora"]),
+                                         cfg))(base, trained)

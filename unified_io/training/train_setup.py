@@ -38,7 +38,7 @@ from unified_io.training import tokenizer_graft as graft
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import optim
 from unified_io.training.train_state import TrainState
-from unified_io.training.train_step import jit_train_step, make_train_step
+from unified_io.training.train_step import jit_train_step, make_train_step, trainable_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,8 @@ def build_train_setup(
     assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
     tokenizers: Optional[Mapping[str, str]] = None,
     model_info_path: Optional[str] = None, lora=None, int8_base: bool = False,
-    lora_check: Optional[Callable[[dict], None]] = None) -> TrainSetup:
+    lora_check: Optional[Callable[[dict], None]] = None,
+    trainable: Sequence[str] = ()) -> TrainSetup:
   """The mesh (default: every device on `data`), rules, state and step (module docstring).
 
   `init_batch`: a (global) batch with every modality the data has; parameters are created from it
@@ -100,6 +101,8 @@ def build_train_setup(
   `lora`: a `unified_io.adapters.lora.LoraConfig`: train adapters only, on a frozen base (the
   parameters a full fine-tuning would start from), stored in int8 with `int8_base`
   (`unified_io.training.adapted`); `lora_check(fingerprint)` runs before the base is read.
+  `trainable`: regexes of parameter paths: only those train (with `lora`: beside the adapters),
+  every other parameter keeps its value exactly (`train_step.trainable_mask`).
   """
   mesh = partitioning.make_mesh() if mesh is None else mesh
   rules = partitioning.axis_rules(fsdp)
@@ -112,13 +115,20 @@ def build_train_setup(
     partitioning.check_divisible(boxed, mesh, rules)
     partitioning.check_batch_size(mesh, jax.tree_util.tree_leaves(init_batch)[0].shape[0],
                                   "the batch's size")
-    combine, fingerprint, described = None, None, boxed
+    combine, fingerprint, described, mask = None, None, boxed, None
+    if trainable and lora is None:  # (a pattern naming nothing is refused here, in one line)
+      mask = trainable_mask(partitioning.box_values(boxed), trainable)
+      count = lambda tree: sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
+      values = partitioning.box_values(boxed)
+      trained = count(jax.tree_util.tree_map(lambda x, m: x if m else None, values, mask))
+      print(f"train.trainable: {trained:,} of {count(values):,} parameters train, the rest keep "
+            "their values", flush=True)
     if lora is not None:  # the adapters train, the base is frozen (`training.adapted`)
       boxed, optimizer, shardings, state, combine, fingerprint = adapted.build_state(
           init_params, optimizer, mesh, rules, cfg=lora, int8_base=int8_base, seed=seed,
           checkpoints=checkpoints, resume_step=resume_step,
           initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
-          tokenizers=tokenizers, model_config=model.cfg, check=lora_check)
+          tokenizers=tokenizers, model_config=model.cfg, check=lora_check, trainable=trainable)
       print(adapted.trainable_report(boxed, described), flush=True)
     else:
       # The optimizer `abstract` holds the state of (the step must run that one).
@@ -142,7 +152,7 @@ def build_train_setup(
     step = jit_train_step(
         make_train_step(model.loss_fn, optimizer, learning_rate,
                         num_microbatches=num_microbatches, use_dropout=use_dropout,
-                        combine=combine),
+                        combine=combine, trainable=mask),
         state_shardings=shardings,
         batch_sharding=partitioning.batch_sharding(mesh))  # (a prefix: every leaf alike)
   return TrainSetup(mesh=mesh, rules=rules, model=model, optimizer=optimizer, boxed_params=boxed,

@@ -14,12 +14,15 @@ Metric names follow t5x where one exists: `loss`, `learning_rate`, `timing/...` 
 loop); ours: `loss/<modality>`, `grad_norm`, `nonfinite_steps`, `target_tokens`.
 """
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import re
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from unified_io.config import ConfigError
 from unified_io.training.train_state import TrainState
 
 Metrics = Dict[str, jax.Array]
@@ -44,16 +47,42 @@ def split_microbatches(batch, num_microbatches: int):
   return jax.tree_util.tree_map(split, batch)
 
 
+class TrainableError(ConfigError):
+  """`train.trainable` names no parameter (one line naming the pattern)."""
+
+
+def trainable_mask(params, patterns: Sequence[str]) -> Any:
+  """A tree like `params` of bools: True where the "/"-joined path matches (`re.search`) one of
+  `patterns`; each pattern must match some parameter (TrainableError, one line, otherwise)."""
+  paths = {jax.tree_util.keystr(p, simple=True, separator="/"): p
+           for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as exc:
+      raise TrainableError(f"train.trainable: {pattern!r} is not a regular expression ({exc})")
+    if not any(compiled[-1].search(path) for path in paths):
+      raise TrainableError(f"train.trainable: {pattern!r} matches no parameter; parameters are "
+                           f"named like {next(iter(paths), '?')!r}")
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: any(c.search(jax.tree_util.keystr(p, simple=True, separator="/"))
+                       for c in compiled), params)
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                     learning_rate: Callable[[jax.Array], jax.Array], *,
                     num_microbatches: int = 1, use_dropout: bool = True,
-                    combine: Optional[Callable] = None
+                    combine: Optional[Callable] = None, trainable: Optional[Any] = None
                     ) -> Callable[[TrainState, Dict, jax.Array], Tuple[TrainState, Metrics]]:
   """`loss_fn(params, batch, dropout_rng) -> (loss, {name: value})`, e.g. `model.loss_fn`.
 
   `combine(frozen, trainable, dropout_rng) -> params`: the model's parameters from the state's
   `frozen` part and the trained `params` (e.g. a base plus LoRA adapters,
-  `unified_io.training.adapted`); gradients and updates then reach the trained part only."""
+  `unified_io.training.adapted`); gradients and updates then reach the trained part only.
+  `trainable`: a tree like the params of Python bools (`trainable_mask`): the others get a zero
+  gradient (so `grad_norm` and clipping see only the trained ones) and keep their values exactly,
+  whatever the optimizer would do to them (e.g. a weight decay)."""
   if combine is not None:
     model_loss = loss_fn
 
@@ -88,10 +117,15 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   def train_step(state: TrainState, batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
     step_rng = jax.random.fold_in(rng, state.step)
     loss, aux, grads = loss_and_grads(state.params, batch, step_rng, state.frozen)
+    if trainable is not None:
+      grads = jax.tree_util.tree_map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    if trainable is not None:
+      new_params = jax.tree_util.tree_map(lambda n, o, t: n if t else o, new_params, state.params,
+                                          trainable)
     keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
         lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1,

@@ -257,7 +257,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: Optional[str] = None,
           assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
           tokenizers: Optional[Mapping[str, str]] = None,
-          lora=None, int8_base: bool = False,
+          lora=None, int8_base: bool = False, trainable: Sequence[str] = (),
           log_every: int = 10,
           nonfinite_policy: Union[str, NonFinitePolicy] = NonFinitePolicy.SKIP,
           max_consecutive_nonfinite: int = 3,
@@ -296,6 +296,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   only LoRA adapters train, on a frozen base (fresh, or INITIAL_CHECKPOINT_PATH's parameters),
   which `int8_base` keeps in int8; checkpoints hold the adapters and MODEL_DIR/lora.json the base
   they belong to (`unified_io.training.adapted`).
+  `trainable`: regexes (`re.search` on "/"-joined parameter paths, e.g. "input_projection/"):
+  only the matching parameters train (with `lora`, beside the adapters); every other parameter
+  keeps its value exactly. A pattern that matches nothing is refused in one line.
   `gin_imports`: the modules the run's gin imports (`gin_flags.parse_gin`; uio2-train passes
   them): those outside unified_io are recorded in run-config.json as the run's task modules.
   """
@@ -358,7 +361,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             initial_checkpoint_path=initial_checkpoint_path, assignment_map=assignment_map,
             tokenizers={kind: where.step_dir for kind, where in located.items()},
             model_info_path=os.path.join(model_dir, "model-info.txt"), lora=lora,
-            int8_base=int8_base,
+            int8_base=int8_base, trainable=tuple(trainable),
             # (adapters in MODEL_DIR made for another base: refused before the base is read)
             lora_check=functools.partial(adapted.check_record, model_dir, lora,
                                          base=initial_checkpoint_path))
@@ -380,7 +383,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       run_config.save(model_dir)
     if lora is not None:  # which base the adapters belong to (eval, merge and resume read it)
       adapted.write_record(model_dir, lora, setup.lora_fingerprint, initial_checkpoint_path,
-                           int8_base, seed)
+                           int8_base, seed, tuple(trainable))
     print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
           f"{data.shard_indices} of {shards} (rows {data.rows.start}-{data.rows.stop - 1} "
           f"of each batch of {batch_size})", flush=True)
@@ -411,7 +414,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     checkpoints.close()
     if lora is not None:  # (the adapters alone, for uio2-merge-lora and sharing one base)
       adapted.save_adapters(model_dir, state, lora, setup.lora_fingerprint,
-                            initial_checkpoint_path, int8_base, seed)
+                            initial_checkpoint_path, int8_base, seed, tuple(trainable))
     _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
     skipped = bad_input.summary()  # (each bad example once; per step: metrics bad_input/*)
     if skipped:

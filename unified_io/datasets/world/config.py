@@ -37,6 +37,8 @@ class WorldConfig:
   num_frames: int = 4              # video frames per clip
   sample_rate: int = 16000
   audio_seconds: float = 4.08      # length of every waveform (audio inputs/targets, video segments)
+  sensor_samples: int = 256        # IMU signal length (the tiny SensorConfig's), ~5 s at 50 Hz
+  sensor_rate_hz: float = 50.0
   # Difficulty.
   min_objects: int = 1
   max_objects: int = 4
@@ -47,6 +49,7 @@ class WorldConfig:
   texture: float = 0.04            # amplitude of the smooth background texture, fraction of 255
   pixel_noise: float = 0.0         # std of per-pixel noise, fraction of 255
   audio_noise: float = 0.0         # std of white noise added to waveforms (tone amplitude is 0.5)
+  sensor_noise: float = 0.0        # extra accelerometer noise std in m/s^2 (taps are 6-12)
   # Split sizes (examples are generated on demand; the train split is effectively endless).
   train_examples: int = 1_000_000
   validation_examples: int = 1000
@@ -67,6 +70,9 @@ class WorldConfig:
           f"0.02 <= min_object_size ({self.min_object_size}) <= max_object_size <= 0.5")
     check(0.0 <= self.max_overlap <= 0.5, "max_overlap", "a fraction in [0, 0.5]")
     check(self.audio_seconds >= 1.0, "audio_seconds", "at least 1 second (room for beeps)")
+    # Room for four taps 0.5 s apart and 0.2 s from either end.
+    check(self.sensor_rate_hz > 0 and self.sensor_samples >= 2.4 * self.sensor_rate_hz,
+          "sensor_samples", "at least 2.4 s of samples at sensor_rate_hz (room for four taps)")
     for split in SPLITS:
       check(self.split_sizes[split] >= 1, f"{split}_examples", "at least one example")
 
@@ -83,13 +89,13 @@ class WorldConfig:
 DIFFICULTIES = {
     "easy": dict(min_objects=1, max_objects=4, min_object_size=0.10, max_object_size=0.28,
                  max_overlap=0.0, max_distractors=0, texture=0.04, pixel_noise=0.0,
-                 audio_noise=0.0),
+                 audio_noise=0.0, sensor_noise=0.0),
     "medium": dict(min_objects=2, max_objects=6, min_object_size=0.08, max_object_size=0.24,
                    max_overlap=0.1, max_distractors=2, texture=0.08, pixel_noise=0.02,
-                   audio_noise=0.02),
+                   audio_noise=0.02, sensor_noise=0.5),
     "hard": dict(min_objects=3, max_objects=8, min_object_size=0.05, max_object_size=0.22,
                  max_overlap=0.25, max_distractors=5, texture=0.12, pixel_noise=0.05,
-                 audio_noise=0.06),
+                 audio_noise=0.06, sensor_noise=1.5),
 }
 
 

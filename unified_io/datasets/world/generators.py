@@ -1,12 +1,14 @@
 """One generator per world task: (random generator, config) -> the example's fields, in numpy.
 
 The fields are raw fields of docs/data.md (`image_inputs`, `image_targets`,
-`audio_inputs`, `audio_targets`, `image_history`, `audio_history`, `text_targets`) plus the
+`audio_inputs`, `audio_targets`, `image_history`, `audio_history`, `sensor_inputs`,
+`text_targets`) plus the
 words the task preprocessor turns into a prompt (`prompt_text`: a question, a caption, a referring
 expression; "" when the prompt needs none), and ground truth under `meta/`:
   meta/task        the generator's name          meta/answer      the answer / target text
   meta/image_size  int32 [2] of image_inputs     meta/boxes       float32 [n, 4] pixel boxes
   meta/labels      string [n], one per box       meta/frequency_hz  float32, audio tasks' pitch
+  meta/tap_onsets  int32 [k] sample index of each tap (sensor_taps)
 Tasks with location tokens (refexp, detection) leave `text_targets` to the task preprocessor,
 which writes the boxes as tokens; every other task's `text_targets` is final.
 
@@ -19,7 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from unified_io.datasets.world import language, lexicon, scenes, tones, video
+from unified_io.datasets.world import language, lexicon, scenes, taps, tones, video
 from unified_io.datasets.world.config import WorldConfig
 
 Example = Dict[str, np.ndarray]
@@ -52,6 +54,7 @@ def _list(cfg): return (None,)
 def _audio(cfg): return (cfg.audio_samples,)
 def _frames(cfg): return (cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
 def _segments(cfg): return (cfg.num_frames, cfg.audio_samples)
+def _sensor(cfg): return (cfg.sensor_samples, taps.CHANNELS)
 
 
 IMAGE_FIELDS = {"image_inputs": (np.uint8, _image), "meta/image_size": (np.int32, _pair),
@@ -211,6 +214,18 @@ def audio_denoise(rng, cfg):
           "meta/answer": _text(text), "meta/frequency_hz": np.float32(beeps.frequency_hz)}
 
 
+# ------------------------------------------------------------------------------------ sensor
+
+def sensor_taps(rng, cfg):
+  """An IMU signal [T, 6] with 1-4 taps; "How many taps are in the signal?" -> "3"."""
+  drawn = taps.sample_taps(rng, cfg)
+  signal = taps.synthesise(drawn, rng, cfg)
+  answer = str(drawn.count)
+  return {"sensor_inputs": signal, "prompt_text": _text("How many taps are in the signal?"),
+          "text_targets": _text(answer), "meta/answer": _text(answer),
+          "meta/tap_onsets": np.array(drawn.onsets, np.int32)}
+
+
 # ------------------------------------------------------------------------------------ text only
 
 def text_scene_qa(rng, cfg):
@@ -270,6 +285,9 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
     Generator("audio_denoise", audio_denoise,
               {"audio_inputs": (np.float32, _audio), "audio_targets": (np.float32, _audio),
                **_FREQUENCY}),
+    Generator("sensor_taps", sensor_taps,
+              {"sensor_inputs": (np.float32, _sensor), "meta/tap_onsets": (np.int32, _list),
+               **TEXT_TARGET}),
     Generator("text_scene_qa", text_scene_qa, TEXT_TARGET),
     Generator("arithmetic", arithmetic, TEXT_TARGET, content_split=arithmetic_split),
 ]}

@@ -13,6 +13,7 @@ from unified_io.network.embedders.audio import AudioInputEmbedder
 from unified_io.network.embedders.history import AudioHistoryEmbedder, ImageHistoryEmbedder
 from unified_io.network.embedders.image import ImageInputEmbedder
 from unified_io.network.embedders.parts import EncoderPart, TargetPart
+from unified_io.network.embedders.sensor import SensorInputEmbedder
 from unified_io.network.embedders.text import TextInputEmbedder, TextTargetEmbedder
 from unified_io.network.embedders.vit import AudioViT, ImageViT
 from unified_io.network.embedders.vq_targets import AudioTargetEmbedder, ImageTargetEmbedder
@@ -24,7 +25,8 @@ INPUT_EMBEDDERS = {Modality.TEXT: TextInputEmbedder,
                    Modality.IMAGE: ImageInputEmbedder,
                    Modality.AUDIO: AudioInputEmbedder,
                    Modality.IMAGE_HISTORY: ImageHistoryEmbedder,
-                   Modality.AUDIO_HISTORY: AudioHistoryEmbedder}
+                   Modality.AUDIO_HISTORY: AudioHistoryEmbedder,
+                   Modality.SENSOR: SensorInputEmbedder}
 TARGET_EMBEDDERS = {Modality.TEXT: TextTargetEmbedder,
                     Modality.IMAGE: ImageTargetEmbedder,
                     Modality.AUDIO: AudioTargetEmbedder}

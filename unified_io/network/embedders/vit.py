@@ -213,20 +213,30 @@ class ImageViT(_ViT):
 
   @nn.compact
   def __call__(self, x_bnp: jax.Array, mask_bn: jax.Array, pos_ids_bn: jax.Array,
-               deterministic: bool = True, grid: Optional[Grid] = None
+               deterministic: bool = True, grid: Optional[Grid] = None, embedded: bool = False
                ) -> Tuple[jax.Array, jax.Array]:
-    """`grid`: the patch grid pos_ids index (default cfg.grid); the history path passes its own."""
+    """`grid`: the patch grid pos_ids index (default cfg.grid); the history path passes its own.
+    `embedded`: `x` is already tokens [B, N, V] (the sensor's conv tokenizer): the patch embedding
+    is skipped (its kernel is still created at init, so the parameters are the same whoever reads
+    the ViT); pos_ids still index the grid row-major, so N must fit in it."""
     cfg = self.cfg
     grid = tuple(grid or cfg.grid)
-    validate_patches("image_vit", x_bnp, mask_bn, pos_ids_bn, self.patch_dim, grid)
+    what = "image_vit (embedded tokens)" if embedded else "image_vit"
+    validate_patches(what, x_bnp, mask_bn, pos_ids_bn, cfg.emb_dim if embedded else self.patch_dim,
+                     grid)
     stored = math.isqrt(cfg.num_pos - 1)
     if stored * stored != cfg.num_pos - 1:
       raise ConfigError(f"config field `image_vit.num_pos`: {cfg.num_pos} is not 1 + g*g (a class "
                         "row, then a square grid)")
     batch = x_bnp.shape[0]
 
-    x_bnv = Linear(cfg.emb_dim, (PATCH, EMBED), use_bias=False, name="embedding")(
-        x_bnp.astype(jnp.float32))
+    embedding = Linear(cfg.emb_dim, (PATCH, EMBED), use_bias=False, name="embedding")
+    if not embedded:
+      x_bnv = embedding(x_bnp.astype(jnp.float32))
+    else:
+      if self.is_initializing():
+        embedding(jnp.zeros((1, self.patch_dim), jnp.float32))
+      x_bnv = x_bnp.astype(jnp.float32)
     cls_v = _prefix_token(self, "class_embedding", cfg.emb_dim, cfg.emb_dim ** -0.5)
     table_rv = _position_table(self, cfg)  # R = num_pos: row 0 class token, then the g x g grid
     grid_gv = resize_positions(table_rv[1:].reshape(stored, stored, -1), grid).reshape(
