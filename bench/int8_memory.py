@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     print(f"{size:6s} {count / 1e9:8.3f}B {f32 / GIB:7.2f}GiB {bf16 / GIB:7.2f}GiB "
           f"{q8 / GIB:7.2f}GiB {q8 / f32:8.3f} {q8 / bf16:9.3f}  {leaves} "
           f"({qcount / count:.1%} of the parameters)")
+  print(f"int8_over_f32_{size} {q8 / f32:.4f}")
   return 0
 
 

@@ -8,6 +8,9 @@ held-out split. Prints each command, the trained-parameter counts and the metric
 
   python bench/lora_vs_full.py                       # ~5 min on 2 CPU cores
   python bench/lora_vs_full.py --pretrain_steps 200 --finetune_steps 100 --out /tmp/lvf
+  # from an existing multimodal run (e.g. bench/progressive_alignment.py's base):
+  python bench/lora_vs_full.py --model tiny_multimodal.gin --lengths multimodal \
+    --base /tmp/progressive_alignment/base/checkpoints/600 --finetune_task world_vqa_colour
 """
 
 import argparse
@@ -19,7 +22,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENGTHS = "{'text_inputs': 32, 'text_targets': 16}"
+LENGTHS = {"text": {"text_inputs": 32, "text_targets": 16},
+           "multimodal": {"text_inputs": 32, "text_targets": 32, "image_input_samples": 64,
+                          "audio_input_samples": 32, "image_history_input_samples": 64,
+                          "audio_history_input_samples": 32, "num_frames": 4}}
 
 
 def run(args, what):
@@ -32,10 +38,11 @@ def run(args, what):
   return result.stdout
 
 
-def train(run_gin, model_dir, task, steps, batch, *extra):
-  return run(["unified_io.cli.train", "--gin_file=models/tiny.gin", f"--gin_file=runs/{run_gin}",
+def train(args, run_gin, model_dir, task, steps, batch, *extra):
+  return run(["unified_io.cli.train", f"--gin_file=models/{args.model}",
+              f"--gin_file=runs/{run_gin}",
               f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
-              f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}",
+              f"--gin.TASK_FEATURE_LENGTHS={LENGTHS[args.lengths]}", f"--gin.TRAIN_STEPS={steps}",
               f"--gin.BATCH_SIZE={batch}", "--gin.train.log_every=50",
               f"--gin.train.checkpoint_every={steps}", *extra], f"training {model_dir}")
 
@@ -57,15 +64,23 @@ def main():
   parser.add_argument("--finetune_steps", type=int, default=400)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--eval_examples", type=int, default=128)
+  parser.add_argument("--model", default="tiny.gin", help="a gin file of gin/models/")
+  parser.add_argument("--lengths", default="text", choices=sorted(LENGTHS))
+  parser.add_argument("--base", default=None,
+                      help="a checkpoint step to fine-tune from instead of pretraining one")
   args = parser.parse_args()
   out = os.path.abspath(args.out)
   base_dir, full_dir, lora_dir = (os.path.join(out, n) for n in ("base", "full", "lora"))
-  train("pretrain.gin", base_dir, args.pretrain_task, args.pretrain_steps, args.batch_size,
-        "--gin.learning_rate_schedule.warmup_steps=100")
-  base_ckpt = os.path.join(base_dir, "checkpoints", str(args.pretrain_steps))
-  train("finetune.gin", full_dir, args.finetune_task, args.finetune_steps, args.batch_size,
+  if args.base:
+    base_ckpt = os.path.abspath(args.base)
+    base_dir = os.path.dirname(os.path.dirname(base_ckpt))
+  else:
+    train(args, "pretrain.gin", base_dir, args.pretrain_task, args.pretrain_steps,
+          args.batch_size, "--gin.learning_rate_schedule.warmup_steps=100")
+    base_ckpt = os.path.join(base_dir, "checkpoints", str(args.pretrain_steps))
+  train(args, "finetune.gin", full_dir, args.finetune_task, args.finetune_steps, args.batch_size,
         f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'")
-  lora_log = train("finetune_lora.gin", lora_dir, args.finetune_task, args.finetune_steps,
+  lora_log = train(args, "finetune_lora.gin", lora_dir, args.finetune_task, args.finetune_steps,
                    args.batch_size, f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'")
   trained = re.search(r"lora: ([\d,]+) trained parameters \(([\d.]+)% of the base's ([\d,]+)",
                       lora_log)
@@ -75,8 +90,7 @@ def main():
                              ("LoRA, int8 base", lora_dir))}
   metric_names = sorted({k for r in rows.values() for k in r if k != "step" and "/" not in k})
   print(f"\n{args.finetune_task}, held-out (validation, {args.eval_examples} examples), "
-        f"{args.finetune_steps} fine-tuning steps of batch {args.batch_size} from "
-        f"{args.pretrain_steps} steps on {args.pretrain_task}")
+        f"{args.finetune_steps} fine-tuning steps of batch {args.batch_size} from {base_ckpt}")
   total = trained.group(3) if trained else "?"
   counts = {"base (no fine-tuning)": "0", "full fine-tuning": total,
             "LoRA, int8 base": trained.group(1) if trained else "?"}
@@ -84,6 +98,9 @@ def main():
   for name, metrics in rows.items():
     print(f"{name:24s} {counts[name]:>15s} "
           + " ".join(f"{metrics.get(m, float('nan')):14.3f}" for m in metric_names))
+  main_metric = "accuracy" if "accuracy" in metric_names else metric_names[0]
+  print(f"lora_minus_full_{main_metric} "
+        f"{rows['LoRA, int8 base'][main_metric] - rows['full fine-tuning'][main_metric]:.4f}")
 
 
 if __name__ == "__main__":

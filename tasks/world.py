@@ -167,7 +167,10 @@ MIXTURES = {"world_default": DEFAULT_RATES,
             "world_video": {n: DEFAULT_RATES[n] for n in VIDEO},
             "world_audio": {n: DEFAULT_RATES[n] for n in AUDIO},
             "world_text": {n: DEFAULT_RATES[n] for n in TEXT},
-            "world_sensor": {n: 1.0 for n in SENSOR}}
+            "world_sensor": {n: 1.0 for n in SENSOR},
+            # Progressive alignment's second stage (runs/align_modality.gin): the sensor task
+            # keeps its place while the audio input is aligned beside it.
+            "world_sensor_audio": {**{n: 1.0 for n in SENSOR}, "audio_qa": 1.0}}
 for _mixture, _rates in MIXTURES.items():
   registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
 

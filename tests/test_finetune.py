@@ -154,8 +154,8 @@ def test_finetune_from_a_converted_release_with_an_assignment_map(tmp_path, text
                                     err_msg=jax.tree_util.keystr(path))
 
 
-def test_lora_finetune_trains_adapters_on_an_int8_base_then_eval_and_merge_agree(tmp_path,
-                                                                                pretrained):
+def test_lora_finetune_trains_adapters_on_an_int8_base_then_eval_and_merge_agree(
+    tmp_path, pretrained, capsys):
   """runs/finetune_lora.gin: the checkpoint holds only the adapters, lora.json names the base;
   the first step's loss is the int8 base's (B = 0); uio2-eval's loader and uio2-merge-lora give
   the same parameters, the base changed exactly at the adapted kernels; another base is refused."""
@@ -187,8 +187,14 @@ def test_lora_finetune_trains_adapters_on_an_int8_base_then_eval_and_merge_agree
   for x, y in zip(jax.tree_util.tree_leaves(merged.params), jax.tree_util.tree_leaves(run.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
 
-  # Resuming the adapters on another base is refused in one line before anything is written.
-  status, _, err = _train("finetune_lora.gin", fine, 4, f"--gin.INITIAL_CHECKPOINT_PATH='{merged_dir}'")
+  # Resuming the adapters on another base is refused in one line before anything is written
+  # (`main` in this process: the refusal comes before any compile).
+  try:
+    status = train_cli.main(_flags("finetune_lora.gin", fine, 4,
+                                   f"--gin.INITIAL_CHECKPOINT_PATH='{merged_dir}'"))
+  finally:
+    gin.clear_config()
+  err = capsys.readouterr().err
   assert status == 2, err[-3000:]
   assert "uio2-train: lora: " in err and "base" in err, err[-2000:]
   assert not (fine / "checkpoints" / "4").exists()

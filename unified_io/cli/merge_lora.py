@@ -44,10 +44,8 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
   import numpy as np
   from flax import traverse_util
 
-  import unified_io
   from unified_io import partitioning
   from unified_io.adapters import lora
-  from unified_io.cli import merge as merge_cli
   from unified_io.evaluation import run_loader
   from unified_io.training import run_config as run_config_lib
   # pylint: enable=import-outside-toplevel
@@ -68,6 +66,15 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
     own = run_config_lib.load(adapters_dir)
   except run_config_lib.RunConfigError as exc:
     raise MergeLoraError(" ".join(str(exc).split())) from exc
+  if own and base == saved_base and _trainer_record(adapters_dir):
+    # A uio2-train LoRA MODEL_DIR: its newest step read as uio2-eval reads it (the base rebuilt
+    # as the run built it: seed, assignment map, tokenizers; trained base parameters; adapters).
+    run = run_loader.load_run(adapters_dir)
+    say(f"merging {len(adapters)} adapters (rank {cfg.rank}, alpha {cfg.alpha:g}) of "
+        f"{adapters_dir} step {run.step} into {base}")
+    merged = jax.tree_util.tree_map(np.asarray, run.params)
+    return _write(output_dir, overwrite, adapters_dir, merged, run.step, adapters_dir, base, cfg,
+                  adapters, say)
   loaded = run_loader.load_run(base, model_config=own.model if own else None)
   specs = partitioning.logical_specs(loaded.model.abstract_params())
   lora.check_compatible(saved_fingerprint, loaded.params, specs, cfg)
@@ -87,6 +94,29 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
   merged = jax.tree_util.tree_map(np.asarray, lora.merge(params, adapters, cfg))
 
   config_source = adapters_dir if own else loaded.model_dir
+  return _write(output_dir, overwrite, config_source, merged, loaded.step, adapters_dir, base, cfg,
+                adapters, say)
+
+
+def _trainer_record(adapters_dir: str) -> bool:
+  """Whether lora.json is the one uio2-train writes (it records how to rebuild the base)."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(adapters_dir, "lora.json")) as f:
+    return "seed" in json.load(f)
+
+
+def _write(output_dir, overwrite, config_source, merged, step, adapters_dir, base, cfg, adapters,
+           say) -> Dict[str, Any]:
+  """OUT/run-config.json (a copy) and OUT/checkpoints/<step>/ with the merged parameters."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+
+  import unified_io
+  from unified_io.cli import merge as merge_cli
+  from unified_io.evaluation import run_loader
+  from unified_io.training import run_config as run_config_lib
+  # pylint: enable=import-outside-toplevel
   if overwrite and os.path.isdir(output_dir):
     shutil.rmtree(output_dir)
   os.makedirs(output_dir, exist_ok=True)
@@ -94,10 +124,10 @@ def run(adapters_dir: str, output_dir: str, base: Optional[str] = None, overwrit
     shutil.copyfile(os.path.join(config_source, run_config_lib.FILE),
                     os.path.join(output_dir, run_config_lib.FILE))
   record = {"adapters_dir": os.path.abspath(adapters_dir), "base": os.path.abspath(base),
-            "base_step": loaded.step, "lora": cfg.to_dict(), "kernels": sorted(adapters),
+            "step": step, "lora": cfg.to_dict(), "kernels": sorted(adapters),
             "versions": {"unified_io": unified_io.__version__, "jax": jax.__version__,
                          "numpy": np.__version__}}
-  step_dir = os.path.join(output_dir, run_loader.CHECKPOINTS, str(loaded.step))
+  step_dir = os.path.join(output_dir, run_loader.CHECKPOINTS, str(step))
   merge_cli.save_params(step_dir, merged, record)
   say(f"wrote {os.path.abspath(output_dir)}")
   return record

@@ -58,12 +58,19 @@ def base_id(path: Optional[str]) -> Optional[str]:
 
 
 def write_record(model_dir: str, cfg: lora.LoraConfig, fingerprint: Mapping, base: Optional[str],
-                 int8_base: bool, seed: int, trainable: Sequence[str] = ()) -> None:
+                 int8_base: bool, seed: int, trainable: Sequence[str] = (),
+                 assignment_map: Sequence[Tuple[str, Optional[str]]] = (),
+                 tokenizers: Optional[Mapping[str, str]] = None) -> None:
+  """MODEL_DIR/lora.json: how to rebuild the base the adapters belong to (its path, the run's
+  seed for the parameters it does not hold, the assignment map and grafted tokenizers), the
+  adapter config and fingerprint, and the base parameters that trained (`trainable`)."""
   if jax.process_index() != 0:
     return
   base = base_id(base)
   record = {"lora": lora.config_to_dict(cfg), "fingerprint": fingerprint, "base": base,
-            "int8_base": bool(int8_base), "seed": int(seed), "trainable": list(trainable)}
+            "int8_base": bool(int8_base), "seed": int(seed), "trainable": list(trainable),
+            "assignment_map": [list(pair) for pair in assignment_map],
+            "tokenizers": dict(tokenizers or {})}
   with open(record_path(model_dir), "w") as f:
     json.dump(record, f, indent=2)
     f.write("\n")
@@ -246,7 +253,7 @@ def trainable_report(boxed_adapters, base_boxed) -> str:
 
 def save_adapters(model_dir: str, state: TrainState, cfg: lora.LoraConfig, fingerprint: Mapping,
                   base: Optional[str], int8_base: bool, seed: int,
-                  trainable: Sequence[str] = ()) -> None:
+                  trainable: Sequence[str] = (), **record) -> None:
   """MODEL_DIR/adapters.npz (what `uio2-merge-lora` reads) and lora.json, after a run."""
   if jax.process_index() != 0:
     return
@@ -255,20 +262,24 @@ def save_adapters(model_dir: str, state: TrainState, cfg: lora.LoraConfig, finge
   if trained:  # (the base parameters that trained: uio2-merge-lora puts them in too)
     np.savez(os.path.join(model_dir, TRAINED_FILE),
              **{k: np.asarray(jax.device_get(v)) for k, v in trained.items()})
-  write_record(model_dir, cfg, fingerprint, base, int8_base, seed,
-               trainable)  # (keeps int8_base, seed and trainable)
+  write_record(model_dir, cfg, fingerprint, base, int8_base, seed, trainable,
+               **record)  # (keeps what save_adapters' lora.json leaves out)
 
 
 def load_merged_params(model, record: Mapping, step_dir: str, target_params, specs) -> Any:
   """The parameters of a LoRA run's step: its base (record["base"], or the fresh base of the
   run's seed) with the step's adapters merged in (`lora.merge`), in float32."""
   cfg = lora.LoraConfig.from_dict(record["lora"])
+  # As the trainer built it: fresh parameters of the run's seed, the base checkpoint's read over
+  # them through the run's assignment map, then its grafted tokenizers.
+  init = jax.jit(lambda: model.init(jax.random.PRNGKey(int(record.get("seed", 0))),
+                                    model.dummy_batch(1)))
+  base = nn.meta.unbox(init())
   if record.get("base"):
-    base = ckpt_lib.load_params(record["base"], target_params)
-  else:
-    init = jax.jit(lambda: model.init(jax.random.PRNGKey(int(record.get("seed", 0))),
-                                      model.dummy_batch(1)))
-    base = nn.meta.unbox(init())
+    base = ckpt_lib.load_params(record["base"], base, assignment_map=[
+        tuple(pair) for pair in record.get("assignment_map", [])])
+  if record.get("tokenizers"):
+    base = graft.graft_tokenizers(base, record["tokenizers"], model.cfg)
   lora.check_compatible(record["fingerprint"], base, specs, cfg)
   target = {"lora": nest(jax.eval_shape(
       lambda: lora.init_adapters(jax.random.PRNGKey(0), target_params, specs, cfg)))}

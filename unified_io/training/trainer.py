@@ -383,7 +383,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       run_config.save(model_dir)
     if lora is not None:  # which base the adapters belong to (eval, merge and resume read it)
       adapted.write_record(model_dir, lora, setup.lora_fingerprint, initial_checkpoint_path,
-                           int8_base, seed, tuple(trainable))
+                           int8_base, seed, tuple(trainable), assignment_map=assignment_map,
+                           tokenizers={k: w.step_dir for k, w in located.items()})
     print(f"input: process {jax.process_index()} of {jax.process_count()} reads input shards "
           f"{data.shard_indices} of {shards} (rows {data.rows.start}-{data.rows.stop - 1} "
           f"of each batch of {batch_size})", flush=True)
@@ -414,7 +415,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     checkpoints.close()
     if lora is not None:  # (the adapters alone, for uio2-merge-lora and sharing one base)
       adapted.save_adapters(model_dir, state, lora, setup.lora_fingerprint,
-                            initial_checkpoint_path, int8_base, seed, tuple(trainable))
+                            initial_checkpoint_path, int8_base, seed, tuple(trainable),
+                            assignment_map=assignment_map,
+                            tokenizers={k: w.step_dir for k, w in located.items()})
     _write(os.path.join(model_dir, "config.gin"), gin.operative_config_str())
     skipped = bad_input.summary()  # (each bad example once; per step: metrics bad_input/*)
     if skipped:
