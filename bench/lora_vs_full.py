@@ -44,7 +44,9 @@ def train(args, run_gin, model_dir, task, steps, batch, *extra):
               f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
               f"--gin.TASK_FEATURE_LENGTHS={LENGTHS[args.lengths]}", f"--gin.TRAIN_STEPS={steps}",
               f"--gin.BATCH_SIZE={batch}", "--gin.train.log_every=50",
-              f"--gin.train.checkpoint_every={steps}", *extra], f"training {model_dir}")
+              f"--gin.train.checkpoint_every={steps}",
+              # (one modality set per batch: a multimodal step runs only what the task reads)
+              "--gin.train.group_batches=True", *extra], f"training {model_dir}")
 
 
 def evaluate(checkpoint, task, out, examples):
@@ -66,6 +68,10 @@ def main():
   parser.add_argument("--eval_examples", type=int, default=128)
   parser.add_argument("--model", default="tiny.gin", help="a gin file of gin/models/")
   parser.add_argument("--lengths", default="text", choices=sorted(LENGTHS))
+  parser.add_argument("--world", nargs="*", default=[],
+                      help="world bindings for the fine-tuning runs (and so their evaluation), "
+                           "e.g. the main job's: make_world_config.max_objects=2 ...; a base's own "
+                           "evaluation uses its run's world")
   parser.add_argument("--base", default=None,
                       help="a checkpoint step to fine-tune from instead of pretraining one")
   args = parser.parse_args()
@@ -78,15 +84,16 @@ def main():
     train(args, "pretrain.gin", base_dir, args.pretrain_task, args.pretrain_steps,
           args.batch_size, "--gin.learning_rate_schedule.warmup_steps=100")
     base_ckpt = os.path.join(base_dir, "checkpoints", str(args.pretrain_steps))
+  world = [f"--gin.{b}" for b in args.world]
   train(args, "finetune.gin", full_dir, args.finetune_task, args.finetune_steps, args.batch_size,
-        f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'")
+        f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'", *world)
   lora_log = train(args, "finetune_lora.gin", lora_dir, args.finetune_task, args.finetune_steps,
-                   args.batch_size, f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'")
+                   args.batch_size, f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'", *world)
   trained = re.search(r"lora: ([\d,]+) trained parameters \(([\d.]+)% of the base's ([\d,]+)",
                       lora_log)
   rows = {name: evaluate(path, args.finetune_task, os.path.join(out, f"eval_{name}"),
                          args.eval_examples)
-          for name, path in (("base (no fine-tuning)", base_dir), ("full fine-tuning", full_dir),
+          for name, path in (("base (no fine-tuning)", base_ckpt), ("full fine-tuning", full_dir),
                              ("LoRA, int8 base", lora_dir))}
   metric_names = sorted({k for r in rows.values() for k in r if k != "step" and "/" not in k})
   print(f"\n{args.finetune_task}, held-out (validation, {args.eval_examples} examples), "

@@ -3,7 +3,7 @@
 The commands a user runs (subprocesses; runs/align_modality.gin):
   0. base: `uio2-train` models/tiny_multimodal.gin + runs/pretrain.gin on world_main (images,
      audio, text; the release's linear input projections), then its held-out audio score;
-  1. stage 1: models/tiny_sensor.gin + runs/align_modality.gin from the base on world_sensor_taps:
+  1. stage 1: models/tiny_sensor.gin + runs/align_modality.gin from the base on world_sensor_gravity:
      the universal projection module replaces the linear projections, and only it, the sensor's
      conv tokenizer and rank-8 LoRA adapters on the trunk's attention train (int8 base);
      `uio2-merge-lora`; held-out sensor score;
@@ -13,6 +13,7 @@ Prints every command and the table.
 
   python bench/progressive_alignment.py                  # ~20 min on 2 CPU cores
   python bench/progressive_alignment.py --base_steps 200 --stage_steps 100 --out /tmp/pa
+  python bench/progressive_alignment.py --base main_job_output/model/checkpoints/3000
 """
 
 import argparse
@@ -69,21 +70,27 @@ def main():
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--eval_examples", type=int, default=128)
   parser.add_argument("--learning_rate", type=float, default=3e-3)
+  parser.add_argument("--base", default=None,
+                      help="a trained tiny_multimodal checkpoint step to align to (default: "
+                           "train one for --base_steps on world_main)")
   args = parser.parse_args()
   out = os.path.abspath(args.out)
   path = lambda name: os.path.join(out, name)  # noqa: E731
   scores = {}
-  train("tiny_multimodal.gin", "pretrain.gin", path("base"), "world_main", BASE_LENGTHS,
-        args.base_steps, args.batch_size, "--gin.train.group_batches=True",
-        "--gin.learning_rate_schedule.warmup_steps=100")
-  scores["base"] = {"audio": evaluate(path("base"), "world_audio_qa", path("eval_base"),
+  if args.base:  # e.g. the main job's model: OUT/model/checkpoints/3000
+    base_ckpt = os.path.abspath(args.base)
+  else:
+    train("tiny_multimodal.gin", "pretrain.gin", path("base"), "world_main", BASE_LENGTHS,
+          args.base_steps, args.batch_size, "--gin.train.group_batches=True",
+          "--gin.learning_rate_schedule.warmup_steps=100")
+    base_ckpt = os.path.join(path("base"), "checkpoints", str(args.base_steps))
+  scores["base"] = {"audio": evaluate(base_ckpt, "world_audio_qa", path("eval_base"),
                                       args.eval_examples)}
   lr = f"--gin.learning_rate_schedule.base_learning_rate={args.learning_rate}"
-  base_ckpt = os.path.join(path("base"), "checkpoints", str(args.base_steps))
-  train("tiny_sensor.gin", "align_modality.gin", path("stage1"), "world_sensor_taps",
+  train("tiny_sensor.gin", "align_modality.gin", path("stage1"), "world_sensor_gravity",
         SENSOR_LENGTHS, args.stage_steps, args.batch_size,
         f"--gin.INITIAL_CHECKPOINT_PATH='{base_ckpt}'", lr)
-  scores["stage 1: sensor"] = {"sensor": evaluate(path("stage1"), "world_sensor_taps",
+  scores["stage 1: sensor"] = {"sensor": evaluate(path("stage1"), "world_sensor_gravity",
                                                   path("eval_stage1"), args.eval_examples)}
   run(["unified_io.cli.merge_lora", "--adapters_dir", path("stage1"), "--output_dir",
        path("stage1_merged"), "--overwrite"], "merging stage 1")
@@ -94,11 +101,11 @@ def main():
   scores["stage 2: + audio"] = {
       task: evaluate(path("stage2"), f"world_{name}", path(f"eval_stage2_{task}"),
                      args.eval_examples)
-      for task, name in (("sensor", "sensor_taps"), ("audio", "audio_qa"))}
+      for task, name in (("sensor", "sensor_gravity"), ("audio", "audio_qa"))}
   print(f"\nheld-out accuracy (validation, {args.eval_examples} examples per task); base: "
-        f"{args.base_steps} steps on world_main; each stage {args.stage_steps} steps of batch "
+        f"{base_ckpt}; each stage {args.stage_steps} steps of batch "
         f"{args.batch_size}, only the projection module, the sensor tokenizer and LoRA training")
-  print(f"{'stage':22s} {'sensor taps':>12s} {'audio qa':>10s}")
+  print(f"{'stage':22s} {'sensor axis':>12s} {'audio qa':>10s}")
   for stage, row in scores.items():
     print(f"{stage:22s} " + " ".join(f"{row.get(t, float('nan')):>{w}.3f}"
                                      for t, w in (("sensor", 12), ("audio", 10))))

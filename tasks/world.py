@@ -21,6 +21,7 @@ Raw fields per task (every task also has text_inputs and meta/task, meta/answer)
   world_audio_qa          audio_inputs + question (pitch / count / timbre) -> answer
   world_text_to_audio     description (10% null prompt) -> audio_targets
   world_sensor_taps       sensor_inputs (IMU [T, 6]) + "How many taps are in the signal?" -> "1".."4"
+  world_sensor_gravity    sensor_inputs + "Which axis feels gravity: 1, 2 or 3?" -> "1".."3"
                           (needs a model reading sensor: gin/models/tiny_sensor.gin; in no mixture
                           of the release's modalities, only in world_sensor)
   world_image_denoise     image_inputs -> image_targets, the same scene (for [R] denoising)
@@ -109,6 +110,7 @@ TASKS: Dict[str, WorldTask] = {
     "text_to_audio": WorldTask("text_to_audio", "text_to_audio", ("audio", "text"),
                                null_prompt=True, **_AUDIO_OUT),
     "sensor_taps": WorldTask("sensor_taps", "sensor_vqa", ("sensor", "text"), **_LABEL),
+    "sensor_gravity": WorldTask("sensor_gravity", "sensor_vqa", ("sensor", "text"), **_LABEL),
     "text_scene_qa": WorldTask("text_scene_qa", "text_instruction", _TEXT, **_LABEL),
     "arithmetic": WorldTask("arithmetic", "text_instruction", _TEXT),
 }
@@ -151,7 +153,7 @@ VISION = ("caption", "vqa_colour", "vqa_shape", "vqa_count", "vqa_position", "re
 VIDEO = ("video_direction", "video_count")
 AUDIO = ("audio_caption", "audio_qa", "text_to_audio")
 TEXT = ("text_scene_qa", "arithmetic")
-SENSOR = ("sensor_taps",)
+SENSOR = ("sensor_taps", "sensor_gravity")
 # Relative rates of world_default: the four VQA topics share one task's weight, as do the two
 # text tasks; every other task counts once.
 # The denoising tasks copy their input unless a denoising mixture masks it: pretraining only.
@@ -170,7 +172,7 @@ MIXTURES = {"world_default": DEFAULT_RATES,
             "world_sensor": {n: 1.0 for n in SENSOR},
             # Progressive alignment's second stage (runs/align_modality.gin): the sensor task
             # keeps its place while the audio input is aligned beside it.
-            "world_sensor_audio": {**{n: 1.0 for n in SENSOR}, "audio_qa": 1.0}}
+            "world_sensor_audio": {"sensor_gravity": 1.0, "audio_qa": 1.0}}
 for _mixture, _rates in MIXTURES.items():
   registry.add_mixture(_mixture, [(f"world_{n}", r) for n, r in _rates.items()], replace=True)
 

@@ -226,6 +226,17 @@ def sensor_taps(rng, cfg):
           "meta/tap_onsets": np.array(drawn.onsets, np.int32)}
 
 
+def sensor_gravity(rng, cfg):
+  """An IMU signal [T, 6] at rest but for 1-4 taps; which accelerometer axis feels gravity:
+  "Which axis feels gravity: 1, 2 or 3?" -> "2". A level read (the axis's mean), where counting
+  taps needs the events: the easier of the two sensor tasks."""
+  down = int(rng.integers(3))
+  signal = taps.synthesise(taps.sample_taps(rng, cfg), rng, cfg, down=down)
+  answer = str(down + 1)
+  return {"sensor_inputs": signal, "prompt_text": _text("Which axis feels gravity: 1, 2 or 3?"),
+          "text_targets": _text(answer), "meta/answer": _text(answer)}
+
+
 # ------------------------------------------------------------------------------------ text only
 
 def text_scene_qa(rng, cfg):
@@ -288,6 +299,8 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
     Generator("sensor_taps", sensor_taps,
               {"sensor_inputs": (np.float32, _sensor), "meta/tap_onsets": (np.int32, _list),
                **TEXT_TARGET}),
+    Generator("sensor_gravity", sensor_gravity,
+              {"sensor_inputs": (np.float32, _sensor), **TEXT_TARGET}),
     Generator("text_scene_qa", text_scene_qa, TEXT_TARGET),
     Generator("arithmetic", arithmetic, TEXT_TARGET, content_split=arithmetic_split),
 ]}

@@ -8,7 +8,7 @@ taps are at least `_MIN_GAP_SECONDS` apart, so each is a separate event a 16-sam
 """
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -43,12 +43,14 @@ def sample_taps(rng: np.random.Generator, cfg: WorldConfig) -> Taps:
   return Taps(count, onsets)
 
 
-def synthesise(taps: Taps, rng: np.random.Generator, cfg: WorldConfig) -> np.ndarray:
-  """float32 [sensor_samples, 6]: gravity, sway, noise and the taps."""
+def synthesise(taps: Taps, rng: np.random.Generator, cfg: WorldConfig,
+               down: Optional[int] = None) -> np.ndarray:
+  """float32 [sensor_samples, 6]: gravity (on accelerometer axis `down`, default drawn), sway,
+  noise and the taps."""
   samples, rate = cfg.sensor_samples, cfg.sensor_rate_hz
   t = np.arange(samples) / rate
   signal = np.zeros((samples, CHANNELS), np.float64)
-  down = int(rng.integers(3))
+  down = int(rng.integers(3)) if down is None else down
   sway_hz, sway = rng.uniform(0.1, 0.5), rng.uniform(0.0, 0.3)
   signal[:, down] = GRAVITY + sway * np.sin(2 * np.pi * sway_hz * t + rng.uniform(0, 2 * np.pi))
   signal[:, 3 + down] = sway * 2 * np.pi * sway_hz / GRAVITY * np.cos(2 * np.pi * sway_hz * t)
