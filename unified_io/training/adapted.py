@@ -1,17 +1,20 @@
 """Training adapters on a frozen base: LoRA (`unified_io.adapters.lora`) over an optionally int8
 base (`unified_io.adapters.int8`), as `train.lora` / `train.int8_base` ask (runs/finetune_lora.gin).
 
-The train state's `params` are the adapters alone (so the optimizer, its state, the gradients and
-the checkpoints hold only them) and its `frozen` part is the base, read from
-INITIAL_CHECKPOINT_PATH (or freshly initialised) and, with `int8_base`, stored as int8 with
-per-channel scales. Each step builds the model's parameters inside the jitted step:
-`apply_adapters(dequantize(base), adapters)` (`combine`), so the base is never updated and the int8
-copy is the only one held between steps.
+The train state's `params` are only what trains: {"lora": the adapters} and, with
+`train.trainable`, {"trained": those base parameters} (so the optimizer, its state, the gradients
+and the checkpoints hold only them); its `frozen` part is the base, built as a full fine-tuning
+would start (`tokenizer_graft.starting_params`: fresh parameters of `train.seed`,
+INITIAL_CHECKPOINT_PATH's read over them, trained tokenizers) and, with `int8_base`, stored as int8
+with per-channel scales. Each step builds the model's parameters inside the jitted step:
+`apply_adapters(overlay(dequantize(base), trained), adapters)` (`combine`), so the base is never
+updated and the int8 copy is the only one held between steps.
 
-MODEL_DIR/lora.json records the adapter config, the base it was made for (its path, or null for a
-fresh base of `train.seed`) and the base's fingerprint (targeted kernels and shapes): a resumed
-run, `uio2-eval` (`evaluation.run_loader`) and `uio2-merge-lora` read the base again from there and
-refuse adapters made for another base, in one line.
+MODEL_DIR/lora.json records how the base was built (its path, the seed, the assignment map, the
+tokenizers), the adapter config, the trained base parameters' patterns and the base's fingerprint
+(targeted kernels and shapes): a resumed run, `uio2-eval` (`evaluation.run_loader`) and
+`uio2-merge-lora` rebuild the base from there and refuse adapters made for another base, in one
+line.
 """
 
 import json
@@ -170,10 +173,8 @@ def base_params(init_params: Callable[[], Any], base_boxed, mesh: Mesh, rules,
   INITIAL_CHECKPOINT_PATH, then the trained tokenizers grafted in, as a full fine-tuning starts."""
   shardings = partitioning.shardings(base_boxed, mesh, rules)
   params = jax.jit(lambda: nn.meta.unbox(init_params()), out_shardings=shardings)()
-  if initial_checkpoint_path:
-    params = ckpt_lib.load_params(initial_checkpoint_path, params, assignment_map=assignment_map)
-  if tokenizers:
-    params = graft.graft_tokenizers(params, tokenizers, model_config)
+  params = graft.starting_params(params, initial_checkpoint_path, assignment_map, tokenizers,
+                                 model_config)
   return jax.device_put(params, shardings)
 
 
@@ -274,12 +275,9 @@ def load_merged_params(model, record: Mapping, step_dir: str, target_params, spe
   # them through the run's assignment map, then its grafted tokenizers.
   init = jax.jit(lambda: model.init(jax.random.PRNGKey(int(record.get("seed", 0))),
                                     model.dummy_batch(1)))
-  base = nn.meta.unbox(init())
-  if record.get("base"):
-    base = ckpt_lib.load_params(record["base"], base, assignment_map=[
-        tuple(pair) for pair in record.get("assignment_map", [])])
-  if record.get("tokenizers"):
-    base = graft.graft_tokenizers(base, record["tokenizers"], model.cfg)
+  base = graft.starting_params(nn.meta.unbox(init()), record.get("base"),
+                               record.get("assignment_map", []), record.get("tokenizers"),
+                               model.cfg)
   lora.check_compatible(record["fingerprint"], base, specs, cfg)
   target = {"lora": nest(jax.eval_shape(
       lambda: lora.init_adapters(jax.random.PRNGKey(0), target_params, specs, cfg)))}

@@ -168,6 +168,21 @@ def graft_tokenizers(params: Mapping[str, Any], tokenizers: Mapping[str, str],
   return grafted
 
 
+def starting_params(params: Mapping[str, Any], initial_checkpoint_path: Optional[str],
+                    assignment_map, tokenizers: Optional[Mapping[str, str]],
+                    model_config: UnifiedIOConfig) -> Mapping[str, Any]:
+  """What a run starts from: freshly initialised `params`, INITIAL_CHECKPOINT_PATH's read over
+  them through the assignment map (`ckpt_lib.load_params`), then the trained `tokenizers` grafted
+  in (over the checkpoint's own). `params` itself when neither is given. The trainer's full
+  state, a LoRA run's base, and that base rebuilt for evaluation all come from here."""
+  if initial_checkpoint_path:
+    params = ckpt_lib.load_params(initial_checkpoint_path, params,
+                                  assignment_map=[tuple(pair) for pair in assignment_map])
+  if tokenizers:
+    params = graft_tokenizers(params, tokenizers, model_config)
+  return params
+
+
 def _fitted(trained: TrainedTokenizer, model_vq: Any) -> Any:
   """The tokenizer's parameters as a tree like `model_vq`, each leaf in that leaf's dtype."""
   ours = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(model_vq)}

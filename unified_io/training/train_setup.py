@@ -117,12 +117,11 @@ def build_train_setup(
                                   "the batch's size")
     combine, fingerprint, described, mask = None, None, boxed, None
     if trainable and lora is None:  # (a pattern naming nothing is refused here, in one line)
+      values = jax.tree_util.tree_leaves(partitioning.box_values(boxed))
       mask = trainable_mask(partitioning.box_values(boxed), trainable)
-      count = lambda tree: sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
-      values = partitioning.box_values(boxed)
-      trained = count(jax.tree_util.tree_map(lambda x, m: x if m else None, values, mask))
-      print(f"train.trainable: {trained:,} of {count(values):,} parameters train, the rest keep "
-            "their values", flush=True)
+      trained = sum(x.size for x, m in zip(values, jax.tree_util.tree_leaves(mask)) if m)
+      print(f"train.trainable: {trained:,} of {sum(x.size for x in values):,} parameters train, "
+            "the rest keep their values", flush=True)
     if lora is not None:  # the adapters train, the base is frozen (`training.adapted`)
       boxed, optimizer, shardings, state, combine, fingerprint = adapted.build_state(
           init_params, optimizer, mesh, rules, cfg=lora, int8_base=int8_base, seed=seed,
@@ -170,10 +169,7 @@ def _initial_state(init_params: Callable[[], Any], optimizer: optax.GradientTran
                   out_shardings=shardings)()
   if not initial_checkpoint_path and not tokenizers:
     return state
-  params = state.params
-  if initial_checkpoint_path:
-    params = ckpt_lib.load_params(initial_checkpoint_path, params, assignment_map=assignment_map)
-  if tokenizers:
-    params = graft.graft_tokenizers(params, tokenizers, model_config)
+  params = graft.starting_params(state.params, initial_checkpoint_path, assignment_map,
+                                 tokenizers, model_config)
   params = jax.device_put(params, shardings.params)
   return jax.jit(lambda p: TrainState.create(p, optimizer), out_shardings=shardings)(params)
