@@ -57,6 +57,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
+from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
@@ -133,13 +134,9 @@ def lora_config(rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
 # ------------------------------------------------------------------------------------------------
 # Which kernels, and how each splits into input and output axes.
 # ------------------------------------------------------------------------------------------------
-def _flat(tree, prefix: str = "") -> Dict[str, Any]:
-  """'/'-joined path -> leaf of a nested mapping (a PartitionSpec is a leaf, not a node)."""
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    out.update(_flat(value, path) if isinstance(value, Mapping) else {path: value})
-  return out
+def _flat(tree) -> Dict[str, Any]:
+  """'/'-joined path -> leaf of a nested dict (a PartitionSpec is a leaf, not a node)."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _names(spec) -> Tuple[Optional[str], ...]:
