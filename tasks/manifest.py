@@ -13,9 +13,10 @@ do; from python, `unified_io.datasets.manifest.add_manifest_task` is the direct 
   register_configured_manifests.tasks = {"my_sounds": {"splits": {"train": "/data/train.jsonl"}}}
 
 Per task: "splits" ({split: path or [paths]}), optional "media" (list of image / audio / video /
-target_image / target_audio; default: those of the first line), "meta_fields" ({name: 0 or 1}),
-"task_kind", "num_video_frames", "video_audio". The line format is in
-`unified_io.datasets.manifest`'s docstring.
+target_image / target_audio / target_depth / target_normals / target_segmentation; default: those
+of the first line), "meta_fields" ({name: 0 or 1}), "task_kind", "num_video_frames",
+"video_audio", and for dense targets "depth_scale" (integer depth: metres = value / scale),
+"max_depth", "num_classes". The line format is in `unified_io.datasets.manifest`'s docstring.
 """
 
 import json

@@ -24,6 +24,14 @@ Raw fields per task (every task also has text_inputs and meta/task, meta/answer)
   world_sensor_gravity    sensor_inputs + "Which axis feels gravity: 1, 2 or 3?" -> "1".."3"
                           (needs a model reading sensor: gin/models/tiny_sensor.gin; in no mixture
                           of the release's modalities, only in world_sensor)
+  world_depth             image_inputs -> image_targets: depth map (grey = metres / 10)
+  world_normals           image_inputs -> image_targets: surface normals (RGB = (n + 1) / 2)
+  world_segmentation      image_inputs -> image_targets: semantic classes (background + 7 shapes)
+                          in dense_labels.PALETTE colours
+  world_edges             image_inputs -> image_targets: object boundaries, white on black
+  world_segmentation_to_image   segmentation picture -> image_targets: the scene's picture
+  world_palette           image_inputs -> "light grey background; colours: red, blue"
+                          (dense tasks: unified_io/datasets/world/dense.py; mixture world_dense)
   world_image_denoise     image_inputs -> image_targets, the same scene (for [R] denoising)
   world_audio_denoise     audio_inputs -> audio_targets, the same clip (for [R] denoising)
   world_text_scene_qa     a scene described in text + question -> answer
@@ -41,7 +49,7 @@ import tensorflow as tf
 from unified_io.data import prompts, registry
 from unified_io.data.curriculum import Curriculum
 from unified_io.data.ops import boxes as box_ops
-from unified_io.datasets.world import GENERATORS, WorldDataSource, make_world_config
+from unified_io.datasets.world import GENERATORS, WorldDataSource, dense, make_world_config
 from unified_io.evaluation import metric_fns as M
 from unified_io.evaluation import postprocessors as P
 
@@ -86,6 +94,18 @@ _LABEL = dict(metric_fns=(M.exact_match, M.classification_accuracy))
 _IMAGE_OUT = dict(postprocess_fn=P.generated_media, metric_fns=(M.token_accuracy, M.image_error))
 _AUDIO_OUT = dict(postprocess_fn=P.generated_media,
                   metric_fns=(M.token_accuracy, M.spectrogram_error))
+# The dense world tasks' scoring, one line per task: generated pictures decoded back to labels
+# (unified_io.data.dense_labels) and scored as the papers report them (metric_fns).
+_DENSE_OUT = lambda metric: dict(postprocess_fn=P.generated_media,
+                                 metric_fns=(M.token_accuracy, metric))
+DENSE_SCORING = {
+    "depth": _DENSE_OUT(M.depth_error),
+    "normals": _DENSE_OUT(M.normals_error),
+    "segmentation": _DENSE_OUT(M.segmentation_miou_for(len(dense.SEGMENTATION_CLASSES))),
+    "edges": _DENSE_OUT(M.edge_fscore),
+    "segmentation_to_image": _IMAGE_OUT,
+    "palette": dict(metric_fns=(M.exact_match,)),
+}
 TASKS: Dict[str, WorldTask] = {
     "caption": WorldTask("caption", "image_caption", _IMAGE, **_CAPTION),
     "vqa_colour": WorldTask("vqa_colour", "vqa", _IMAGE, **_VQA),
@@ -102,6 +122,14 @@ TASKS: Dict[str, WorldTask] = {
                                **_IMAGE_OUT),
     "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE, **_IMAGE_OUT),
     "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE, **_IMAGE_OUT),
+    "depth": WorldTask("depth", "depth", _IMAGE, **DENSE_SCORING["depth"]),
+    "normals": WorldTask("normals", "surface_normals", _IMAGE, **DENSE_SCORING["normals"]),
+    "segmentation": WorldTask("segmentation", "semantic_segmentation", _IMAGE,
+                              **DENSE_SCORING["segmentation"]),
+    "edges": WorldTask("edges", "edge_detection", _IMAGE, **DENSE_SCORING["edges"]),
+    "segmentation_to_image": WorldTask("segmentation_to_image", "segmentation_to_image", _IMAGE,
+                                       **DENSE_SCORING["segmentation_to_image"]),
+    "palette": WorldTask("palette", "colour_palette", _IMAGE, **DENSE_SCORING["palette"]),
     "audio_denoise": WorldTask("audio_denoise", "audio_denoise", ("audio", "text"), **_AUDIO_OUT),
     "video_direction": WorldTask("video_direction", "video_qa", _VIDEO, **_LABEL),
     "video_count": WorldTask("video_count", "video_qa", _VIDEO, **_LABEL),
@@ -159,7 +187,10 @@ SENSOR = ("sensor_taps", "sensor_gravity")
 # The denoising tasks copy their input unless a denoising mixture masks it: pretraining only.
 DENOISING = ("image_denoise", "audio_denoise")
 # Sensor tasks need a model reading sensor (not the release's modalities): only world_sensor.
-DEFAULT_RATES = {**{name: 1.0 for name in TASKS if name not in DENOISING + SENSOR},
+# Dense labels (and their inverse, segmentation -> image, and the colour palette): only world_dense.
+DENSE = ("depth", "normals", "segmentation", "edges", "segmentation_to_image", "palette")
+assert set(DENSE) == set(DENSE_SCORING)
+DEFAULT_RATES = {**{name: 1.0 for name in TASKS if name not in DENOISING + SENSOR + DENSE},
                  **{f"vqa_{t}": 0.25 for t in ("colour", "shape", "count", "position")},
                  "video_direction": 0.5, "video_count": 0.5,
                  "text_scene_qa": 0.5, "arithmetic": 0.5}
@@ -170,6 +201,7 @@ MIXTURES = {"world_default": DEFAULT_RATES,
             "world_audio": {n: DEFAULT_RATES[n] for n in AUDIO},
             "world_text": {n: DEFAULT_RATES[n] for n in TEXT},
             "world_sensor": {n: 1.0 for n in SENSOR},
+            "world_dense": {n: 1.0 for n in DENSE},
             # Progressive alignment's second stage (runs/align_modality.gin): the sensor task
             # keeps its place while the audio input is aligned beside it.
             "world_sensor_audio": {"sensor_gravity": 1.0, "audio_qa": 1.0}}

@@ -13,8 +13,19 @@ _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), _DEVICE_FLAG]))
 os.environ["JAX_PLATFORMS"] = "cpu"
-if "jax" in sys.modules:  # a plugin imported jax first: the env var was read already
+# One persistent XLA compilation cache for the session: both xdist workers and every binary the
+# tests start (subprocesses inherit the environment) compile the same tiny train and decode steps
+# many times over; a hit loads the executable instead of compiling it again. It only ever returns
+# what XLA would compile for the same program, flags and devices.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache", "tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
+if "jax" in sys.modules:  # a plugin imported jax first: the env vars were read already
   sys.modules["jax"].config.update("jax_platforms", "cpu")
+  sys.modules["jax"].config.update("jax_compilation_cache_dir",
+                                   os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import pathlib  # pylint: disable=wrong-import-position
 

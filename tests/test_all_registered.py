@@ -75,6 +75,9 @@ CARRIES = {
     "world_text_scene_qa": _TEXT_TO_TEXT, "world_arithmetic": _TEXT_TO_TEXT,
     "world_sensor_taps": {(_I, "sensor"), (_T, "text")},
     "world_sensor_gravity": {(_I, "sensor"), (_T, "text")},
+    **{f"world_{n}": {(_I, "image"), (_T, "image")}
+       for n in ("depth", "normals", "segmentation", "edges", "segmentation_to_image")},
+    "world_palette": _IMAGE_TO_TEXT,
     "coco_captions": _IMAGE_TO_TEXT, "coco_detection": _IMAGE_TO_TEXT,
     "coco_image_denoise": {(_I, "image"), (_T, "image")},
     "refcoco": _IMAGE_TO_TEXT, "refcoco_plus": _IMAGE_TO_TEXT, "refcocog": _IMAGE_TO_TEXT,

@@ -370,7 +370,9 @@ def test_every_world_task_yields_stage2_examples(name, small_data_config):
             .as_numpy_iterator())
   assert ex["text_inputs"].dtype == np.int32 and ex["text_inputs"].size >= 2
   modalities = _world_tasks().TASKS[name].modalities
-  expect = {"image_patches": "image" in modalities and "to_image" not in name,
+  # (text -> picture tasks have no input image; segmentation -> picture has one)
+  reads_image = "image" in modalities and name not in ("text_to_image",)
+  expect = {"image_patches": reads_image,
             "audio_patches": "audio" in modalities and "to_audio" not in name,
             "image_history_patches": "image_history" in modalities,
             "audio_history_patches": "audio_history" in modalities,
@@ -414,7 +416,9 @@ def test_mixtures_cover_the_tasks_and_are_deterministic(small_data_config):
   world_tasks = _world_tasks()
   # (sensor tasks need a model reading sensor: their own mixture, world_sensor)
   assert set(registry.rates("world_default")) == {
-      f"world_{n}" for n in world_tasks.TASKS if n not in world_tasks.DENOISING + world_tasks.SENSOR}
+      f"world_{n}" for n in world_tasks.TASKS
+      if n not in world_tasks.DENOISING + world_tasks.SENSOR + world_tasks.DENSE}
+  assert set(registry.rates("world_dense")) == {f"world_{n}" for n in world_tasks.DENSE}
   assert set(registry.rates("world_sensor")) == {f"world_{n}" for n in world_tasks.SENSOR}
   for mixture in ("world_vision", "world_video", "world_audio", "world_text"):
     assert set(registry.rates(mixture)) < set(registry.rates("world_default"))

@@ -79,7 +79,7 @@ def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int
   if rates is None and isinstance(provider, seqio.Task):
     return task_examples(provider, data_config, lengths, **kwargs)
   if rates is None:
-    rates = {t.name: float(provider.get_rate(t)) for t in provider.tasks}
+    rates = registry.rates(name)
   tasks = [registered_task(t, name) for t in rates]
   tasks = [t for t in tasks if split in t.splits]
   if not tasks:

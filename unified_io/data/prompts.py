@@ -65,6 +65,45 @@ PROMPTS: Dict[str, List[str]] = {
         "Highlight {} in the image.",
         "Produce a segmentation mask for {}.",
     ],
+    # Dense labels drawn as pictures (unified_io/data/dense_labels.py's encodings). Not
+    # "segmentation": that name is an alias of object_to_mask.
+    "depth": [
+        "What is the depth map of this image?",
+        "Estimate the depth of every pixel.",
+        "Draw the depth of the scene.",
+        "Generate a depth image for this picture.",
+        "How far away is each part of the image? Answer with a depth map.",
+    ],
+    "surface_normals": [
+        "What are the surface normals of this image?",
+        "Estimate the surface normal at every pixel.",
+        "Draw the surface orientation of the scene.",
+        "Generate a surface normal map for this picture.",
+    ],
+    "semantic_segmentation": [
+        "Segment the image into classes.",
+        "What is the semantic segmentation of this image?",
+        "Label every pixel with its class.",
+        "Draw a semantic segmentation map of the scene.",
+    ],
+    "edge_detection": [
+        "Find the edges in this image.",
+        "Draw the object boundaries.",
+        "What are the edges of the objects in the picture?",
+        "Generate an edge map of the scene.",
+    ],
+    "segmentation_to_image": [
+        "Generate an image from this segmentation map.",
+        "Draw the picture this segmentation describes.",
+        "Turn the segmentation into a realistic image.",
+        "Render an image matching the segmentation.",
+    ],
+    "colour_palette": [
+        "What colours are in this image?",
+        "List the colours of the picture, the most visible first.",
+        "Describe the colour palette of the image.",
+        "Name the background colour and the object colours.",
+    ],
     # Masked-patch denoising ([R] image / audio): the input shows the picture or sound with
     # patches masked out, the target is the whole of it.
     "image_denoise": [

@@ -24,6 +24,7 @@ import seqio
 
 import tensorflow as tf
 
+from unified_io.data import balancing
 from unified_io.data import vocab as vocab_lib
 from unified_io.modalities import Modality
 
@@ -31,6 +32,7 @@ _TASK_MODALITIES: Dict[str, Tuple[Modality, ...]] = {}
 _TASK_AFTER_STAGE2: Dict[str, Tuple[Callable, ...]] = {}
 _MIXTURE_CURRICULA: Dict[str, Any] = {}
 _MIXTURE_DENOISING: Dict[str, bool] = {}
+_MIXTURE_BALANCE: Dict[str, Optional[balancing.TaskBalance]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,15 +117,25 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
 
 def add_mixture(name: str, tasks_and_rates: Sequence[Union[str, Tuple[str, float]]],
                 *, curriculum: Any = None, denoising: bool = False,
-                default_rate: Optional[float] = None, replace: bool = False) -> seqio.Mixture:
+                default_rate: Optional[float] = None, temperature: Optional[float] = None,
+                maximum: Optional[float] = None, replace: bool = False) -> seqio.Mixture:
   """Register a seqio Mixture; `curriculum` (a unified_io.data.curriculum.Curriculum, or a
   function that builds one when training starts) is stored with it, and
-  `denoising=True` puts every example of its tasks through the mixture of denoisers."""
+  `denoising=True` puts every example of its tasks through the mixture of denoisers.
+  `temperature` (and `maximum`): sample the tasks by their example counts instead of explicit
+  rates (`unified_io.data.balancing`); the tasks may then be given by name alone."""
+  balance = None
+  if temperature is not None:
+    balance = balancing.TaskBalance(temperature, maximum)
+    default_rate = 1.0 if default_rate is None else default_rate  # seqio needs one; unused
+  elif maximum is not None:
+    raise ValueError(f"mixture {name!r}: maximum needs a temperature")
   if replace:
     seqio.MixtureRegistry.remove(name)
   mixture = seqio.MixtureRegistry.add(name, list(tasks_and_rates), default_rate=default_rate)
   _MIXTURE_CURRICULA[name] = curriculum
   _MIXTURE_DENOISING[name] = bool(denoising)
+  _MIXTURE_BALANCE[name] = balance
   return mixture
 
 
@@ -180,6 +192,8 @@ def task_names(mixture_or_task: str) -> Tuple[str, ...]:
 
 
 def rates(mixture: str) -> Mapping[str, float]:
-  """{task name: rate} of a registered mixture."""
+  """{task name: rate} a registered mixture is sampled by: its explicit rates, or rates from
+  example counts when it was registered with a temperature or gin sets
+  `mixture_rates.temperature` (`unified_io.data.balancing`)."""
   provider = seqio.get_mixture_or_task(mixture)
-  return {t.name: provider.get_rate(t) for t in provider.tasks}
+  return balancing.mixture_rates(provider, _MIXTURE_BALANCE.get(mixture))

@@ -21,23 +21,44 @@ These are thin wrappers; the definitions live in `metrics`, `caption_metrics` an
                                                                        sequence_accuracy
   image_error              {image} / {image}                           pixel_mse, pixel_mae, psnr
   spectrogram_error        {spectrogram} / {spectrogram}               spectrogram_l1, _mse
+  depth_error              {image} / {image}: depth drawn grey         depth_abs_rel, depth_rmse,
+   (depth_error_for(m))                                                depth_delta1 .. _delta3
+  normals_error            {image} / {image}: normals drawn as RGB     normals_mean_deg,
+                                                                       normals_median_deg,
+                                                                       normals_within_11_25,
+                                                                       _22_5, _30
+  segmentation_miou        {image} / {image}: palette colours          miou, pixel_accuracy
+   (segmentation_miou_for(n))
+  edge_fscore              {image} / {image}: white edges on black     edge_precision,
+                                                                       edge_recall, edge_f
   log_likelihood           (any) / scores: float                       log_likelihood
 
 Caption benchmarks (COCO captions, Clotho, MSR-VTT) report BLEU-4 and CIDEr-D against all of an
 example's references, as the COCO caption toolkit computes them (`caption_metrics`). SPICE and
 METEOR need the toolkit's Java programs and are not provided, nor is SPIDEr (Clotho's ranking
 metric, the mean of CIDEr-D and SPICE).
+
+Dense labels (depth, normals, segmentation, edges) are generated as pictures: both sides' "image"
+is decoded with `dense_labels.decode_*` (the encodings the task drew its targets with), then scored
+by `dense_metrics`, which says how each is averaged. Depth's range and the number of classes are
+the task's: register `depth_error_for(max_depth)` / `segmentation_miou_for(num_classes)` when they
+differ from the defaults (`dense_labels.DEFAULT_MAX_DEPTH`; all `dense_labels.MAX_CLASSES` palette
+colours, so a task with fewer classes should name its count, or a stray colour snaps to a class it
+does not have and costs IoU).
 """
 
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Sequence
 
 import numpy as np
 
+from unified_io.data import dense_labels
 from unified_io.evaluation import box_metrics
 from unified_io.evaluation import caption_metrics
+from unified_io.evaluation import dense_metrics
 from unified_io.evaluation import metrics
 
 Scores = Dict[str, float]
+PredictMetric = Callable[[Sequence, Sequence], Scores]  # seqio's fn(targets, predictions)
 
 
 def _field(name: str, items: Sequence[Mapping], key: str, side: str) -> list:
@@ -110,6 +131,72 @@ def spectrogram_error(targets, predictions) -> Scores:
   name = "spectrogram_error"
   return metrics.spectrogram_error(_field(name, predictions, "spectrogram", "prediction"),
                                    _field(name, targets, "spectrogram", "target"))
+
+
+def _decoded(name: str, targets, predictions, decode) -> tuple:
+  """(decoded predictions, decoded targets) from the generated_media dicts' "image"."""
+  return ([decode(image) for image in _field(name, predictions, "image", "prediction")],
+          [decode(image) for image in _field(name, targets, "image", "target")])
+
+
+def _named(fn: PredictMetric, name: str, doc: str) -> PredictMetric:
+  fn.__name__ = fn.__qualname__ = name
+  fn.__doc__ = doc
+  return fn
+
+
+def _number_name(value: float) -> str:
+  return f"{value:g}".replace(".", "_").replace("-", "minus_")
+
+
+def depth_error_for(max_depth: float) -> PredictMetric:
+  """The depth metric fn for pictures drawn with `dense_labels.encode_depth(..., max_depth)`."""
+  name = ("depth_error" if max_depth == dense_labels.DEFAULT_MAX_DEPTH
+          else f"depth_error_max_{_number_name(max_depth)}m")
+
+  def depth_error_fn(targets, predictions) -> Scores:
+    decode = lambda image: dense_labels.decode_depth(image, max_depth)
+    return dense_metrics.depth_metrics(*_decoded(name, targets, predictions, decode))
+
+  return _named(depth_error_fn, name,
+                f"Depth (grey = depth / {max_depth:g} m): abs-rel, RMSE in metres, delta1..3, "
+                f"per image then averaged (`dense_metrics.depth_metrics`).")
+
+
+def segmentation_miou_for(num_classes: int) -> PredictMetric:
+  """The segmentation metric fn for a task with classes 0..num_classes-1 (palette colours)."""
+  if not 0 < num_classes <= dense_labels.MAX_CLASSES:
+    raise ValueError(f"segmentation_miou_for: {num_classes} classes; the palette draws 1.."
+                     f"{dense_labels.MAX_CLASSES}")
+  name = ("segmentation_miou" if num_classes == dense_labels.MAX_CLASSES
+          else f"segmentation_miou_{num_classes}_classes")
+
+  def segmentation_miou_fn(targets, predictions) -> Scores:
+    decode = lambda image: dense_labels.decode_segmentation(image, num_classes)
+    return dense_metrics.segmentation_metrics(*_decoded(name, targets, predictions, decode),
+                                              num_classes=num_classes)
+
+  return _named(segmentation_miou_fn, name,
+                f"Segmentation over {num_classes} classes (nearest palette colour; black = "
+                f"ignored): mIoU and pixel accuracy from the dataset's confusion matrix.")
+
+
+depth_error = depth_error_for(dense_labels.DEFAULT_MAX_DEPTH)
+segmentation_miou = segmentation_miou_for(dense_labels.MAX_CLASSES)
+
+
+def normals_error(targets, predictions) -> Scores:
+  """Surface normals (RGB = (n + 1) / 2): angular error in degrees pooled over valid target
+  pixels, a black (missing) predicted normal counting as 90 (`dense_metrics.normals_metrics`)."""
+  return dense_metrics.normals_metrics(
+      *_decoded("normals_error", targets, predictions, dense_labels.decode_normals))
+
+
+def edge_fscore(targets, predictions) -> Scores:
+  """Edges (white on black, thresholded at 0.5): precision, recall and F with the BSDS distance
+  tolerance, counts pooled over the dataset (`dense_metrics.edge_metrics`)."""
+  return dense_metrics.edge_metrics(
+      *_decoded("edge_fscore", targets, predictions, dense_labels.decode_edges))
 
 
 def log_likelihood(targets, scores) -> Scores:

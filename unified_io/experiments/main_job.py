@@ -4,6 +4,11 @@ targets, and a gallery of predictions.
 
   python -m unified_io.experiments.main_job                       # = make demo; about 15 min on 2 CPU cores
   python -m unified_io.experiments.main_job --steps 200 --out /tmp/quick --eval_examples 16
+  python -m unified_io.experiments.main_job --mixture world_dense --out /tmp/dense  # dense labels
+
+`--mixture` trains and evaluates another registered mixture the same way (the tokenizer then
+learns that mixture's images, dense labels included; the targets table is the main mixture's
+only).
 
 It is the same code a user runs by hand: first `uio2-train-tokenizer` (the world's image
 tokenizer, 1000 steps, ~2 min; an OUT/tokenizer_image or --tokenizer_dir that already holds them
@@ -44,7 +49,6 @@ TARGETS = (
 # larger objects, so a few CPU minutes of training can learn what the targets measure.
 WORLD_BINDINGS = ("make_world_config.max_objects = 2", "make_world_config.min_object_size = 0.16",
                   "make_world_config.max_object_size = 0.34")
-GENERATION_TASKS = ("world_text_to_image",)
 # The image tokenizer learns the world's pictures first, so generated images can be looked at.
 TOKENIZER_TASK = "world_text_to_image"
 TOKENIZER_STEPS = 1000  # ~2 min: 64 px crops at ~9 steps/s (train_tokenizer.image_crop)
@@ -65,6 +69,8 @@ def parse_args(argv):
                       help="held-out examples per task (generation tasks use a quarter)")
   parser.add_argument("--eval_batch_size", type=int, default=16)
   parser.add_argument("--split", default="test")
+  parser.add_argument("--mixture", default=MIXTURE,
+                      help="the mixture to train and evaluate (targets: world_main's only)")
   parser.add_argument("--tokenizer_steps", type=int, default=TOKENIZER_STEPS,
                       help="steps of the world image tokenizer trained first (uio2-train-"
                            "tokenizer); 0: keep the randomly initialised tokenizer")
@@ -81,8 +87,21 @@ def parse_args(argv):
   return args, [item[len("--gin."):] for item in rest]
 
 
+def tokenizer_task(args) -> str:
+  """What the image tokenizer learns from: the main mixture's generated pictures, else the
+  whole mixture's images (its dense labels included)."""
+  return TOKENIZER_TASK if args.mixture == MIXTURE else args.mixture
+
+
+def generates_media(task_name: str) -> bool:
+  """Whether a task's predictions are generated images / audio (they are slower to evaluate)."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  from unified_io.evaluation import postprocessors  # pylint: disable=import-outside-toplevel
+  return seqio.get_mixture_or_task(task_name).postprocessor is postprocessors.generated_media
+
+
 def tokenizer_bindings(args, tokenizer_dir: str):
-  return [f"MODEL_DIR = '{tokenizer_dir}'", f"MIXTURE_OR_TASK_NAME = '{TOKENIZER_TASK}'",
+  return [f"MODEL_DIR = '{tokenizer_dir}'", f"MIXTURE_OR_TASK_NAME = '{tokenizer_task(args)}'",
           "TOKENIZER = 'image'", f"TRAIN_STEPS = {args.tokenizer_steps}",
           f"BATCH_SIZE = {TOKENIZER_BATCH}", "train_tokenizer.log_every = 50",
           f"train_tokenizer.eval_every = {max(args.tokenizer_steps // 2, 1)}",
@@ -105,7 +124,7 @@ def train_tokenizer(args, gin_flags) -> str:
 
 
 def train_bindings(args, model_dir: str):
-  return [f"MODEL_DIR = '{model_dir}'", f"MIXTURE_OR_TASK_NAME = '{MIXTURE}'",
+  return [f"MODEL_DIR = '{model_dir}'", f"MIXTURE_OR_TASK_NAME = '{args.mixture}'",
           f"TASK_FEATURE_LENGTHS = {LENGTHS!r}", f"TRAIN_STEPS = {args.steps}",
           f"BATCH_SIZE = {args.batch_size}",
           "learning_rate_schedule.factors = 'constant * linear_warmup * cosine_decay'",
@@ -154,19 +173,19 @@ def main(argv=None) -> int:
     return EXIT_PREEMPTED
   trained_at = time.time()
 
-  print(f"== evaluate: {args.split} split of every {MIXTURE} task", flush=True)
+  print(f"== evaluate: {args.split} split of every {args.mixture} task", flush=True)
   run = run_loader.load_run(model_dir)
-  tasks = registry.task_names(MIXTURE)
-  counts = {t: max(args.eval_examples // 4 if t in GENERATION_TASKS else args.eval_examples, 1)
+  tasks = registry.task_names(args.mixture)
+  counts = {t: max(args.eval_examples // 4 if generates_media(t) else args.eval_examples, 1)
             for t in tasks}
   evaluator = evaluator_lib.Evaluator(run.model, tasks, LENGTHS, split=args.split,
                                       batch_size=args.eval_batch_size, max_examples=counts)
   results = evaluator.evaluate(run.params, run.step, os.path.join(args.out, "eval"))
   evaluated_at = time.time()
 
-  targets = [report.Target(*t) for t in TARGETS]
+  targets = [report.Target(*t) for t in TARGETS if t[0] in tasks]
   tokenizer_note = (
-      f"The image tokenizer was trained first on {TOKENIZER_TASK} images ({args.tokenizer_steps} "
+      f"The image tokenizer was trained first on {tokenizer_task(args)} images ({args.tokenizer_steps} "
       f"steps of batch {TOKENIZER_BATCH}, {tokenized_at - started:.0f} s; its held-out "
       f"reconstructions: {tokenizer_dir}/report/index.html), so generated images are decoded "
       "by a decoder that has learnt the world's pictures; the audio tokenizer is randomly "
@@ -175,7 +194,7 @@ def main(argv=None) -> int:
       "The VQ tokenizers are randomly initialised (--tokenizer_steps 0), so rendered images and "
       "spectrograms show what the tokens encode through an untrained decoder: compare generated "
       "with reference, not with the data.")
-  notes = [f"{run.step} training steps of batch {args.batch_size} on {MIXTURE} "
+  notes = [f"{run.step} training steps of batch {args.batch_size} on {args.mixture} "
            f"({trained_at - tokenized_at:.0f} s), evaluation on {args.split} examples "
            f"({evaluated_at - trained_at:.0f} s); the world: {', '.join(WORLD_BINDINGS)}. "
            "Model: models/tiny_multimodal.gin "

@@ -31,7 +31,8 @@ def _tasks_and_rates(name: str) -> List[Tuple[seqio.Task, float]]:
   provider = registry.get_mixture_or_task(name)
   if isinstance(provider, seqio.Task):
     return [(provider, 1.0)]
-  return [(task, float(provider.get_rate(task))) for task in provider.tasks]
+  rates = registry.rates(name)
+  return [(task, rates[task.name]) for task in provider.tasks]
 
 
 def _as_example(kind: str, field: str, size: Sequence[int]):

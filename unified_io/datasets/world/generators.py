@@ -12,6 +12,18 @@ expression; "" when the prompt needs none), and ground truth under `meta/`:
 Tasks with location tokens (refexp, detection) leave `text_targets` to the task preprocessor,
 which writes the boxes as tokens; every other task's `text_targets` is final.
 
+Dense tasks (dense.py: exact labels of the scene, drawn with unified_io/data/dense_labels.py's
+encodings at target_size):
+  depth       image_inputs -> image_targets: grey = depth / 10 m (ground 2 m bottom .. 8 m top)
+  normals     image_inputs -> image_targets: RGB = (n + 1) / 2 (x right, y up, z to the camera)
+  segmentation  image_inputs -> image_targets: dense_labels.PALETTE[class], classes
+              dense.SEGMENTATION_CLASSES (background, then the seven shapes)
+  edges       image_inputs -> image_targets: white object-mask boundaries on black
+  segmentation_to_image  image_inputs = the segmentation drawn at image_size -> image_targets =
+              the scene's picture
+  palette     image_inputs -> text_targets "light grey background; colours: red, blue" (object
+              colours by visible area, largest first)
+
 `GENERATORS[name].field_specs(cfg)` gives each field's dtype and shape for tf.data.
 """
 
@@ -21,7 +33,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from unified_io.datasets.world import language, lexicon, scenes, taps, tones, video
+from unified_io.data import dense_labels
+from unified_io.datasets.world import dense, language, scenes, taps, tones, video
 from unified_io.datasets.world.config import WorldConfig
 
 Example = Dict[str, np.ndarray]
@@ -70,9 +83,11 @@ def _text(value: str) -> np.ndarray:
   return np.array(value.encode(), dtype=object)
 
 
-def _image_example(cfg: WorldConfig, scene: scenes.Scene, objects, **fields) -> Example:
-  """The scene rendered as image_inputs, with boxes and labels of `objects` (indices) as meta."""
-  rendering = scenes.render(scene, cfg.image_size)
+def _image_example(cfg: WorldConfig, scene: scenes.Scene, objects,
+                   rendering: Optional[scenes.Rendering] = None, **fields) -> Example:
+  """The scene rendered as image_inputs, with boxes and labels of `objects` (indices) as meta.
+  `rendering`: the scene already rendered at cfg.image_size (None: render it here)."""
+  rendering = rendering or scenes.render(scene, cfg.image_size)
   objects = list(objects)
   return {"image_inputs": rendering.image_hw3,
           "meta/image_size": np.array([cfg.image_size, cfg.image_size], np.int32),
@@ -159,6 +174,50 @@ def object_mask(rng, cfg):
   mask_image = np.repeat((mask_hw.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
   return _image_example(cfg, scene, [index], prompt_text=_text(expression),
                         image_targets=mask_image, **{"meta/answer": _text(expression)})
+
+
+# ------------------------------------------------------------------------------------ dense
+
+def _dense(kind: str):
+  """image_inputs -> the scene's `kind` label drawn at target_size (dense.py, dense_labels.py);
+  the caption is kept as the answer."""
+  encode = {"depth": lambda scene, r: dense_labels.encode_depth(dense.depth(scene, r)),
+            "normals": lambda scene, r: dense_labels.encode_normals(dense.normals(scene, r)),
+            "segmentation": lambda scene, r: dense_labels.encode_segmentation(
+                dense.segmentation(scene, r), len(dense.SEGMENTATION_CLASSES)),
+            "edges": lambda scene, r: dense_labels.encode_edges(dense.edges(r))}[kind]
+
+  def generate(rng, cfg):
+    scene = scenes.sample_scene(rng, cfg)
+    target = encode(scene, scenes.render(scene, cfg.target_size))
+    text = language.describe_scene(scene, cfg.min_object_size, cfg.max_object_size)
+    return _image_example(cfg, scene, range(len(scene.objects)), prompt_text=_text(""),
+                          image_targets=target, **{"meta/answer": _text(text)})
+  generate.__name__ = kind
+  return generate
+
+
+def segmentation_to_image(rng, cfg):
+  """The dense label -> image direction: the segmentation (drawn at image_size) as input, the
+  scene's picture as target."""
+  scene = scenes.sample_scene(rng, cfg)
+  rendering = scenes.render(scene, cfg.image_size)
+  classes = dense.segmentation(scene, rendering)
+  text = language.describe_scene(scene, cfg.min_object_size, cfg.max_object_size)
+  return _image_example(cfg, scene, range(len(scene.objects)), rendering, prompt_text=_text(""),
+                        image_inputs=dense_labels.encode_segmentation(
+                            classes, len(dense.SEGMENTATION_CLASSES)),
+                        image_targets=scenes.render(scene, cfg.target_size).image_hw3,
+                        **{"meta/answer": _text(text)})
+
+
+def palette(rng, cfg):
+  """image_inputs -> "light grey background; colours: red, blue" (by visible area)."""
+  scene = scenes.sample_scene(rng, cfg)
+  rendering = scenes.render(scene, cfg.image_size)
+  text = dense.palette_text(scene, rendering)
+  return _image_example(cfg, scene, range(len(scene.objects)), rendering, prompt_text=_text(""),
+                        text_targets=_text(text), **{"meta/answer": _text(text)})
 
 
 # ------------------------------------------------------------------------------------ video
@@ -269,6 +328,7 @@ def arithmetic_split(example: Example) -> str:
 
 
 _FREQUENCY = {"meta/frequency_hz": (np.float32, _scalar)}
+DENSE_KINDS = ("depth", "normals", "segmentation", "edges")
 GENERATORS: Dict[str, Generator] = {g.name: g for g in [
     Generator("caption", caption, {**IMAGE_FIELDS, **TEXT_TARGET}),
     Generator("vqa_colour", _vqa("colour"), {**IMAGE_FIELDS, **TEXT_TARGET}),
@@ -281,6 +341,11 @@ GENERATORS: Dict[str, Generator] = {g.name: g for g in [
     Generator("image_denoise", image_denoise,
               {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)}),
     Generator("object_mask", object_mask, {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)}),
+    *(Generator(kind, _dense(kind), {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)})
+      for kind in DENSE_KINDS),
+    Generator("segmentation_to_image", segmentation_to_image,
+              {**IMAGE_FIELDS, "image_targets": (np.uint8, _target)}),
+    Generator("palette", palette, {**IMAGE_FIELDS, **TEXT_TARGET}),
     Generator("video_direction", _video("direction"),
               {"image_history": (np.uint8, _frames), "audio_history": (np.float32, _segments),
                **TEXT_TARGET}),

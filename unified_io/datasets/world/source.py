@@ -130,6 +130,10 @@ class WorldDataSource(seqio.DataSource):
                       f"{type(config).__name__}, expected a WorldConfig")
     return config
 
+  def num_input_examples(self, split: str) -> int:
+    """The split's size under the config now (task balancing reads it)."""
+    return int(dict(self.config.split_sizes)[split])
+
   @property
   def supports_arbitrary_sharding(self) -> bool:
     return True
