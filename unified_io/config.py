@@ -388,6 +388,77 @@ class UniversalProjectionConfig:
     return self.mlp_dim or 2 * emb_dim
 
 
+# The inputs a CNN encoder can read in place of their ViT, and the ViT (the UnifiedIOConfig field)
+# whose patch size and grid their patches keep (the sensor has its own conv tokenizer).
+CNN_MODALITIES = {Modality.IMAGE: "image_vit", Modality.IMAGE_HISTORY: "image_vit",
+                  Modality.AUDIO: "audio_vit", Modality.AUDIO_HISTORY: "audio_vit"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnEncoderConfig:
+  """UnIVAL's light ResNet-style CNN encoders in place of the ViT feature extractors.
+
+  Each served modality gets its own small CNN (not shared across modalities, unlike the ViTs), which
+  reads the same patches its ViT would: the patches are put back on their grid, a stem conv and
+  `len(widths)` residual stages (each halving the resolution, `blocks_per_stage` basic blocks,
+  GroupNorm in `norm_groups` groups) bring the picture down to one cell per patch, and the cell of
+  each patch's position is projected to the ViT's width: the same features, masks and RoPE rows
+  go on to the projection (or the resampler of a history) as with the ViT. The CNN is trained
+  (`freeze_vit` concerns the ViTs only). See unified_io/network/embedders/cnn.py.
+
+  Gin (`CnnEncoderConfig` is registered with gin in unified_io/presets.py):
+    make_config.cnn_encoder = @CnnEncoderConfig()
+    CnnEncoderConfig.widths = (32, 64, 128)
+    CnnEncoderConfig.modalities = ("image", "image_history")
+  """
+
+  # Channels of each residual stage; the stem has widths[0]. The stem's stride is
+  # patch_size / 2^len(widths), so the patch size of a served modality's ViT must be a multiple
+  # of 2^len(widths) (16 px patches: at most 4 stages).
+  widths: Tuple[int, ...] = (32, 64, 128)
+  blocks_per_stage: int = 1
+  norm_groups: int = 8
+  # The inputs read through a CNN; empty = every input of the model among image, image_history,
+  # audio and audio_history.
+  modalities: Tuple[Modality, ...] = ()
+
+  def __post_init__(self):
+    require(not isinstance(self.widths, (str, int)) and len(self.widths) > 0,
+            "cnn_encoder.widths", f"must be a non-empty tuple of ints, got {self.widths!r}")
+    object.__setattr__(self, "widths", tuple(self.widths))
+    for width in self.widths:
+      require(isinstance(width, int) and width > 0, "cnn_encoder.widths",
+              f"must be positive ints, got {self.widths!r}")
+    require(isinstance(self.norm_groups, int) and self.norm_groups > 0, "cnn_encoder.norm_groups",
+            f"must be a positive int, got {self.norm_groups!r}")
+    require(all(w % self.norm_groups == 0 for w in self.widths), "cnn_encoder.widths",
+            f"{self.widths} must all be multiples of norm_groups {self.norm_groups}")
+    require(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 1,
+            "cnn_encoder.blocks_per_stage", f"must be an int >= 1, got {self.blocks_per_stage!r}")
+    require(not isinstance(self.modalities, str), "cnn_encoder.modalities",
+            f"must be a tuple of modality names, got the string {self.modalities!r}")
+    names = ", ".join(m.value for m in CNN_MODALITIES)
+    chosen = []
+    for value in self.modalities:
+      try:
+        modality = Modality(value)
+      except ValueError:
+        modality = None
+      require(modality in CNN_MODALITIES, "cnn_encoder.modalities",
+              f"unknown modality {value!r}; known: {names}")
+      chosen.append(modality)
+    object.__setattr__(self, "modalities", tuple(sorted(set(chosen), key=Modality.order)))
+
+  @property
+  def downsampling(self) -> int:
+    """The stages' total stride, 2^len(widths)."""
+    return 2 ** len(self.widths)
+
+  def stem_stride(self, patch_size: int) -> int:
+    """The stem conv's stride for `patch_size` px patches: stem x stages = one cell per patch."""
+    return patch_size // self.downsampling
+
+
 @dataclasses.dataclass(frozen=True)
 class UnifiedIOConfig:
   """The whole model: the trunk, which modalities it reads and writes, and their components.
@@ -425,6 +496,9 @@ class UnifiedIOConfig:
   input_projection: Optional[UniversalProjectionConfig] = None
   # The IMU-like sensor input (required when sensor is an input modality).
   sensor: Optional[SensorConfig] = None
+  # UnIVAL's light CNN encoders in place of the ViTs for some inputs; None = the ViTs
+  # (unified_io/network/embedders/cnn.py).
+  cnn_encoder: Optional[CnnEncoderConfig] = None
 
   def __post_init__(self):
     object.__setattr__(self, "input_modalities", as_modalities(self.input_modalities, "input_modalities"))
@@ -465,6 +539,36 @@ class UnifiedIOConfig:
       require(not absent, "input_projection.modalities",
               f"{absent} are not input modalities of this model; its ViT-read inputs are "
               f"{[m.value for m in read]}")
+
+    if self.cnn_encoder is not None:
+      self._check_cnn_encoder()
+
+  def _check_cnn_encoder(self) -> None:
+    cnn = self.cnn_encoder
+    require(isinstance(cnn, CnnEncoderConfig), "cnn_encoder",
+            f"must be a CnnEncoderConfig or None, got {cnn!r}")
+    read = [m for m in self.input_modalities if m in CNN_MODALITIES]
+    require(bool(read), "cnn_encoder",
+            "is set but the model reads none of image, image_history, audio, audio_history")
+    absent = [m.value for m in cnn.modalities if m not in read]
+    require(not absent, "cnn_encoder.modalities",
+            f"{absent} are not input modalities of this model; its CNN-readable inputs are "
+            f"{[m.value for m in read]}")
+    for m in self.cnn_modalities:
+      vit = CNN_MODALITIES[m]
+      patch = getattr(self, vit).patch_size
+      require(patch % cnn.downsampling == 0, "cnn_encoder.widths",
+              f"{len(cnn.widths)} stages downsample by {cnn.downsampling}, which does not divide "
+              f"the {patch} px patches of {vit} ({m.value}); use at most "
+              f"{(patch & -patch).bit_length() - 1} stages")
+
+  @property
+  def cnn_modalities(self) -> Tuple[Modality, ...]:
+    """The input modalities read through a CNN encoder (empty without one)."""
+    if self.cnn_encoder is None:
+      return ()
+    return (self.cnn_encoder.modalities
+            or tuple(m for m in self.input_modalities if m in CNN_MODALITIES))
 
   @property
   def projected_modalities(self) -> Tuple[Modality, ...]:

@@ -49,7 +49,8 @@ _BASE_RULES = (
 )
 # The frozen ViTs, the resamplers and the VQ tokenizers are replicated: they are small beside the
 # trunk, and their head counts (2 in the tiny release config, 12 in the real resampler) do not
-# divide common model-axis sizes. Listed so that every logical name has a rule.
+# divide common model-axis sizes. Listed so that every logical name has a rule. (The conv_* names
+# are also the CNN encoders' that may stand in for the ViTs: unified_io/network/embedders/cnn.py.)
 _REPLICATED = tuple((name, None) for name in (
     "vit_embed", "vit_joined_kv", "vit_mlp", "vit_patch", "vit_pos",
     "resampler_embed", "resampler_heads", "resampler_latents", "resampler_mlp",

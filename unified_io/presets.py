@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional
 
 import gin
 
-from unified_io.config import (INPUT_COMPONENTS, TARGET_COMPONENTS, AudioVQGANConfig, ConfigError,
+from unified_io.config import (INPUT_COMPONENTS, TARGET_COMPONENTS, AudioVQGANConfig,
+                               CnnEncoderConfig, ConfigError,
                                ImageVQGANConfig, ResamplerConfig, SensorConfig, TrunkConfig,
                                UnifiedIOConfig, UniversalProjectionConfig, VitConfig, as_modalities,
                                require)
@@ -115,6 +116,7 @@ def _fit_trunk_to_components(components: Dict[str, Any], overrides: Dict[str, An
 # (so it compares equal to one rebuilt from a run's saved config).
 gin.register(UniversalProjectionConfig)
 gin.register(SensorConfig)
+gin.register(CnnEncoderConfig)
 
 
 @gin.configurable
@@ -123,7 +125,9 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
                 pack_pairs: bool = False, packed_encoder_length: Optional[int] = None,
                 packed_decoder_length: Optional[int] = None, components: Optional[str] = None,
                 input_projection: Optional[UniversalProjectionConfig] = None,
-                sensor: Optional[SensorConfig] = None, **trunk_overrides) -> UnifiedIOConfig:
+                sensor: Optional[SensorConfig] = None,
+                cnn_encoder: Optional[CnnEncoderConfig] = None, **trunk_overrides
+                ) -> UnifiedIOConfig:
   """The gin entry point: a size preset, the modalities, model switches and trunk overrides.
 
   `components` ("tiny" or "release"; default "release" for large/xl/xxl, else "tiny") supplies
@@ -133,6 +137,8 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
   `make_config.input_projection = @UniversalProjectionConfig()` (None = the release's linear one).
   `sensor`: the sensor input's SensorConfig when "sensor" is an input modality (default: the
   component preset's; the tiny one has `SensorConfig()`, the release none).
+  `cnn_encoder`: UnIVAL's light CNN encoders in place of the ViTs, from gin as
+  `make_config.cnn_encoder = @CnnEncoderConfig()` (None = the ViTs; models/tiny_multimodal_cnn.gin).
   """
   inputs = as_modalities(input_modalities, "input_modalities")
   targets = as_modalities(target_modalities, "target_modalities")
@@ -158,4 +164,5 @@ def make_config(size: str = "tiny", input_modalities=("text",), target_modalitie
                          dynamic_masking=dynamic_masking, freeze_vit=freeze_vit,
                          pack_pairs=pack_pairs, packed_encoder_length=packed_encoder_length,
                          packed_decoder_length=packed_decoder_length,
-                         input_projection=input_projection, **chosen)
+                         input_projection=input_projection, cnn_encoder=cnn_encoder,
+                         **chosen)

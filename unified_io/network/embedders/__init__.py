@@ -6,7 +6,9 @@ target modality's features into a `TargetPart`. The network concatenates parts i
 Every embedder class is built as `cls(cfg: UnifiedIOConfig, token_embedder=..., vit=...)` and
 called as `embedder(features, deterministic)`. Its class attributes say what it shares with
 others: `TOKENS` (the `Modality` whose token table it embeds with, or None) and `VIT` (the name of
-the shared ViT it runs, a key of `VITS`, or None).
+the shared ViT it runs, a key of `VITS`, or None). With `UnifiedIOConfig.cnn_encoder` serving its
+modality, an embedder builds its own CNN (`cnn.py`) in place of the ViT it is given, and reads the
+ViT's config only for the patch size, grid and feature width.
 """
 
 from unified_io.network.embedders.audio import AudioInputEmbedder

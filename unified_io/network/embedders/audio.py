@@ -5,7 +5,8 @@ mask [B, N] int, pos_ids [B, N] int (row-major index in the audio ViT's grid; th
 for its own table, the RoPE rows do not).
 
 The path is the image one (`ViTInputEmbedder`), as in the release; the RoPE scale is the image
-ratio.
+ratio. With `UnifiedIOConfig.cnn_encoder` serving audio, its CNN reads the [time, mel] spectrogram
+the patches rebuild, as the image's reads the picture.
 """
 
 from unified_io.network.embedders.image import ViTInputEmbedder

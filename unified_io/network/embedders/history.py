@@ -13,6 +13,11 @@ only, always detached: the release never trains the ViT through the history path
 that. RoPE rows are the 2D table over (max_frames, Q) = (frame, latent) at scale 1: the first F*Q
 rows, the same for every example. The release's `max_images_per_example` frame compression is
 None in every preset, so frames are never compressed here.
+
+With `UnifiedIOConfig.cnn_encoder` serving this history, the modality's own small CNN (`cnn`,
+unified_io/network/embedders/cnn.py) reads each frame's patches over the frame's grid in place of
+the ViT and gives the [B*F, N, V] features `pre_projection` reads; unlike the ViT it is trained
+through this path (it starts from scratch).
 """
 
 from typing import Mapping, Optional, Tuple
@@ -22,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from unified_io.config import ResamplerConfig, UnifiedIOConfig
+from unified_io.network.embedders.cnn import cnn_encoder
 from unified_io.network.embedders.parts import EncoderPart, modality_embedding
 from unified_io.network.embedders.resampler import EMBED as RESAMPLER_EMBED
 from unified_io.network.embedders.resampler import Resampler
@@ -92,12 +98,16 @@ class _HistoryEmbedder(nn.Module):
 
     # [B, F, N, *] -> [B*F, N, *]: every frame is one ViT / resampler example.
     mask_xn = mask_bfn.reshape(b * f, n)
-    # The history frame size may differ from the ViT's own input size (256 vs 384 px in the real
-    # model): the ViT resizes its position table to this grid.
-    last_xnv, _ = self.vit(input_bfnp.reshape(b * f, n, p), mask_xn,
-                           features["pos_ids"].reshape(b * f, n), deterministic=deterministic,
-                           grid=self.vit_grid)
-    last_xnv = jax.lax.stop_gradient(last_xnv)
+    input_xnp, pos_ids_xn = input_bfnp.reshape(b * f, n, p), features["pos_ids"].reshape(b * f, n)
+    if self.MODALITY in self.cfg.cnn_modalities:
+      last_xnv, _ = cnn_encoder(self.cfg, self.VIT, self.vit_grid)(input_xnp, mask_xn, pos_ids_xn,
+                                                                   tap=False)
+    else:
+      # The history frame size may differ from the ViT's own input size (256 vs 384 px in the real
+      # model): the ViT resizes its position table to this grid.
+      last_xnv, _ = self.vit(input_xnp, mask_xn, pos_ids_xn, deterministic=deterministic,
+                             grid=self.vit_grid)
+      last_xnv = jax.lax.stop_gradient(last_xnv)
     ctx_xnr = Projection((last_xnv.shape[-1],), (rc.emb_dim,), (VIT_EMBED, RESAMPLER_EMBED), dtype,
                          name="pre_projection")(last_xnv)
     lat_xqr = Resampler(rc, dtype, name="resampler")(ctx_xnr, mask_xn, deterministic)

@@ -16,6 +16,10 @@ keep).
 
 `freeze_vit` applies `stop_gradient` to the ViT outputs, so every ViT parameter gets an exactly zero
 gradient from this path (it does not rely on the optimizer to leave the ViT alone).
+
+With `UnifiedIOConfig.cnn_encoder` serving this modality, the modality's own small CNN (`cnn`,
+unified_io/network/embedders/cnn.py) reads the same patches over the ViT's grid in place of the
+ViT and gives the same two [B, N, V] features (its last map and its tap); it is always trained.
 """
 
 from typing import Mapping, Optional
@@ -25,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from unified_io.config import UnifiedIOConfig, VitConfig
+from unified_io.network.embedders.cnn import cnn_encoder
 from unified_io.network.embedders.parts import EncoderPart, modality_embedding
 from unified_io.network.embedders.vit import EMBED as VIT_EMBED
 from unified_io.network.embedders.vit import validate_patches
@@ -77,9 +82,13 @@ class ViTInputEmbedder(nn.Module):
     trunk = self.cfg.trunk
     mask_bn, pos_ids_bn = features["mask"], features["pos_ids"]
 
-    last_bnv, block1_bnv = self.vit(features["input"], mask_bn, pos_ids_bn, deterministic)
-    if self.cfg.freeze_vit:
-      last_bnv, block1_bnv = jax.lax.stop_gradient((last_bnv, block1_bnv))
+    if self.MODALITY in self.cfg.cnn_modalities:
+      last_bnv, block1_bnv = cnn_encoder(self.cfg, self.VIT, self.vit_cfg.grid)(
+          features["input"], mask_bn, pos_ids_bn)
+    else:
+      last_bnv, block1_bnv = self.vit(features["input"], mask_bn, pos_ids_bn, deterministic)
+      if self.cfg.freeze_vit:
+        last_bnv, block1_bnv = jax.lax.stop_gradient((last_bnv, block1_bnv))
     feats_bnw = jnp.concatenate([last_bnv, block1_bnv], axis=-1)  # W = 2V
     if self.input_projection is None:
       embed_bnd = Projection((feats_bnw.shape[-1],), (trunk.emb_dim,), (VIT_EMBED, "embed"),
