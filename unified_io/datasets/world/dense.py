@@ -160,6 +160,8 @@ def edges(rendering: Rendering) -> np.ndarray:
   object's visible mask or the background). The picture's border is no boundary."""
   masks = rendering.masks_nhw
   size = masks.shape[-1]
+  if not masks.shape[0]:  # an empty scene: no boundary
+    return np.zeros((size, size), bool)
   owner = np.where(masks.any(0), masks.argmax(0), -1)
   k = edge_half_width(size)
   padded = np.pad(owner, k, mode="edge")
