@@ -21,7 +21,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache", "tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
 if "jax" in sys.modules:  # a plugin imported jax first: the env vars were read already
   sys.modules["jax"].config.update("jax_platforms", "cpu")
   sys.modules["jax"].config.update("jax_compilation_cache_dir",
