@@ -73,7 +73,11 @@ def test_two_processes_predict_what_one_process_predicts(model_dir, capsys):
   cmd = [sys.executable, "-m", "unified_io.cli.predict", "--checkpoint", model_dir, *PROMPT,
          "--model_parallel", "2"]
   stdouts = _run_two([cmd, cmd])
-  assert [_answer(out) for out in stdouts] == [one_process, ""]
+  # Process 0 prints the one-process answer as a line of its own; process 1 prints no answer
+  # (gloo's interleaved messages can leave stray fragments such as "1" on either stdout).
+  answer = one_process.strip()
+  assert answer in _answer(stdouts[0]).splitlines(), stdouts[0][-2000:]
+  assert answer not in stdouts[1], stdouts[1][-2000:]
 
 
 def _eval_rows(out_dir, task="world_arithmetic", step=2):
