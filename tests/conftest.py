@@ -67,9 +67,10 @@ def golden_full(reference_dir):
 
 
 # Modules whose tests run whole binaries (or several compiles of the multimodal model), slowest
-# first: they are started first, so the two xdist workers end together instead of one finishing
-# a long subprocess test alone at the end (the suite's wall time on 2 cores is its critical path).
-# The order of every other test, and of the tests inside a module, is unchanged.
+# first: `make test` hands whole files to the two xdist workers (`--dist loadfile`, so a module's
+# fixtures, e.g. a trained run, are built once) in this order, and the workers end together
+# instead of one finishing a long subprocess test alone at the end. The order of every other
+# test, and of the tests inside a module, is unchanged.
 SLOW_MODULES_FIRST = (
     "test_train_binary", "test_multiprocess", "test_grouped_batches", "test_finetune",
     "test_tokenizer_training", "test_multiprocess_inference", "test_evaluator_report",
