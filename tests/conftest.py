@@ -65,21 +65,3 @@ def golden_full(reference_dir):
   assert path.is_file(), f"{path} is missing from the reference folder"
   return np.load(path)
 
-
-# Modules whose tests run whole binaries (or several compiles of the multimodal model), slowest
-# first: `make test` hands whole files to the two xdist workers (`--dist loadfile`, so a module's
-# fixtures, e.g. a trained run, are built once) in this order, and the workers end together
-# instead of one finishing a long subprocess test alone at the end. The order of every other
-# test, and of the tests inside a module, is unchanged.
-SLOW_MODULES_FIRST = (
-    "test_train_binary", "test_multiprocess", "test_grouped_batches", "test_finetune",
-    "test_tokenizer_training", "test_multiprocess_inference", "test_evaluator_report",
-    "test_faults", "test_eval_binary", "test_benchmark_eval", "test_packing", "test_bf16",
-    "test_predict", "test_lora", "test_all_registered")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  del session, config
-  rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
-  items.sort(key=lambda item: rank.get(pathlib.Path(item.nodeid.split("::")[0]).stem,
-                                       len(SLOW_MODULES_FIRST)))
