@@ -331,6 +331,23 @@ class ProjectionRouter(str, enum.Enum):
   MODALITY_AND_TOKEN = "modality_and_token"  # that vector plus a linear map of the token's features
 
 
+def modality_subset(values, known, field: str) -> Tuple[Modality, ...]:
+  """`values` (modality names) as a sorted, de-duplicated tuple of Modality, each one of `known`;
+  a ConfigError naming `field` otherwise."""
+  require(not isinstance(values, str), field,
+          f"must be a tuple of modality names, got the string {values!r}")
+  names = ", ".join(m.value for m in known)
+  chosen = []
+  for value in values:
+    try:
+      modality = Modality(value)
+    except ValueError:
+      modality = None
+    require(modality in known, field, f"unknown modality {value!r}; known: {names}")
+    chosen.append(modality)
+  return tuple(sorted(set(chosen), key=Modality.order))
+
+
 @dataclasses.dataclass(frozen=True)
 class UniversalProjectionConfig:
   """OneLLM's universal projection module: the adapter from ViT-read features to the trunk.
@@ -368,20 +385,8 @@ class UniversalProjectionConfig:
             f"must be an int >= 0 (0 = twice the trunk's emb_dim), got {self.mlp_dim!r}")
     require(self.mlp_dim == 0 or self.expert == ProjectionExpert.MLP, "input_projection.mlp_dim",
             f"is set ({self.mlp_dim}) but the experts are {self.expert.value!r}, not 'mlp'")
-    known = [m for m in Modality if m.has_patches]
-    names = ", ".join(m.value for m in known)
-    require(not isinstance(self.modalities, str), "input_projection.modalities",
-            f"must be a tuple of modality names, got the string {self.modalities!r}")
-    chosen = []
-    for value in self.modalities:
-      try:
-        modality = Modality(value)
-      except ValueError:
-        modality = None
-      require(modality in known, "input_projection.modalities",
-              f"unknown modality {value!r}; known: {names}")
-      chosen.append(modality)
-    object.__setattr__(self, "modalities", tuple(sorted(set(chosen), key=Modality.order)))
+    object.__setattr__(self, "modalities", modality_subset(
+        self.modalities, [m for m in Modality if m.has_patches], "input_projection.modalities"))
 
   def hidden_dim(self, emb_dim: int) -> int:
     """The hidden width of an "mlp" expert projecting to a trunk of width `emb_dim`."""
@@ -435,19 +440,8 @@ class CnnEncoderConfig:
             f"{self.widths} must all be multiples of norm_groups {self.norm_groups}")
     require(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 1,
             "cnn_encoder.blocks_per_stage", f"must be an int >= 1, got {self.blocks_per_stage!r}")
-    require(not isinstance(self.modalities, str), "cnn_encoder.modalities",
-            f"must be a tuple of modality names, got the string {self.modalities!r}")
-    names = ", ".join(m.value for m in CNN_MODALITIES)
-    chosen = []
-    for value in self.modalities:
-      try:
-        modality = Modality(value)
-      except ValueError:
-        modality = None
-      require(modality in CNN_MODALITIES, "cnn_encoder.modalities",
-              f"unknown modality {value!r}; known: {names}")
-      chosen.append(modality)
-    object.__setattr__(self, "modalities", tuple(sorted(set(chosen), key=Modality.order)))
+    object.__setattr__(self, "modalities", modality_subset(
+        self.modalities, CNN_MODALITIES, "cnn_encoder.modalities"))
 
   @property
   def downsampling(self) -> int:
