@@ -14,6 +14,12 @@ Each is read by a linear probe and by a one-hidden-layer MLP (Adam, full batch) 
 shape from the random ViT's features as well as from the raw patches says the encoder keeps the
 information, so a model that still misses shape is losing it later (trunk, training set-up).
 
+Two translation-invariant readers follow, for shape only (a flat probe must learn each position
+apart, which 3000 images cannot teach):
+  per patch, max-pooled  one MLP applied to every patch token, max over the 64 patches, linear
+  small CNN on pixels    3 stride-2 conv layers, global average pool, linear: the positive control
+                         (if it fails, the labels or the pictures are wrong, not the model)
+
   python bench/image_path_probe.py                 # ~16 min on 2 CPU cores (the raw-patch MLP)
   python bench/image_path_probe.py --train 1000 --steps 200
 """
@@ -119,12 +125,74 @@ def probe(train_x, train_y, test_x, test_y, classes: int, hidden: int, steps: in
   return float(np.mean(np.argmax(np.asarray(logits(params, jnp.asarray(test_x))), -1) == test_y))
 
 
+def pooled_patch_probe(train_x, train_y, test_x, test_y, classes: int, hidden: int, steps: int,
+                       seed: int) -> float:
+  """Held-out accuracy of max_q(MLP(x_q)) -> linear, x [n, q, d]: position-free, per patch."""
+  mean, std = train_x.mean((0, 1)), train_x.std((0, 1)) + 1e-6
+  train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  dim = train_x.shape[-1]
+  params = {"w1": jax.random.normal(k1, (dim, hidden)) * dim ** -0.5, "b1": jnp.zeros(hidden),
+            "w2": jax.random.normal(k2, (hidden, classes)) * hidden ** -0.5,
+            "b2": jnp.zeros(classes)}
+
+  def logits(p, x):
+    return jnp.max(jax.nn.gelu(x @ p["w1"] + p["b1"]), axis=1) @ p["w2"] + p["b2"]
+  return _fit_minibatch(params, logits, train_x, train_y, test_x, test_y, steps, seed)
+
+
+def cnn_probe(train_images, train_y, test_images, test_y, classes: int, steps: int, seed: int
+              ) -> float:
+  """Held-out accuracy of a small CNN on the pixels (3 conv 3x3 stride 2, mean pool, linear)."""
+  def prep(x):
+    return (x.astype(np.float32) / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  widths = (3, 16, 32, 64)
+  params = {f"c{i}": jax.random.normal(keys[i], (3, 3, widths[i], widths[i + 1]))
+            * (9 * widths[i]) ** -0.5 for i in range(3)}
+  params["w"] = jnp.zeros((widths[-1], classes))
+  params["b"] = jnp.zeros(classes)
+
+  def logits(p, x):
+    for i in range(3):
+      x = jax.nn.relu(jax.lax.conv_general_dilated(
+          x, p[f"c{i}"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return x.mean((1, 2)) @ p["w"] + p["b"]
+  return _fit_minibatch(params, logits, prep(train_images), train_y, prep(test_images), test_y,
+                        steps, seed)
+
+
+def _fit_minibatch(params, logits, train_x, train_y, test_x, test_y, steps: int, seed: int,
+                   batch: int = 64) -> float:
+  """Adam on minibatches of `batch`; held-out accuracy."""
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(p, s, x, y):
+    g = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        logits(q, x), y).mean())(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  state = opt.init(params)
+  rng = np.random.default_rng(seed)
+  for _ in range(steps):
+    idx = rng.integers(0, len(train_x), batch)
+    params, state = step(params, state, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]))
+  predict = jax.jit(logits)
+  guesses = np.concatenate([np.argmax(np.asarray(predict(params, jnp.asarray(test_x[i:i + 256]))),
+                                      -1) for i in range(0, len(test_x), 256)])
+  return float(np.mean(guesses == test_y))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--train", type=int, default=3000)
   parser.add_argument("--test", type=int, default=1000)
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--hidden", type=int, default=256)
+  parser.add_argument("--pooled_steps", type=int, default=600)
+  parser.add_argument("--skip_flat", action="store_true",
+                      help="only the translation-invariant readers (the flat raw-patch MLP is slow)")
   args = parser.parse_args()
   start = time.time()
   images, shapes, regions = world_images(args.train + args.test, seed=0)
@@ -140,15 +208,26 @@ def main():
   print(f"{'stage':26s} {'dims':>6s} {'shape lin':>9s} {'shape mlp':>9s} {'region lin':>10s} "
         f"{'region mlp':>10s}")
   n = args.train
-  for name, x in stages.items():
+  row = [float("nan")] * 4
+  for name, x in (() if args.skip_flat else stages.items()):
     row = []
     for labels, classes in ((shapes, len(lexicon.SHAPE_NAMES)), (regions, 9)):
       for hidden in (0, args.hidden):
         row.append(probe(x[:n], labels[:n], x[n:], labels[n:], classes, hidden, args.steps, 0))
     print(f"{name:26s} {x.shape[1]:6d} " + " ".join(f"{v:9.3f}" for v in row[:2]) + " "
           + " ".join(f"{v:10.3f}" for v in row[2:]), flush=True)
+  print(f"\nshape, translation-invariant readers ({args.pooled_steps} Adam steps of batch 64):")
+  for name, x in (("raw patches, per patch, max-pooled", raw),
+                  ("ViT (random, frozen), per patch, max-pooled", vit)):
+    accuracy = pooled_patch_probe(x[:n], shapes[:n], x[n:], shapes[n:], len(lexicon.SHAPE_NAMES),
+                                  args.hidden, args.pooled_steps, 0)
+    print(f"  {name:44s} {accuracy:.3f}", flush=True)
+  cnn = cnn_probe(images[:n], shapes[:n], images[n:], shapes[n:], len(lexicon.SHAPE_NAMES),
+                  args.pooled_steps, 0)
+  print(f"  {'small CNN on the pixels (positive control)':44s} {cnn:.3f}")
   print(f"total {time.time() - start:.0f} s")
   print(f"vit_region_mlp {row[3]:.3f}")
+  print(f"cnn_shape {cnn:.3f}")
 
 
 if __name__ == "__main__":

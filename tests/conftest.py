@@ -12,6 +12,10 @@ import sys
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), _DEVICE_FLAG]))
+from processes import FAST_COMPILE_FLAGS  # pylint: disable=wrong-import-position
+
+if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:  # a user's choice is kept
+  os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAGS
 os.environ["JAX_PLATFORMS"] = "cpu"
 # One persistent XLA compilation cache for the session: both xdist workers and every binary the
 # tests start (subprocesses inherit the environment) compile the same tiny train and decode steps

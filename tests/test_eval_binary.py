@@ -13,6 +13,7 @@ import gin
 import pytest
 
 from conftest import REPO_ROOT
+from processes import xla_flags
 from unified_io.cli import eval as eval_cli
 
 LENGTHS = "{'text_inputs': 32, 'text_targets': 16}"
@@ -22,7 +23,7 @@ WORLD_BINDINGS = ("--gin.make_world_config.max_objects=3",
 
 def _run(module, *flags):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run
+  env["XLA_FLAGS"] = xla_flags()  # one CPU device, as a user's run
   # (tests/ holds fixture_user_tasks, the user's task module the training gin imports)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"),
                                                     env.get("PYTHONPATH")]))

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from processes import xla_flags
 from unified_io.cli import train as train_cli
 from unified_io.presets import make_config
 from unified_io.interop import convert
@@ -43,7 +44,7 @@ def _train(run_gin, model_dir, steps, *extra):
   """Runs the binary; returns (exit status, stdout, stderr)."""
   cmd = [sys.executable, "-m", "unified_io.cli.train", *_flags(run_gin, model_dir, steps, *extra)]
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's plain run
+  env["XLA_FLAGS"] = xla_flags()  # one CPU device, as a user's plain run
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   return result.returncode, result.stdout, result.stderr

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from jax.experimental import mesh_utils
 
+from processes import xla_flags
 from unified_io import partitioning
 from unified_io.cli import train as train_cli
 from unified_io.model import UnifiedIOModel
@@ -106,7 +107,7 @@ def test_hybrid_mesh_over_two_processes():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     address = f"127.0.0.1:{s.getsockname()[1]}"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, address, str(i)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

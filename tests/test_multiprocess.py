@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from processes import xla_flags
 from unified_io import partitioning
 from unified_io.training.input import process_input_shards
 
@@ -39,7 +40,7 @@ def command(model_dir, *extra):
 
 def env(devices):
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["XLA_FLAGS"] = xla_flags(devices)
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
   return e

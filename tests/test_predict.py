@@ -18,6 +18,7 @@ from scipy.io import wavfile
 
 from fixture_media import write_garbage, write_wav
 from test_run_loader import write_run
+from processes import xla_flags
 from unified_io import decoding
 from unified_io.cli import predict
 from unified_io.data import vocab as vocab_lib
@@ -112,7 +113,7 @@ def test_audio_file(mm_dir, tmp_path, capsys):
 
 def test_text_to_image_in_a_subprocess_writes_a_png(mm_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()  # one CPU device, as a user's run
   out_png = tmp_path / "circle.png"
   result = subprocess.run(
       [sys.executable, "-m", "unified_io.cli.predict", "--checkpoint", mm_dir,
