@@ -88,6 +88,25 @@ def test_report_has_targets_curves_and_a_gallery(evaluated, tmp_path):
   assert json.load(open(tmp_path / "report" / "metrics.json"))["world_refexp"]["acc50"] >= 0
 
 
+def test_report_plots_each_target_at_each_checkpoint(evaluated, tmp_path):
+  evaluator, results, _ = evaluated
+  earlier = {"world_refexp": evaluator_lib.TaskResult({"acc50": 0.125}, []),
+             "world_vqa_colour": evaluator_lib.TaskResult({"vqa_accuracy": 0.375}, [])}
+  targets = [report.Target("world_refexp", "acc50", 0.5, "refexp"),
+             report.Target("world_vqa_colour", "vqa_accuracy", 0.9, "colour"),
+             report.Target("world_caption", "exact_match", 0.5, "not evaluated")]
+  path = report.write_report(str(tmp_path / "report"), results, evaluator.data_config,
+                             None, targets, examples_per_task=1,
+                             curves={3: earlier, 7: results})
+  page = open(path).read()
+  section = page[page.index("Held-out metrics at each checkpoint"):]
+  assert "<th>step 3</th><th>step 7</th>" in section
+  final = results["world_refexp"].metrics["acc50"]
+  assert f"<tr><td>refexp</td><td>0.125</td><td>{final:.3f}</td></tr>" in section
+  assert "<tr><td>not evaluated</td><td>—</td><td>—</td></tr>" in section
+  assert os.path.getsize(tmp_path / "report" / "target_curves.png") > 1000
+
+
 def test_input_image_is_rebuilt_from_its_patches(evaluated):
   evaluator, results, _ = evaluated
   record = results["world_vqa_colour"].records[0]

@@ -100,6 +100,40 @@ def loss_curves_png(metrics_jsonl: str, path: str) -> str:
   return path
 
 
+def _target_value(results: Mapping[str, TaskResult], target: Target) -> Optional[float]:
+  result = results.get(target.task)
+  return None if result is None else result.metrics.get(target.metric)
+
+
+def target_curves_png(curves: Mapping[int, Mapping[str, TaskResult]], targets: Sequence[Target],
+                      path: str) -> str:
+  """Each target's held-out metric at each evaluated checkpoint (`curves`: step -> results), with
+  its threshold dashed: one panel per target."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  columns = min(len(targets), 3)
+  rows = -(-len(targets) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=100,
+                           squeeze=False)
+  for ax, target in zip(axes.flat, targets):
+    points = [(step, _target_value(results, target)) for step, results in sorted(curves.items())
+              if _target_value(results, target) is not None]
+    if points:
+      ax.plot(*zip(*points), marker="o", linewidth=1.5)
+    ax.axhline(target.threshold, color="grey", linestyle="--", linewidth=1.0)
+    ax.set_title(target.label, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylim(0, max([1.0] + [v for _, v in points]))
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(targets):]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
 def _is_box(value) -> bool:
   return (isinstance(value, (list, tuple, np.ndarray)) and np.asarray(value).shape == (4,)
           and np.asarray(value).dtype.kind in "fi")
@@ -163,8 +197,12 @@ def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Di
 def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
                  train_metrics_jsonl: Optional[str] = None, targets: Sequence[Target] = (),
                  examples_per_task: int = 4, title: str = "unified-io run report",
-                 notes: Sequence[str] = ()) -> str:
-  """Writes out_dir/report.html (and gallery.html, PNGs); returns the report's path."""
+                 notes: Sequence[str] = (),
+                 curves: Optional[Mapping[int, Mapping[str, TaskResult]]] = None) -> str:
+  """Writes out_dir/report.html (and gallery.html, PNGs); returns the report's path.
+
+  `curves` (step -> results of some checkpoints, `results` being the last): each target's
+  held-out metric at each of them, as a plot and a table."""
   os.makedirs(out_dir, exist_ok=True)
   media = os.path.join(out_dir, "media")
   os.makedirs(media, exist_ok=True)
@@ -182,6 +220,20 @@ def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
                   f"</td></tr>")
     parts.append("<h2>Targets</h2><table><tr><th>what</th><th>task</th><th>metric</th>"
                  "<th>reached</th><th>target</th><th></th></tr>" + "".join(rows) + "</table>")
+  if targets and curves:
+    target_curves_png(curves, targets, os.path.join(out_dir, "target_curves.png"))
+    steps = sorted(curves)
+    rows = []
+    for t in targets:
+      values = [_target_value(curves[s], t) for s in steps]
+      cells = "".join("<td>—</td>" if v is None else f"<td>{v:.3f}</td>" for v in values)
+      rows.append(f"<tr><td>{html.escape(t.label)}</td>{cells}</tr>")
+    parts.append("<h2>Held-out metrics at each checkpoint</h2>"
+                 "<p>Each target's metric on held-out examples at each evaluated checkpoint "
+                 "(the dashed line is its target).</p>"
+                 "<img src=\"target_curves.png\" alt=\"held-out metric per checkpoint\">"
+                 "<table><tr><th>what</th>" + "".join(f"<th>step {s}</th>" for s in steps)
+                 + "</tr>" + "".join(rows) + "</table>")
   if train_metrics_jsonl and os.path.exists(train_metrics_jsonl):
     loss_curves_png(train_metrics_jsonl, os.path.join(out_dir, "loss_curves.png"))
     parts.append("<h2>Training loss</h2><img src=\"loss_curves.png\" alt=\"loss curves\">")

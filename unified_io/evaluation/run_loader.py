@@ -102,6 +102,11 @@ def _steps(checkpoints_dir: str) -> Sequence[int]:
                 if n.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, n)))
 
 
+def checkpoint_steps(model_dir: str) -> Sequence[int]:
+  """The steps saved under a MODEL_DIR (checkpoints/<step>/), oldest first."""
+  return _steps(os.path.join(model_dir, CHECKPOINTS))
+
+
 def resolve_checkpoint(checkpoint: str, step: Optional[int] = None
                        ) -> Tuple[Optional[str], str, Optional[int]]:
   """(model_dir or None, the step directory to load, the step number or None).

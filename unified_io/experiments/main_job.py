@@ -67,6 +67,9 @@ def parse_args(argv):
   parser.add_argument("--warmup_steps", type=int, default=100)
   parser.add_argument("--eval_examples", type=int, default=64,
                       help="held-out examples per task (generation tasks use a quarter)")
+  parser.add_argument("--curve_examples", type=int, default=32,
+                      help="held-out examples per target task at each earlier checkpoint, for "
+                           "the report's learning curves (0: the last checkpoint only)")
   parser.add_argument("--eval_batch_size", type=int, default=16)
   parser.add_argument("--split", default="test")
   parser.add_argument("--mixture", default=MIXTURE,
@@ -181,9 +184,22 @@ def main(argv=None) -> int:
   evaluator = evaluator_lib.Evaluator(run.model, tasks, LENGTHS, split=args.split,
                                       batch_size=args.eval_batch_size, max_examples=counts)
   results = evaluator.evaluate(run.params, run.step, os.path.join(args.out, "eval"))
+  targets = [report.Target(*t) for t in TARGETS if t[0] in tasks]
+  curves = {run.step: results}
+  earlier = [s for s in run_loader.checkpoint_steps(model_dir) if s < run.step]
+  if targets and earlier and args.curve_examples > 0:
+    print(f"== learning curves: {len(targets)} target tasks at steps "
+          f"{', '.join(map(str, earlier))} ({args.curve_examples} examples each)", flush=True)
+    curve_tasks = sorted({t.task for t in targets})
+    curve_evaluator = evaluator_lib.Evaluator(
+        run.model, curve_tasks, LENGTHS, split=args.split, batch_size=args.eval_batch_size,
+        max_examples={t: max(args.curve_examples // 4 if generates_media(t)
+                             else args.curve_examples, 1) for t in curve_tasks})
+    for step in earlier:
+      params = run_loader.load_run(model_dir, step=step).params
+      curves[step] = curve_evaluator.evaluate(params, step, os.path.join(args.out, "eval_curve"))
   evaluated_at = time.time()
 
-  targets = [report.Target(*t) for t in TARGETS if t[0] in tasks]
   tokenizer_note = (
       f"The image tokenizer was trained first on {tokenizer_task(args)} images ({args.tokenizer_steps} "
       f"steps of batch {TOKENIZER_BATCH}, {tokenized_at - started:.0f} s; its held-out "
@@ -196,13 +212,15 @@ def main(argv=None) -> int:
       "with reference, not with the data.")
   notes = [f"{run.step} training steps of batch {args.batch_size} on {args.mixture} "
            f"({trained_at - tokenized_at:.0f} s), evaluation on {args.split} examples "
-           f"({evaluated_at - trained_at:.0f} s); the world: {', '.join(WORLD_BINDINGS)}. "
+           f"({evaluated_at - trained_at:.0f} s; earlier checkpoints for the learning curves on "
+           f"{args.curve_examples} examples per target task); the world: "
+           f"{', '.join(WORLD_BINDINGS)}. "
            "Model: models/tiny_multimodal.gin "
            f"({sum(x.size for x in jax.tree_util.tree_leaves(run.params)):,} "
            "parameters). " + tokenizer_note]
   path = report.write_report(report_dir, results, evaluator.data_config,
                              os.path.join(model_dir, "train", "metrics.jsonl"), targets,
-                             notes=notes)
+                             notes=notes, curves=curves)
   print("== targets (held-out):")
   for t in targets:
     value = results[t.task].metrics.get(t.metric)
