@@ -18,19 +18,17 @@ from typing import List, Sequence, Tuple
 
 REPO = str(pathlib.Path(__file__).resolve().parent.parent)
 # The suite is compile-bound (tiny shapes, a few steps each): XLA's CPU backend without its
-# expensive LLVM passes compiles a train step ~25% faster (the all-modality bf16 test 27 -> 19 s),
-# and one thread per process is faster still on 2 cores shared by two pytest workers and the
-# binaries they start (no thread pools competing). Only code generation and threading change, never
-# a program's semantics. conftest.py sets them for the test processes; the binaries the tests start
-# get them from `xla_flags`.
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                      " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+# expensive LLVM passes compiles a train step ~25% faster (the all-modality bf16 test 27 -> 19 s).
+# Only code generation changes, never a program's semantics. conftest.py sets them for the test
+# processes; the binaries the tests start get them from `xla_flags`. (Not the one-thread flags
+# `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`: with them a grouped-batch
+# run hung at exit once, after its last checkpoint; and XLA stops reading its flags at the
+# undashed `intra_op_parallelism_threads=1`.)
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def xla_flags(devices: int = 1) -> str:
   """XLA_FLAGS for a binary a test starts: `devices` fake CPU devices (1 = a user's plain run)."""
-  # (the count goes first: XLA stops reading its flags at `intra_op_parallelism_threads=1`, the
-  # one that has no dashes)
   count = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
   return count + FAST_COMPILE_FLAGS
 
