@@ -117,8 +117,8 @@ def target_curves_png(curves: Mapping[int, Mapping[str, TaskResult]], targets: S
   fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=100,
                            squeeze=False)
   for ax, target in zip(axes.flat, targets):
-    points = [(step, _target_value(results, target)) for step, results in sorted(curves.items())
-              if _target_value(results, target) is not None]
+    values = [(step, _target_value(results, target)) for step, results in sorted(curves.items())]
+    points = [(step, value) for step, value in values if value is not None]
     if points:
       ax.plot(*zip(*points), marker="o", linewidth=1.5)
     ax.axhline(target.threshold, color="grey", linestyle="--", linewidth=1.0)
@@ -211,7 +211,7 @@ def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
   if targets:
     rows = []
     for t in targets:
-      value = results[t.task].metrics.get(t.metric) if t.task in results else None
+      value = _target_value(results, t)
       passed = value is not None and value >= t.threshold
       shown = "—" if value is None else f"{value:.3f}"
       rows.append(f"<tr><td>{html.escape(t.label)}</td><td>{html.escape(t.task)}</td>"

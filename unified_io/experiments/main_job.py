@@ -103,6 +103,11 @@ def generates_media(task_name: str) -> bool:
   return seqio.get_mixture_or_task(task_name).postprocessor is postprocessors.generated_media
 
 
+def eval_counts(tasks, examples: int):
+  """Held-out examples per task: `examples`, a quarter for tasks that generate media (slower)."""
+  return {t: max(examples // 4 if generates_media(t) else examples, 1) for t in tasks}
+
+
 def tokenizer_bindings(args, tokenizer_dir: str):
   return [f"MODEL_DIR = '{tokenizer_dir}'", f"MIXTURE_OR_TASK_NAME = '{tokenizer_task(args)}'",
           "TOKENIZER = 'image'", f"TRAIN_STEPS = {args.tokenizer_steps}",
@@ -179,22 +184,21 @@ def main(argv=None) -> int:
   print(f"== evaluate: {args.split} split of every {args.mixture} task", flush=True)
   run = run_loader.load_run(model_dir)
   tasks = registry.task_names(args.mixture)
-  counts = {t: max(args.eval_examples // 4 if generates_media(t) else args.eval_examples, 1)
-            for t in tasks}
   evaluator = evaluator_lib.Evaluator(run.model, tasks, LENGTHS, split=args.split,
-                                      batch_size=args.eval_batch_size, max_examples=counts)
+                                      batch_size=args.eval_batch_size,
+                                      max_examples=eval_counts(tasks, args.eval_examples))
   results = evaluator.evaluate(run.params, run.step, os.path.join(args.out, "eval"))
   targets = [report.Target(*t) for t in TARGETS if t[0] in tasks]
   curves = {run.step: results}
-  earlier = [s for s in run_loader.checkpoint_steps(model_dir) if s < run.step]
-  if targets and earlier and args.curve_examples > 0:
+  earlier = ([s for s in run_loader.checkpoint_steps(model_dir) if s < run.step]
+             if targets and args.curve_examples > 0 else [])
+  if earlier:
     print(f"== learning curves: {len(targets)} target tasks at steps "
           f"{', '.join(map(str, earlier))} ({args.curve_examples} examples each)", flush=True)
     curve_tasks = sorted({t.task for t in targets})
     curve_evaluator = evaluator_lib.Evaluator(
         run.model, curve_tasks, LENGTHS, split=args.split, batch_size=args.eval_batch_size,
-        max_examples={t: max(args.curve_examples // 4 if generates_media(t)
-                             else args.curve_examples, 1) for t in curve_tasks})
+        max_examples=eval_counts(curve_tasks, args.curve_examples))
     for step in earlier:
       params = run_loader.load_run(model_dir, step=step).params
       curves[step] = curve_evaluator.evaluate(params, step, os.path.join(args.out, "eval_curve"))
@@ -212,9 +216,10 @@ def main(argv=None) -> int:
       "with reference, not with the data.")
   notes = [f"{run.step} training steps of batch {args.batch_size} on {args.mixture} "
            f"({trained_at - tokenized_at:.0f} s), evaluation on {args.split} examples "
-           f"({evaluated_at - trained_at:.0f} s; earlier checkpoints for the learning curves on "
-           f"{args.curve_examples} examples per target task); the world: "
-           f"{', '.join(WORLD_BINDINGS)}. "
+           f"({evaluated_at - trained_at:.0f} s"
+           + (f"; steps {', '.join(map(str, earlier))} for the learning curves on "
+              f"{args.curve_examples} examples per target task" if earlier else "")
+           + f"); the world: {', '.join(WORLD_BINDINGS)}. "
            "Model: models/tiny_multimodal.gin "
            f"({sum(x.size for x in jax.tree_util.tree_leaves(run.params)):,} "
            "parameters). " + tokenizer_note]
