@@ -120,7 +120,8 @@ class UnifiedIOFeatureConverter(seqio.FeatureConverter):
           out[key] = _pad_to(features[f"{modality.value}_target_{name}"], shape)
       return out
 
-    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(tf.autograph.experimental.do_not_convert(convert),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
     """The first (sequence) dimension of every model feature."""

@@ -90,7 +90,7 @@ def mixed_examples(name: str, data_config: DataConfig, lengths: Mapping[str, int
   datasets = [task_examples(t, data_config, lengths, **kwargs) for t in tasks]
   if config is not None:
     denoising.check_modes(name, config, {t.name: d.element_spec for t, d in zip(tasks, datasets)})
-  datasets = [d.map(_model_fields) for d in datasets]
+  datasets = [d.map(tf.autograph.experimental.do_not_convert(_model_fields)) for d in datasets]
   rates = [float(rates[t.name]) for t in tasks]
   sample_seed = seed if seed is not None else (None if shuffle else _UNSHUFFLED_SAMPLE_SEED)
   return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=sample_seed,

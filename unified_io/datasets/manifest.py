@@ -345,9 +345,9 @@ def decode_preprocessor(media: Sequence[str], *, num_video_frames: int = 4,
   dense = dict(depth_scale=depth_scale, max_depth=max_depth, num_classes=num_classes)
 
   def preprocessor(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return dataset.map(functools.partial(_decode, media=tuple(media),
-                                         num_video_frames=num_video_frames,
-                                         video_audio=video_audio, dense=dense),
+    decode = functools.partial(_decode, media=tuple(media), num_video_frames=num_video_frames,
+                               video_audio=video_audio, dense=dense)
+    return dataset.map(tf.autograph.experimental.do_not_convert(decode),
                        num_parallel_calls=tf.data.AUTOTUNE)
   return preprocessor
 
@@ -365,6 +365,7 @@ def check_text_preprocessor(media: Sequence[str], task_kind: Optional[str] = Non
   has_target = any(k in TARGET_MEDIA or k in DENSE_TARGETS for k in media)
 
   @seqio.map_over_dataset(num_seeds=1)
+  @tf.autograph.experimental.do_not_convert
   def fill_and_check(ex, seed):
     ex = dict(ex)
     if task_kind and prompts.num_slots(task_kind) == 0:  # a fixed request: fills empty prompts

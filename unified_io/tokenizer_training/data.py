@@ -59,7 +59,8 @@ def tokenizer_examples(name: str, kind: str, size: Sequence[int], *, split: str,
     if field is None:
       skipped.append(task.name)
       continue
-    examples = raw.map(_as_example(kind, field, size), num_parallel_calls=tf.data.AUTOTUNE,
+    examples = raw.map(tf.autograph.experimental.do_not_convert(_as_example(kind, field, size)),
+                       num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
     datasets.append(examples)
     rates.append(rate)
