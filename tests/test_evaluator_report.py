@@ -97,8 +97,15 @@ def test_report_plots_each_target_at_each_checkpoint(evaluated, tmp_path):
              report.Target("world_caption", "exact_match", 0.5, "not evaluated")]
   path = report.write_report(str(tmp_path / "report"), results, evaluator.data_config,
                              None, targets, examples_per_task=1,
-                             curves={3: earlier, 7: results})
+                             curves={3: earlier, 7: results},
+                             training_examples=report.training_examples_per_task(
+                                 {"world_refexp": 1.5, "world_vqa_colour": 2.5}, 100, 16))
   page = open(path).read()
+  # Which task starves: 1.5 / 4 and 2.5 / 4 of 100 batches of 16 (a task not trained: a dash).
+  targets_table = page[page.index("<h2>Targets</h2>"):page.index("Held-out metrics at each")]
+  assert "<th>training examples</th>" in targets_table
+  assert "missed</td><td>600</td></tr>" in targets_table
+  assert "</td><td>1,000</td></tr>" in targets_table and "</td><td>—</td></tr>" in targets_table
   section = page[page.index("Held-out metrics at each checkpoint"):]
   assert "<th>step 3</th><th>step 7</th>" in section
   final = results["world_refexp"].metrics["acc50"]

@@ -100,6 +100,14 @@ def loss_curves_png(metrics_jsonl: str, path: str) -> str:
   return path
 
 
+def training_examples_per_task(rates: Mapping[str, float], steps: int, batch_size: int
+                                ) -> Dict[str, float]:
+  """task -> the examples of it a run of `steps` batches of `batch_size` draws, in expectation,
+  from a mixture with these `rates` (`registry.rates`)."""
+  total = sum(rates.values())
+  return {task: rate / total * steps * batch_size for task, rate in rates.items()}
+
+
 def _target_value(results: Mapping[str, TaskResult], target: Target) -> Optional[float]:
   result = results.get(target.task)
   return None if result is None else result.metrics.get(target.metric)
@@ -198,11 +206,14 @@ def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
                  train_metrics_jsonl: Optional[str] = None, targets: Sequence[Target] = (),
                  examples_per_task: int = 4, title: str = "unified-io run report",
                  notes: Sequence[str] = (),
-                 curves: Optional[Mapping[int, Mapping[str, TaskResult]]] = None) -> str:
+                 curves: Optional[Mapping[int, Mapping[str, TaskResult]]] = None,
+                 training_examples: Optional[Mapping[str, float]] = None) -> str:
   """Writes out_dir/report.html (and gallery.html, PNGs); returns the report's path.
 
   `curves` (step -> results of some checkpoints, `results` being the last): each target's
-  held-out metric at each of them, as a plot and a table."""
+  held-out metric at each of them, as a plot and a table. `training_examples` (task -> how many
+  examples of it training drew, e.g. `training_examples_per_task`): a column of the targets
+  table, to see which tasks starve in the mixture."""
   os.makedirs(out_dir, exist_ok=True)
   media = os.path.join(out_dir, "media")
   os.makedirs(media, exist_ok=True)
@@ -214,12 +225,17 @@ def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
       value = _target_value(results, t)
       passed = value is not None and value >= t.threshold
       shown = "—" if value is None else f"{value:.3f}"
+      seen = ("" if training_examples is None else
+              f"<td>{training_examples[t.task]:,.0f}</td>" if t.task in training_examples
+              else "<td>—</td>")
       rows.append(f"<tr><td>{html.escape(t.label)}</td><td>{html.escape(t.task)}</td>"
                   f"<td>{html.escape(t.metric)}</td><td>{shown}</td><td>&ge; {t.threshold}</td>"
                   f"<td class=\"{'ok' if passed else 'miss'}\">{'met' if passed else 'missed'}"
-                  f"</td></tr>")
+                  f"</td>{seen}</tr>")
+    seen_header = "" if training_examples is None else "<th>training examples</th>"
     parts.append("<h2>Targets</h2><table><tr><th>what</th><th>task</th><th>metric</th>"
-                 "<th>reached</th><th>target</th><th></th></tr>" + "".join(rows) + "</table>")
+                 f"<th>reached</th><th>target</th><th></th>{seen_header}</tr>" + "".join(rows)
+                 + "</table>")
   if targets and curves:
     target_curves_png(curves, targets, os.path.join(out_dir, "target_curves.png"))
     steps = sorted(curves)

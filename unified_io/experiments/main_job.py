@@ -223,14 +223,17 @@ def main(argv=None) -> int:
            "Model: models/tiny_multimodal.gin "
            f"({sum(x.size for x in jax.tree_util.tree_leaves(run.params)):,} "
            "parameters). " + tokenizer_note]
+  rates = registry.rates(args.mixture) if len(tasks) > 1 else {tasks[0]: 1.0}
+  seen = report.training_examples_per_task(rates, run.step, args.batch_size)
   path = report.write_report(report_dir, results, evaluator.data_config,
                              os.path.join(model_dir, "train", "metrics.jsonl"), targets,
-                             notes=notes, curves=curves)
-  print("== targets (held-out):")
+                             notes=notes, curves=curves, training_examples=seen)
+  print("== targets (held-out; training examples of the task drawn in expectation):")
   for t in targets:
     value = results[t.task].metrics.get(t.metric)
     mark = "met" if value is not None and value >= t.threshold else "MISSED"
-    print(f"  {t.label:34s} {value:7.3f}  (target >= {t.threshold})  {mark}")
+    print(f"  {t.label:34s} {value:7.3f}  (target >= {t.threshold})  {mark:6s}  "
+          f"{seen.get(t.task, 0):7,.0f} examples")
   print(f"== report: {path}  (total {time.time() - started:.0f} s)")
   return 0
 
