@@ -20,7 +20,7 @@ demo: install
 	$(PY) -m unified_io.experiments.main_job --out main_job_output
 
 test: install
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 tests
 
 check-reference: install
 	$(PY) -m unified_io.interop.check_reference $(REFERENCE)/uio2_text_golden.npz
