@@ -2,7 +2,7 @@
 it on held-out examples, and write a report (HTML + PNGs): loss curves, a metrics table against
 targets, and a gallery of predictions.
 
-  python -m unified_io.experiments.main_job                       # = make demo; about 15 min on 2 CPU cores
+  python -m unified_io.experiments.main_job                       # = make demo; 15-20 min on 2 CPU cores
   python -m unified_io.experiments.main_job --steps 200 --out /tmp/quick --eval_examples 16
   python -m unified_io.experiments.main_job --mixture world_dense --out /tmp/dense  # dense labels
 
