@@ -252,7 +252,9 @@ def denoise(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int
   fn = functools.partial(_denoise_example, config=config, data_config=data_config,
                          max_inputs=lengths.get("text_inputs"),
                          max_targets=lengths.get("text_targets"))
-  return seqio.map_over_dataset(num_seeds=2)(tf.autograph.experimental.do_not_convert(fn))(dataset)
+  # (not through autograph: see unified_io.data.preprocess.unified_preprocessor)
+  return seqio.map_over_dataset(num_seeds=2)(tf.autograph.experimental.do_not_convert(fn))(
+      dataset)
 
 
 def _mode_logits(applicable: Dict[str, tf.Tensor], rates: Tuple[float, ...],
