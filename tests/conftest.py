@@ -70,7 +70,6 @@ def golden_full(reference_dir):
   return np.load(path)
 
 
-
 # The files whose tests take longest (each 1-4 minutes of a ~20-minute run on 2 cores, measured
 # with --durations): run first, so that the run ends on short tests. With `--dist worksteal`
 # (Makefile) a worker that runs out of tests takes queued ones from the other; a long test left

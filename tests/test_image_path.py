@@ -12,6 +12,7 @@ patches of the 8 x 8 grid, in random order with their grid positions.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import seqio
 import tensorflow as tf
 
@@ -55,10 +56,16 @@ def object_cells(inputs, background_patch):
           if not np.array_equal(x, background_patch)}
 
 
-def test_an_object_moved_one_patch_is_the_same_patches_one_cell_further():
+@pytest.fixture(scope="module")
+def moved():
+  """(rendering here, model inputs here, model inputs one patch down and right)."""
   step = PATCH / DATA.image_input_size[0]  # one patch, as a fraction of the side (exact)
   here, there = picture((0.375, 0.375)), picture((0.375 + step, 0.375 + step))
-  a, b = model_inputs(here.image_hw3), model_inputs(there.image_hw3)
+  return here, model_inputs(here.image_hw3), model_inputs(there.image_hw3)
+
+
+def test_an_object_moved_one_patch_is_the_same_patches_one_cell_further(moved):
+  here, a, b = moved
   assert a["mask"].all() and sorted(a["pos_ids"]) == list(range(GRID * GRID))
   background = a["input"][list(a["pos_ids"]).index(GRID * GRID - 1)]  # far corner: empty
   cells_a, cells_b = object_cells(a, background), object_cells(b, background)
@@ -75,13 +82,11 @@ def test_an_object_moved_one_patch_is_the_same_patches_one_cell_further():
   assert {c for _, c in covered} == {c for _, c in cells_a}
 
 
-def test_rope_attention_between_the_object_patches_moves_with_the_object():
+def test_rope_attention_between_the_object_patches_moves_with_the_object(moved):
   """Queries and keys made from the patches' pixels, rotated by the rows the embedder gathers
   for them: the logits among the object's patches (and to the background at the same relative
   offsets) are unchanged by the move, and differ between different relative offsets."""
-  step = PATCH / DATA.image_input_size[0]
-  a = model_inputs(picture((0.375, 0.375)).image_hw3)
-  b = model_inputs(picture((0.375 + step, 0.375 + step)).image_hw3)
+  _, a, b = moved
   embedder = ImageInputEmbedder(CFG, vit=ImageViT(CFG.image_vit))
   batch = {k: jnp.asarray(np.stack([a[k], b[k]])) for k in a}
   params = embedder.init(jax.random.PRNGKey(0), batch)
