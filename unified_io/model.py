@@ -41,6 +41,7 @@ class UnifiedIOModel:
     if cfg.pack_pairs:
       self.inference_module = UnifiedIONetwork(dataclasses.replace(
           cfg, pack_pairs=False, packed_encoder_length=None, packed_decoder_length=None))
+    self._abstract_params = None  # (`abstract_params`, traced on first use)
 
   # -- the data contract (unified_io/contract.py) --------------------------------------------
   @property
@@ -71,8 +72,12 @@ class UnifiedIOModel:
   # -- parameters -----------------------------------------------------------------------------
   def abstract_params(self) -> Dict:
     """`init`'s boxed parameters as `jax.ShapeDtypeStruct`s (shapes and logical axes, by
-    `jax.eval_shape`: nothing is allocated or compiled)."""
-    return jax.eval_shape(self.init, jax.random.PRNGKey(0), self.batch_spec(1))
+    `jax.eval_shape`: nothing is allocated or compiled). Traced once per model (a second
+    ~2.5 s for the tiny all-modality one, in every run that checks its mesh and then sets up);
+    each call returns its own tree."""
+    if self._abstract_params is None:
+      self._abstract_params = jax.eval_shape(self.init, jax.random.PRNGKey(0), self.batch_spec(1))
+    return jax.tree_util.tree_map(lambda leaf: leaf, self._abstract_params)
 
   def init(self, rng: jax.Array, batch) -> Dict:
     """Boxed (logically partitioned) parameters; `flax.linen.meta.unbox` strips the boxes.

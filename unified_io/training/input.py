@@ -300,10 +300,14 @@ class InputConfigError(ValueError):
 
 
 def check_input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                make_converter: Callable[[], UnifiedIOFeatureConverter]) -> None:
+                make_converter: Callable[[], UnifiedIOFeatureConverter], *, seed: int = 0,
+                shard_info: Optional[seqio.ShardInfo] = None) -> UnifiedIOFeatureConverter:
   """Builds, without reading an example, the pipeline of every stage the run will sample (each
   curriculum stage's rates, or the mixture's), so that a bad input configuration fails before the
-  trainer writes anything to MODEL_DIR. Raises InputConfigError naming the cause in one line."""
+  trainer writes anything to MODEL_DIR. Raises InputConfigError naming the cause in one line.
+  Returns the converter it checked with (`make_converter()`'s). `seed`, `shard_info`: those a
+  shard of the run will be opened with (any do for the check; the same ones, with the returned
+  converter, let `pipeline.reusing_built_pipelines` hand the build to that shard)."""
   try:
     converter = make_converter()
     curriculum = _curriculum_of(mixture_or_task_name)
@@ -314,7 +318,9 @@ def check_input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       rate_tables = [dict(stage.rates) for stage in curriculum.stages]
     for rates in rate_tables:
       pipeline.get_dataset(mixture_or_task_name, converter, task_feature_lengths, split="train",
-                           shuffle=True, seed=0, num_epochs=None, rates=rates)
+                           shuffle=True, seed=seed, shard_info=shard_info, num_epochs=None,
+                           rates=rates)
+    return converter
   except (ValueError, KeyError, TypeError) as exc:
     # (gin and seqio append context on further lines: the first names the cause)
     raise InputConfigError(str(exc).strip().splitlines()[0] if str(exc).strip()

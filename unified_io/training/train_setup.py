@@ -61,11 +61,12 @@ class TrainSetup:
     return partitioning.activated(self.mesh, self.rules)
 
 
-def abstract_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation
-                   ) -> Tuple[Any, TrainState]:
+def abstract_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,
+                   boxed: Any = None) -> Tuple[Any, TrainState]:
   """(boxed abstract params, abstract TrainState) without allocating anything; the state of
-  `optimizer` remade for the parameters' logical axes, as `build_train_setup` runs it."""
-  boxed = jax.eval_shape(init_params)
+  `optimizer` remade for the parameters' logical axes, as `build_train_setup` runs it. `boxed`:
+  `jax.eval_shape(init_params)` if already known (e.g. `model.abstract_params()`)."""
+  boxed = jax.eval_shape(init_params) if boxed is None else boxed
   optimizer = optim.for_param_axes(optimizer, partitioning.logical_specs(boxed))
   return boxed, jax.eval_shape(lambda: TrainState.create(nn.meta.unbox(boxed), optimizer))
 
@@ -109,7 +110,8 @@ def build_train_setup(
   init_rng = jax.random.PRNGKey(seed)
   init_params = lambda: model.init(init_rng, init_batch)  # noqa: E731
   with partitioning.activated(mesh, rules):
-    boxed, abstract = abstract_state(init_params, optimizer)
+    # (the parameters' shapes and axes depend on neither the batch nor the key: the model's own)
+    boxed, abstract = abstract_state(init_params, optimizer, model.abstract_params())
     # A mesh that does not fit the model or the batch is refused here, in one line, before
     # anything is allocated or compiled (`partitioning.MeshError`).
     partitioning.check_divisible(boxed, mesh, rules)
