@@ -111,6 +111,11 @@ def test_report_plots_each_target_at_each_checkpoint(evaluated, tmp_path):
   final = results["world_refexp"].metrics["acc50"]
   assert f"<tr><td>refexp</td><td>0.125</td><td>{final:.3f}</td></tr>" in section
   assert "<tr><td>not evaluated</td><td>—</td><td>—</td></tr>" in section
+  # (what the main job prints per target: a task never evaluated is missed, not an error)
+  assert report.target_status(earlier, targets[0]) == (0.125, False)
+  assert report.target_status(results, targets[2]) == (None, False)
+  assert report.target_status({"world_refexp": evaluator_lib.TaskResult({"acc50": 0.5}, [])},
+                              targets[0]) == (0.5, True)
   assert os.path.getsize(tmp_path / "report" / "target_curves.png") > 1000
 
 

@@ -10,7 +10,7 @@ reference image as the VQ tokenizer reproduces it, generated audio as spectrogra
 import html
 import json
 import os
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -111,6 +111,14 @@ def training_examples_per_task(rates: Mapping[str, float], steps: int, batch_siz
 def _target_value(results: Mapping[str, TaskResult], target: Target) -> Optional[float]:
   result = results.get(target.task)
   return None if result is None else result.metrics.get(target.metric)
+
+
+def target_status(results: Mapping[str, TaskResult], target: Target
+                  ) -> Tuple[Optional[float], bool]:
+  """(the value `results` reached on `target`'s metric, or None if its task or metric is
+  missing; whether it meets the threshold). The report's table and the main job's console."""
+  value = _target_value(results, target)
+  return value, value is not None and value >= target.threshold
 
 
 def target_curves_png(curves: Mapping[int, Mapping[str, TaskResult]], targets: Sequence[Target],
@@ -222,8 +230,7 @@ def write_report(out_dir: str, results: Mapping[str, TaskResult], data_config,
   if targets:
     rows = []
     for t in targets:
-      value = _target_value(results, t)
-      passed = value is not None and value >= t.threshold
+      value, passed = target_status(results, t)
       shown = "—" if value is None else f"{value:.3f}"
       seen = ("" if training_examples is None else
               f"<td>{training_examples[t.task]:,.0f}</td>" if t.task in training_examples

@@ -230,9 +230,10 @@ def main(argv=None) -> int:
                              notes=notes, curves=curves, training_examples=seen)
   print("== targets (held-out; training examples of the task drawn in expectation):")
   for t in targets:
-    value = results[t.task].metrics.get(t.metric)
-    mark = "met" if value is not None and value >= t.threshold else "MISSED"
-    print(f"  {t.label:34s} {value:7.3f}  (target >= {t.threshold})  {mark:6s}  "
+    value, passed = report.target_status(results, t)
+    shown = "missing" if value is None else f"{value:.3f}"
+    mark = "met" if passed else "MISSED"
+    print(f"  {t.label:34s} {shown:>7s}  (target >= {t.threshold})  {mark:6s}  "
           f"{seen.get(t.task, 0):7,.0f} examples")
   print(f"== report: {path}  (total {time.time() - started:.0f} s)")
   return 0
