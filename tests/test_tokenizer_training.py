@@ -4,6 +4,7 @@ is named. Small tokenizer configs (16 px images, a 16-code book) keep each compi
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -176,9 +177,12 @@ def test_resuming_is_exact_and_the_run_writes_its_record_measures_and_report(tmp
   assert record["kind"] == "image" and record["config"]["n_embed"] == 16
   assert os.path.exists(os.path.join(whole["model_dir"], "report", "index.html"))
   assert os.path.exists(os.path.join(whole["model_dir"], "report", "reconstructions.png"))
-  split = _train_kwargs(tmp_path / "split", train_steps=2)
+  # A run stopped after step 2: a MODEL_DIR holding only the uninterrupted run's step 2 (its
+  # parameters, optimizer, codebook averages and input state), resumed to step 4.
+  split = _train_kwargs(tmp_path / "split")
+  shutil.copytree(os.path.join(whole["model_dir"], "checkpoints", "2"),
+                  os.path.join(split["model_dir"], "checkpoints", "2"))
   tokenizer_trainer.train_tokenizer(**split)
-  tokenizer_trainer.train_tokenizer(**{**split, "train_steps": 4})
   assert "resumed from step 2" in capsys.readouterr().out
   a, b = _params_of(whole["model_dir"], 4), _params_of(split["model_dir"], 4)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):

@@ -284,7 +284,11 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
                                             save_every=checkpoint_every, keep=keep_checkpoints)
     params = obj.init(jax.random.key(seed))
     optimizer, schedule = make_optimizer(learning_rate, warmup_steps, train_steps, params)
-    state = TokenizerState.create(params, optimizer, obj.codebook(params))
+    # Committed to its device as a restored state is: the step then compiles to one program
+    # whether the run starts fresh or resumes (an uncommitted state's differs in its sharding
+    # annotations, and XLA may fuse the two differently: resumes would drift by rounding).
+    state = jax.device_put(TokenizerState.create(params, optimizer, obj.codebook(params)),
+                           jax.devices()[0])
     resume_step = checkpoints.latest_step()
     if resume_step is not None:
       state, _ = checkpoints.restore(state, resume_step)
