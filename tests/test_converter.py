@@ -203,6 +203,29 @@ def test_registered_task_and_mixture_through_the_pipeline(model_cfg, data_cfg, l
   assert (first == V.PREFIX_TOKENS["[Text] [R]"]).all()
 
 
+def test_reusing_built_pipelines_hands_a_build_over_once_inside_its_block(model_cfg, data_cfg,
+                                                                         lengths):
+  """What the trainer's input check and its open share: inside the block the next call with the
+  same arguments gets the dataset built first (which reads as a new build does), once; other
+  arguments, another converter, a second call or leaving the block build anew (a shuffled
+  dataset iterated twice would give another order)."""
+  converter = UnifiedIOModel(model_cfg).feature_converter()
+  _register("test_converter_reused", data_cfg)
+  build = lambda c=converter, **kw: pipeline.get_dataset(  # noqa: E731
+      "test_converter_reused", c, lengths, shuffle=True, num_epochs=None, **{"seed": 5, **kw})
+  first = lambda ds: next(iter(ds.batch(3)))["inputs/text/tokens"].numpy()  # noqa: E731
+  with pipeline.reusing_built_pipelines():
+    built = build()
+    assert build(seed=6) is not built
+    assert build(shard_info=seqio.ShardInfo(0, 2)) is not built
+    assert build(UnifiedIOModel(model_cfg).feature_converter()) is not built
+    assert build() is built
+    again = build()
+    assert again is not built
+  assert build() is not built
+  np.testing.assert_array_equal(first(built), first(again))
+
+
 # ------------------------------------------------------------------------------------------------
 # Refusals, naming the feature
 # ------------------------------------------------------------------------------------------------

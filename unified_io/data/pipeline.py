@@ -125,8 +125,8 @@ def get_dataset(name: str, converter: UnifiedIOFeatureConverter, lengths: Mappin
   if _built is not None:
     key = (name, id(converter), tuple(sorted(lengths.items())), split, shuffle, seed, shard_info,
            num_epochs, None if rates is None else tuple(sorted(rates.items())))
-    if key in _built:
-      return _built[key][1]
+    if key in _built:  # (handed over once: see `reusing_built_pipelines`)
+      return _built.pop(key)[1]
   converter.data_config.check_lengths(lengths)
   examples = mixed_examples(name, converter.data_config, lengths, split=split, shuffle=shuffle,
                             seed=seed, shard_info=shard_info, num_epochs=num_epochs, rates=rates)
@@ -138,15 +138,17 @@ def get_dataset(name: str, converter: UnifiedIOFeatureConverter, lengths: Mappin
 
 @contextlib.contextmanager
 def reusing_built_pipelines() -> Iterator[None]:
-  """Inside: `get_dataset` asked again with the same arguments (the same converter object)
-  returns the dataset it built the first time instead of building it again.
+  """Inside: a pipeline `get_dataset` builds is handed to the next call with the same arguments
+  (the same converter object) instead of being built again, once; later calls build anew.
 
   Building traces every task's map functions (~7 s for the world's 32-task mixture on 2 cores);
-  the trainer checks the input configuration before it writes anything and opens the input
-  later, with the same arguments on a fresh run. A `tf.data.Dataset` is immutable and each
-  `iter()` of it starts at its first element, so sharing one is exact. Scoped to a block, never
-  process-wide: a task registered again under the same name, or a data folder that changed,
-  must be built again."""
+  the trainer checks the input configuration before it writes anything, building the pipeline
+  without reading it, and opens the input later with the same arguments on a fresh run. Handed
+  over once only: the first consumer iterates a dataset nobody has iterated, exactly as a new
+  build; a second `iter()` of a shuffled `tf.data.Dataset` would see another order (its shuffle
+  seed advances with each iteration), so a reopened input (a failed restore, a checkpoint set
+  aside) must get a fresh build. Scoped to a block, never process-wide: a task registered again
+  under the same name, or a data folder that changed, must be built again."""
   global _built
   outer, _built = _built, ({} if _built is None else _built)
   try:
