@@ -66,6 +66,7 @@ def _added_pieces() -> Sequence[str]:
 
 
 _LOAD_LOCK = threading.Lock()  # SentencePiece proto loading is not thread-safe
+_TF_TOKENIZER_LOCK = threading.Lock()  # (one `tf_tokenizer` per vocabulary, made once)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +97,7 @@ class UIO2Vocabulary(seqio.Vocabulary):
   def __init__(self, path: Optional[str] = None):
     self._path = path or default_model_path()
     self._sp: Optional[spm.SentencePieceProcessor] = None
+    self._tf: Optional[tf_text.SentencepieceTokenizer] = None
     super().__init__(extra_ids=0)  # the 1200 extra ids are real pieces of the rearranged model
 
   # -- loading --------------------------------------------------------------------------------
@@ -120,14 +122,22 @@ class UIO2Vocabulary(seqio.Vocabulary):
 
   @property
   def tf_tokenizer(self) -> tf_text.SentencepieceTokenizer:
-    return tf_text.SentencepieceTokenizer(model=self.sp_model)
+    # One per vocabulary: its model is a resource created eagerly (tf_text lifts it out of any
+    # graph being traced) and captured by each tf.data function that tokenises, so every task's
+    # pipeline shares it instead of loading the model again (and logging
+    # "precompiled_charsmap is empty" each time, from sentencepiece's C++ inside tf_text).
+    with _TF_TOKENIZER_LOCK:
+      if self._tf is None:
+        with tf.init_scope():  # (eager, even when first asked inside a function being traced)
+          self._tf = tf_text.SentencepieceTokenizer(model=self.sp_model)
+      return self._tf
 
   def __getstate__(self):
     return {"_path": self._path, "_extra_ids": self._extra_ids}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._sp = None
+    self._sp, self._tf = None, None
 
   # -- sizes and special ids ------------------------------------------------------------------
   @property
