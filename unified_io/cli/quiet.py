@@ -39,13 +39,16 @@ def import_tensorflow(verbose: bool) -> None:
 _NOISE = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages "
                     r"before absl::InitializeLog|To enable the following instructions|"
                     r"\w+\.cc\(\d+\) LOG\(INFO\) )")
+# SentencePiece's INFO line ("precompiled_charsmap is empty") says nothing about a failure either:
+# dropped even when the block raised (the tokenizer is made while a pipeline is built).
+_INFO_NOISE = re.compile(r"^\w+\.cc\(\d+\) LOG\(INFO\) ")
 
 
 @contextlib.contextmanager
 def held_stderr(verbose: bool):
   """File descriptor 2 goes to a temporary file inside the block (unless `verbose`); then what
   was written there is replayed on stderr, without the known start-up noise (`_NOISE`) when the
-  block succeeded, all of it when it raised."""
+  block succeeded, all of it but SentencePiece's INFO line when it raised."""
   if verbose:
     yield
     return
@@ -65,5 +68,6 @@ def held_stderr(verbose: bool):
       os.close(saved)
       held.seek(0)
       lines = held.read().decode(errors="replace").splitlines(keepends=True)
-      sys.stderr.write("".join(l for l in lines if failed or not _NOISE.match(l)))
+      sys.stderr.write("".join(l for l in lines if not _INFO_NOISE.match(l)
+                               and (failed or not _NOISE.match(l))))
       sys.stderr.flush()
