@@ -83,6 +83,8 @@ def parse_args(argv):
                            "resumed there (default: OUT/tokenizer_image)")
   parser.add_argument("--gin_file", action="append", default=[],
                       help="extra gin files after models/tiny_multimodal.gin and runs/pretrain.gin")
+  parser.add_argument("--verbose", action="store_true",
+                      help="let TensorFlow, XLA and absl log as they do by default")
   args, rest = parser.parse_known_args(argv)
   for item in rest:
     if not item.startswith("--gin."):
@@ -145,6 +147,9 @@ def train_bindings(args, model_dir: str):
 
 def main(argv=None) -> int:
   args, extra_bindings = parse_args(sys.argv[1:] if argv is None else argv)
+  from unified_io.cli import quiet  # pylint: disable=import-outside-toplevel
+  quiet.start(args.verbose)  # (as the binaries: TF's start-up lines and absl warnings held back)
+  quiet.import_tensorflow(args.verbose)
   import unified_io.tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import jax  # pylint: disable=import-outside-toplevel
   from unified_io.cli import gin_flags  # pylint: disable=import-outside-toplevel
