@@ -21,12 +21,13 @@ ALLOWED = {
     "config": {"modalities"},
     "contract": {"config", "modalities"},
     "gin_required": set(),
+    "native_logs": set(),
     "presets": {"config", "modalities", "interop"},  # interop: the release's own component config
     "network": {"config", "modalities"},
     "model": MODEL | {"network", "data"},  # data: only the converter the model makes
     "decoding": MODEL | {"network", "model"},
     "partitioning": MODEL,
-    "data": MODEL,
+    "data": MODEL | {"native_logs"},  # native_logs: the tokenizer's C++ log line held back
     "datasets": MODEL | {"data"},
     # datasets: a run records its world and dataset folders (run-config.json's data section)
     # adapters: LoRA and int8 as transforms of a model's parameter tree

@@ -11,13 +11,14 @@ file descriptor 2 (`held_stderr`) around synchronous pipeline work: what is held
 without those lines, and all of it when the block raises.
 """
 
-import contextlib
 import importlib
 import logging
 import os
-import re
-import sys
-import tempfile
+
+from unified_io import native_logs
+
+# (the holding itself lives below the binaries, where the data layer can use it too)
+held_stderr = native_logs.held_stderr
 
 
 def start(verbose: bool) -> None:
@@ -32,42 +33,3 @@ def import_tensorflow(verbose: bool) -> None:
   """Imports TensorFlow with its start-up lines held back (`held_stderr`) unless `verbose`."""
   with held_stderr(verbose):
     importlib.import_module("tensorflow")
-
-
-# C++ log lines of absl (TF, XLA: "I0000 00:00:17.. 123 file.cc:45] ..."), its notice before
-# InitializeLog, TF's CPU-feature advice, SentencePiece's own LOG(INFO).
-_NOISE = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages "
-                    r"before absl::InitializeLog|To enable the following instructions|"
-                    r"\w+\.cc\(\d+\) LOG\(INFO\) )")
-# SentencePiece's INFO line ("precompiled_charsmap is empty") says nothing about a failure either:
-# dropped even when the block raised (the tokenizer is made while a pipeline is built).
-_INFO_NOISE = re.compile(r"^\w+\.cc\(\d+\) LOG\(INFO\) ")
-
-
-@contextlib.contextmanager
-def held_stderr(verbose: bool):
-  """File descriptor 2 goes to a temporary file inside the block (unless `verbose`); then what
-  was written there is replayed on stderr, without the known start-up noise (`_NOISE`) when the
-  block succeeded, all of it but SentencePiece's INFO line when it raised."""
-  if verbose:
-    yield
-    return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    os.dup2(held.fileno(), 2)
-    failed = False
-    try:
-      yield
-    except BaseException:
-      failed = True
-      raise
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      held.seek(0)
-      lines = held.read().decode(errors="replace").splitlines(keepends=True)
-      sys.stderr.write("".join(l for l in lines if not _INFO_NOISE.match(l)
-                               and (failed or not _NOISE.match(l))))
-      sys.stderr.flush()

@@ -36,7 +36,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from unified_io.cli import quiet  # (file-descriptor 2 holding only: no binary is imported)
+from unified_io import native_logs
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 0, 1, 2
 NUM_SENTINELS = 200
@@ -132,7 +132,7 @@ class UIO2Vocabulary(seqio.Vocabulary):
       if self._tf is None:
         # (eager, even when first asked inside a function being traced; SentencePiece's C++
         # "precompiled_charsmap is empty" INFO line, written to fd 2 as the model loads, held back)
-        with tf.init_scope(), quiet.held_stderr(verbose=False):
+        with tf.init_scope(), native_logs.held_stderr(verbose=False):
           self._tf = tf_text.SentencepieceTokenizer(model=self.sp_model)
       return self._tf
 
