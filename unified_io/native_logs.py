@@ -14,14 +14,15 @@ import re
 import sys
 import tempfile
 
-# C++ log lines of absl (TF, XLA: "I0000 00:00:17.. 123 file.cc:45] ..."), its notice before
-# InitializeLog, TF's CPU-feature advice, SentencePiece's own LOG(INFO).
-_NOISE = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages "
-                    r"before absl::InitializeLog|To enable the following instructions|"
-                    r"\w+\.cc\(\d+\) LOG\(INFO\) )")
-# SentencePiece's INFO line ("precompiled_charsmap is empty") says nothing about a failure either:
-# dropped even when the block raised (the tokenizer is made while a pipeline is built).
+# SentencePiece's own LOG(INFO) ("precompiled_charsmap is empty"): says nothing about a failure
+# either, so it is dropped even when the block raised (the tokenizer is made while a pipeline is
+# built).
 _INFO_NOISE = re.compile(r"^\w+\.cc\(\d+\) LOG\(INFO\) ")
+# C++ log lines of absl (TF, XLA: "I0000 00:00:17.. 123 file.cc:45] ..."), its notice before
+# InitializeLog, TF's CPU-feature advice, and SentencePiece's INFO line.
+_NOISE = re.compile(r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages "
+                    r"before absl::InitializeLog|To enable the following instructions)|"
+                    + _INFO_NOISE.pattern)
 
 
 @contextlib.contextmanager
