@@ -49,7 +49,8 @@ import tensorflow as tf
 from unified_io.data import prompts, registry
 from unified_io.data.curriculum import Curriculum
 from unified_io.data.ops import boxes as box_ops
-from unified_io.datasets.world import GENERATORS, WorldDataSource, dense, make_world_config
+from unified_io.datasets.world import GENERATORS, WorldDataSource, dense, lexicon, make_world_config
+from unified_io.evaluation import drawn_objects
 from unified_io.evaluation import metric_fns as M
 from unified_io.evaluation import postprocessors as P
 
@@ -92,6 +93,20 @@ _CAPTION = dict(postprocess_fn=P.captions, metric_fns=(M.exact_match, M.bleu, M.
 _VQA = dict(postprocess_fn=P.vqa_answers, metric_fns=(M.vqa_accuracy,))
 _LABEL = dict(metric_fns=(M.exact_match, M.classification_accuracy))
 _IMAGE_OUT = dict(postprocess_fn=P.generated_media, metric_fns=(M.token_accuracy, M.image_error))
+# Generated world pictures: also whether they show the reference's objects, found by the world's
+# flat object colours (a grey distractor counts with the backgrounds).
+WORLD_PALETTE = drawn_objects.Palette.from_rgb255(
+    lexicon.COLOUR_RGB_C3, list(lexicon.BACKGROUNDS.values()) + [lexicon.DISTRACTOR_GREY])
+_SCENE_OUT = dict(postprocess_fn=P.generated_media,
+                  metric_fns=(M.token_accuracy, M.image_error, M.drawn_objects_for(WORLD_PALETTE)))
+
+
+@gin.configurable
+def world_palette() -> drawn_objects.Palette:
+  """The world's palette, for gin: `train_tokenizer.object_palette = @world_palette()` (the image
+  tokenizer's held-out measures then say how many objects its reconstructions keep)."""
+  return WORLD_PALETTE
+
 _AUDIO_OUT = dict(postprocess_fn=P.generated_media,
                   metric_fns=(M.token_accuracy, M.spectrogram_error))
 # The dense world tasks' scoring, one line per task: generated pictures decoded back to labels
@@ -103,7 +118,7 @@ DENSE_SCORING = {
     "normals": _DENSE_OUT(M.normals_error),
     "segmentation": _DENSE_OUT(M.segmentation_miou_for(len(dense.SEGMENTATION_CLASSES))),
     "edges": _DENSE_OUT(M.edge_fscore),
-    "segmentation_to_image": _IMAGE_OUT,
+    "segmentation_to_image": _SCENE_OUT,
     "palette": dict(metric_fns=(M.exact_match,)),
 }
 TASKS: Dict[str, WorldTask] = {
@@ -119,9 +134,9 @@ TASKS: Dict[str, WorldTask] = {
     "detection": WorldTask("detection", "detection", _IMAGE, text_targets=detection_target,
                            postprocess_fn=P.detections, metric_fns=(M.detection_map,)),
     "text_to_image": WorldTask("text_to_image", "text_to_image", _IMAGE, null_prompt=True,
-                               **_IMAGE_OUT),
+                               **_SCENE_OUT),
     "object_mask": WorldTask("object_mask", "object_to_mask", _IMAGE, **_IMAGE_OUT),
-    "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE, **_IMAGE_OUT),
+    "image_denoise": WorldTask("image_denoise", "image_denoise", _IMAGE, **_SCENE_OUT),
     "depth": WorldTask("depth", "depth", _IMAGE, **DENSE_SCORING["depth"]),
     "normals": WorldTask("normals", "surface_normals", _IMAGE, **DENSE_SCORING["normals"]),
     "segmentation": WorldTask("segmentation", "semantic_segmentation", _IMAGE,
@@ -165,6 +180,10 @@ def stage1(task: WorldTask) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   return to_raw_fields
 
 
+# Generation tasks trained with dropped prompts are evaluated with classifier-free guidance at this
+# scale (registry.Inference.guidance_scale): MEASURED_BELOW
+GUIDANCE_SCALE = 3.0
+
 # Examples are independent random draws and the source already shuffles indices, so seqio's
 # example shuffle (which runs after stage 2, on patchified images) only needs a token buffer.
 _SHUFFLE_BUFFER = 8
@@ -174,6 +193,7 @@ for _name, _task in TASKS.items():
                     [stage1(_task)], modalities=_task.modalities,
                     postprocess_fn=_task.postprocess_fn, metric_fns=list(_task.metric_fns),
                     max_decode_length=_task.max_decode_length,
+                    guidance_scale=GUIDANCE_SCALE if _task.null_prompt else None,
                     shuffle_buffer_size=_SHUFFLE_BUFFER, replace=True)
 
 VISION = ("caption", "vqa_colour", "vqa_shape", "vqa_count", "vqa_position", "refexp",

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import unified_io.tasks  # noqa: F401  (registers the world)
 from unified_io.presets import make_config
@@ -43,10 +44,12 @@ def test_every_example_is_scored_and_written(evaluated):
   assert 0 <= results["world_refexp"].metrics["acc50"] <= 1
   assert {"ap", "ap50"} <= set(results["world_detection"].metrics)
   image = results["world_text_to_image"]
-  assert {"token_accuracy", "pixel_mse", "psnr"} <= set(image.metrics)
+  assert {"token_accuracy", "pixel_mse", "psnr", "objects_drawn", "object_iou",
+          "tokenizer_objects_drawn"} <= set(image.metrics)
   record = image.records[0]
   assert len(record["_output"]["tokens"]) == len(record["_target"]["tokens"]) == 256
-  assert record["_output"]["image"].shape == record["_target"]["image"].shape == (128, 128, 3)
+  assert (record["_output"]["image"].shape == record["_target"]["image"].shape
+          == record["_target"]["reconstruction"].shape == (128, 128, 3))
   saved = json.loads(open(out / "world_text_to_image-7.jsonl").readline())
   assert len(saved["prediction"]) == len(saved["reference"]) == 256  # the tokens
 
@@ -85,6 +88,10 @@ def test_report_has_targets_curves_and_a_gallery(evaluated, tmp_path):
   assert os.path.getsize(tmp_path / "report" / "loss_curves.png") > 1000
   gallery = open(tmp_path / "report" / "gallery.html").read()
   assert gallery.count("<img") >= 6  # input images, drawn boxes, generated | reference images
+  assert "middle: the reference&#x27;s tokens decoded" in gallery
+  card = gallery.split("world_text_to_image #0</h3><img src=\"")[1].split("\"")[0]
+  with Image.open(tmp_path / "report" / card) as picture:  # generated | decoded | reference
+    assert picture.size == (3 * 128, 128)
   assert json.load(open(tmp_path / "report" / "metrics.json"))["world_refexp"]["acc50"] >= 0
 
 
@@ -125,3 +132,22 @@ def test_input_image_is_rebuilt_from_its_patches(evaluated):
   image = report.input_image(record["_inputs"], evaluator.data_config)
   assert image.shape == (128, 128, 3) and image.dtype == np.uint8
   assert image.std() > 5  # a scene, not a blank
+
+
+def test_generation_tasks_trained_with_dropped_prompts_are_guided(evaluated):
+  """world_text_to_image (trained with 10% null prompts) generates with its registered guidance
+  scale unless the decode options set one; text tasks never are."""
+  from unified_io import decoding
+  from unified_io.data import registry
+  from unified_io.tasks import world
+  evaluator = evaluated[0]
+  image, text = evaluator_lib.Modality.IMAGE, evaluator_lib.Modality.TEXT
+  assert registry.inference("world_text_to_image").guidance_scale == world.GUIDANCE_SCALE
+  assert evaluator._options("world_text_to_image", image).guidance_scale == world.GUIDANCE_SCALE
+  assert evaluator._options("world_refexp", text).guidance_scale == 1.0
+  assert registry.inference("world_object_mask").guidance_scale is None  # no null prompts
+  own = evaluator_lib.Evaluator(evaluator.model, [], LENGTHS, load=False, log=lambda *_: None,
+                                decode_options=decoding.DecodeOptions(guidance_scale=2.0))
+  assert own._options("world_text_to_image", image).guidance_scale == 2.0
+  with pytest.raises(ValueError, match="guidance_scale must be > 0"):
+    registry.Inference(guidance_scale=0.0)

@@ -19,6 +19,7 @@ from unified_io.tokenizer_training import objectives
 from unified_io.tokenizer_training import trainer as tokenizer_trainer
 from unified_io.tokenizer_training.data import TokenizerDataError
 from unified_io.tokenizer_training.state import TokenizerState
+from unified_io.tasks.world import world_palette
 
 SMALL_IMAGE = ImageVQGANConfig(embed_dim=4, n_embed=16, z_channels=4, resolution=16, ch=32,
                                ch_mult=(1, 1), num_res_blocks=0, attn_resolutions=(),
@@ -160,6 +161,19 @@ def test_random_crops_are_windows_of_each_example():
     np.testing.assert_array_equal(example[top:top + 3, left:left + 3], crop)
 
 
+def test_crops_among_candidates_take_the_most_varied_window():
+  x = np.zeros((2, 12, 12, 3), np.float32)
+  x[0, 8:, 8:] = np.indices((4, 4)).sum(0)[..., None] % 2  # one busy corner, flat elsewhere
+  x[1, :4, :4] = 1.0
+  crops = np.asarray(tokenizer_trainer.random_crops(jnp.asarray(x), 4, jax.random.key(3), 40))
+  assert crops.shape == (2, 4, 4, 3)
+  assert crops[0].var() > 0 and crops[1].var() > 0  # each holds part of its example's object
+  # One candidate is the uniform draw it always was.
+  np.testing.assert_array_equal(
+      tokenizer_trainer.random_crops(jnp.asarray(x), 4, jax.random.key(3), 1),
+      tokenizer_trainer.random_crops(jnp.asarray(x), 4, jax.random.key(3)))
+
+
 # ------------------------------------------------------------------------ runs and resuming
 def _params_of(model_dir, step):
   from unified_io.training import checkpoints as ckpt_lib
@@ -169,17 +183,20 @@ def _params_of(model_dir, step):
 
 
 def test_resuming_is_exact_and_the_run_writes_its_record_measures_and_report(tmp_path, capsys):
-  whole = _train_kwargs(tmp_path / "whole")
+  # (crops chosen among candidates and the objects measure ride along: resuming stays exact)
+  extra = dict(crop_candidates=3, object_palette=world_palette())
+  whole = _train_kwargs(tmp_path / "whole", **extra)
   measures = tokenizer_trainer.train_tokenizer(**whole)
   for name in ("eval/psnr", "eval/ssim", "eval/codebook_usage", "eval/perplexity"):
     assert np.isfinite(measures[name]), name
+  assert 0 <= measures["eval/objects_kept"] <= 1 and 0 <= measures["eval/object_iou"] <= 1
   record = json.load(open(os.path.join(whole["model_dir"], "tokenizer.json")))
   assert record["kind"] == "image" and record["config"]["n_embed"] == 16
   assert os.path.exists(os.path.join(whole["model_dir"], "report", "index.html"))
   assert os.path.exists(os.path.join(whole["model_dir"], "report", "reconstructions.png"))
   # A run stopped after step 2: a MODEL_DIR holding only the uninterrupted run's step 2 (its
   # parameters, optimizer, codebook averages and input state), resumed to step 4.
-  split = _train_kwargs(tmp_path / "split")
+  split = _train_kwargs(tmp_path / "split", **extra)
   shutil.copytree(os.path.join(whole["model_dir"], "checkpoints", "2"),
                   os.path.join(split["model_dir"], "checkpoints", "2"))
   tokenizer_trainer.train_tokenizer(**split)
@@ -199,6 +216,11 @@ def test_refusals_name_the_problem_before_anything_is_written(tmp_path):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, model_config=no_image))
   with pytest.raises(ConfigError, match="image_crop`: 32 is not a multiple"):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, image_crop=32))
+  with pytest.raises(ConfigError, match="crop_candidates`: 0 is not"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, crop_candidates=0))
+  with pytest.raises(ConfigError, match="object_palette`: objects are measured on pictures"):
+    tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, kind="audio",
+                                                      object_palette=world_palette()))
   with pytest.raises(TokenizerDataError, match="no task with image_targets or image_inputs"):
     tokenizer_trainer.train_tokenizer(**_train_kwargs(tmp_path, mixture_or_task_name="world_text"))
   assert not model_dir.exists()

@@ -45,10 +45,15 @@ class Inference:
     the paper evaluates multiple-choice tasks. A tuple of strings (the same options for every
     example), or the name of a `meta/` field holding each example's own options.
   max_decode_length: text tokens to generate (default: the `text_targets` feature length).
+  guidance_scale: image / audio generation: the classifier-free guidance scale to generate with
+    (`unified_io.decoding`), for a task trained with dropped prompts (the model must know the
+    unconditional distribution). None: the evaluator's decode options decide; they also win when
+    they set a scale of their own (other than 1).
   """
 
   answer_options: Union[None, Tuple[str, ...], str] = None
   max_decode_length: Optional[int] = None
+  guidance_scale: Optional[float] = None
 
   def __post_init__(self):
     options = self.answer_options
@@ -62,6 +67,8 @@ class Inference:
                        "meta/ field holding each example's options")
     if self.max_decode_length is not None and self.max_decode_length < 2:
       raise ValueError(f"max_decode_length must be at least 2, got {self.max_decode_length}")
+    if self.guidance_scale is not None and not self.guidance_scale > 0:
+      raise ValueError(f"guidance_scale must be > 0, got {self.guidance_scale}")
 
 
 _TASK_INFERENCE: Dict[str, Inference] = {}
@@ -85,6 +92,7 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
              after_stage2: Sequence[Callable] = (),
              answer_options: Union[None, Sequence[str], str] = None,
              max_decode_length: Optional[int] = None,
+             guidance_scale: Optional[float] = None,
              vocabulary: Optional[seqio.Vocabulary] = None,
              shuffle_buffer_size: Optional[int] = 128, replace: bool = False) -> seqio.Task:
   """Register a seqio Task: `source` + `preprocessors` (stage 1, ending in raw fields);
@@ -98,7 +106,7 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
   `postprocess_fn` and `metric_fns` are seqio's: `uio2-eval` calls
   `postprocess_fn(output, example=..., is_target=...)` and each metric function as seqio does
   (unified_io/evaluation/evaluator.py says what `output` and `example` are for UIO2 targets).
-  `answer_options` and `max_decode_length`: see `Inference`.
+  `answer_options`, `max_decode_length` and `guidance_scale`: see `Inference`.
   """
   if modalities is not None:
     modalities = tuple(Modality(m) for m in modalities)
@@ -111,7 +119,7 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
       shuffle_buffer_size=shuffle_buffer_size)
   _TASK_MODALITIES[name] = modalities
   _TASK_AFTER_STAGE2[name] = tuple(after_stage2)
-  _TASK_INFERENCE[name] = Inference(answer_options, max_decode_length)
+  _TASK_INFERENCE[name] = Inference(answer_options, max_decode_length, guidance_scale)
   return task
 
 

@@ -288,8 +288,12 @@ class Evaluator:
     changes: Dict[str, Any] = dict(max_length=max_length)
     if target == Modality.TEXT:
       changes["guidance_scale"] = 1.0  # guidance is for image and audio targets
-    elif self.decode_options.method == decoding.DecodeMethod.BEAM:
-      changes["method"] = decoding.DecodeMethod.GREEDY  # a full token grid: beams buy nothing
+    else:
+      if self.decode_options.method == decoding.DecodeMethod.BEAM:
+        changes["method"] = decoding.DecodeMethod.GREEDY  # a full token grid: beams buy nothing
+      task_scale = registry.inference(name).guidance_scale
+      if task_scale is not None and self.decode_options.guidance_scale == 1.0:
+        changes["guidance_scale"] = task_scale
     return dataclasses.replace(self.decode_options, **changes)
 
   # -- producing outputs ------------------------------------------------------------------------
@@ -377,10 +381,15 @@ class Evaluator:
     return outputs, np.asarray(out.scores).tolist()
 
   def _media_targets(self, params, batch, target: Modality) -> List[Dict[str, np.ndarray]]:
+    """The reference's tokens, loss mask and picture (or spectrogram), and its tokens decoded
+    ("reconstruction": what a generation with every token right would show)."""
     ref_tokens, ref_mask = self._apply(self._reference, params, batch)[target.value]
+    ref_tokens = np.asarray(ref_tokens)
+    decoded = np.asarray(self._apply(self._render[target], params, ref_tokens))
     raw = batch["targets"][target.value][target.value]
-    return [{"tokens": np.asarray(ref_tokens[r]), "mask": np.asarray(ref_mask[r]),
-             _RENDERED_KEY[target]: _rendered(target, raw[r])} for r in range(raw.shape[0])]
+    return [{"tokens": ref_tokens[r], "mask": np.asarray(ref_mask[r]),
+             _RENDERED_KEY[target]: _rendered(target, raw[r]),
+             "reconstruction": _rendered(target, decoded[r])} for r in range(raw.shape[0])]
 
   # -- scoring ----------------------------------------------------------------------------------
   def score(self, name: str, records: List[Dict[str, Any]]) -> Dict[str, float]:

@@ -31,6 +31,10 @@ These are thin wrappers; the definitions live in `metrics`, `caption_metrics` an
    (segmentation_miou_for(n))
   edge_fscore              {image} / {image}: white edges on black     edge_precision,
                                                                        edge_recall, edge_f
+  drawn_objects            {image, reconstruction?} / {image}:         objects_drawn, object_iou,
+   (drawn_objects_for(p))  objects in flat palette colours             object_colour_recall,
+                                                                       images_drawn, stray_colours,
+                                                                       tokenizer_objects_drawn, ..
   log_likelihood           (any) / scores: float                       log_likelihood
 
 Caption benchmarks (COCO captions, Clotho, MSR-VTT) report BLEU-4 and CIDEr-D against all of an
@@ -55,6 +59,7 @@ from unified_io.data import dense_labels
 from unified_io.evaluation import box_metrics
 from unified_io.evaluation import caption_metrics
 from unified_io.evaluation import dense_metrics
+from unified_io.evaluation import drawn_objects as drawn_objects_lib
 from unified_io.evaluation import metrics
 
 Scores = Dict[str, float]
@@ -179,6 +184,30 @@ def segmentation_miou_for(num_classes: int) -> PredictMetric:
   return _named(segmentation_miou_fn, name,
                 f"Segmentation over {num_classes} classes (nearest palette colour; black = "
                 f"ignored): mIoU and pixel accuracy from the dataset's confusion matrix.")
+
+
+def drawn_objects_for(palette: drawn_objects_lib.Palette) -> PredictMetric:
+  """The metric fn asking whether generated images show the reference's objects, found by
+  their flat `palette` colours (`drawn_objects`). When the targets carry the reference's own
+  tokens decoded ("reconstruction", as the evaluator gives them), the same measures of those
+  come as tokenizer_objects_drawn / tokenizer_object_iou: what right tokens would draw."""
+  name = "drawn_objects"
+
+  def drawn_objects_fn(targets, predictions) -> Scores:
+    references = _field(name, targets, "image", "target")
+    scores = drawn_objects_lib.drawn_objects(_field(name, predictions, "image", "prediction"),
+                                             references, palette)
+    if all(isinstance(t, Mapping) and "reconstruction" in t for t in targets):
+      ceiling = drawn_objects_lib.drawn_objects([t["reconstruction"] for t in targets],
+                                                references, palette)
+      scores.update(tokenizer_objects_drawn=ceiling["objects_drawn"],
+                    tokenizer_object_iou=ceiling["object_iou"])
+    return scores
+
+  return _named(drawn_objects_fn, name,
+                "Generated images vs the reference's objects, found by their palette colours: "
+                "objects_drawn (IoU >= 0.5), object_iou, object_colour_recall, images_drawn, "
+                "stray_colours (`drawn_objects`).")
 
 
 depth_error = depth_error_for(dense_labels.DEFAULT_MAX_DEPTH)

@@ -4,7 +4,8 @@ results (unified_io.evaluation.evaluator).
 
 Gallery cards per task kind: text answers beside the input image (or spectrogram, or video frames),
 predicted boxes drawn in red beside the ground truth in green, generated images beside the
-reference image as the VQ tokenizer reproduces it, generated audio as spectrograms.
+reference's own tokens decoded (what right tokens would draw) and the reference image, generated
+audio as spectrograms the same way.
 """
 
 import html
@@ -194,17 +195,25 @@ def _card(task: str, record: Mapping, data_config, index: int, media: str) -> Di
       card["spectrogram"] = render.spectrogram_png(
           spectrogram, os.path.join(media, f"{task}-{index}-input.png"), title="input audio")
     return card
+  # The reference's own tokens decoded (when the evaluator gave them) sit between the two: what
+  # a generation with every token right would show, so a tokenizer's limits are not taken for
+  # the model's.
+  decoded = "reconstruction" in target
   if "image" in output:
-    side = np.concatenate([output["image"], target["image"]], axis=1)
-    card["image"] = render.to_uint8(side)
+    panels = [output["image"]] + ([target["reconstruction"]] if decoded else []) + [target["image"]]
+    card["image"] = render.to_uint8(np.concatenate(panels, axis=1))
     card["prediction"] = "left: generated (VQ tokens -> tokenizer decoder)"
-    card["reference"] = "right: the reference image"
+    card["reference"] = ("middle: the reference's tokens decoded; right: the reference image"
+                         if decoded else "right: the reference image")
   else:
-    both = np.concatenate([output["spectrogram"], target["spectrogram"]], axis=0)
+    rows = ([output["spectrogram"]] + ([target["reconstruction"]] if decoded else [])
+            + [target["spectrogram"]])
     card["spectrogram"] = render.spectrogram_png(
-        both, os.path.join(media, f"{task}-{index}-audio.png"),
-        title="generated | reference")
-    card["prediction"] = "generated spectrogram (first half of the time axis)"
+        np.concatenate(rows, axis=0), os.path.join(media, f"{task}-{index}-audio.png"),
+        title="generated | reference tokens decoded | reference" if decoded
+        else "generated | reference")
+    card["prediction"] = ("generated spectrogram (first third of the time axis)" if decoded else
+                          "generated spectrogram (first half of the time axis)")
   tokens, ref = np.asarray(output["tokens"]), np.asarray(target["tokens"])
   card["metrics"] = {"token accuracy": float(np.mean(tokens[:len(ref)] == ref[:len(tokens)]))}
   return card

@@ -16,7 +16,9 @@ One call of `train_tokenizer()`:
      binary);
   4. before the first step (the random tokenizer's figures), every `eval_every` steps and at the
      end measures held-out reconstructions (PSNR, SSIM,
-     codebook usage and perplexity; spectrogram L1 for audio: `measures.py`) into
+     codebook usage and perplexity; spectrogram L1 for audio: `measures.py`; with an
+     `object_palette`, whether the reconstructions keep the pictures' objects:
+     `unified_io.evaluation.drawn_objects`) into
      MODEL_DIR/eval/metrics.jsonl and TensorBoard, warning in one line when the codebook
      collapses (fewer than `usage_warning` of the codes in use);
   5. writes MODEL_DIR/report/index.html: held-out inputs beside their reconstructions, the
@@ -41,6 +43,7 @@ from clu import metric_writers
 
 from unified_io import gin_required
 from unified_io.config import ConfigError, UnifiedIOConfig
+from unified_io.evaluation import drawn_objects
 from unified_io.training import checkpoints as ckpt_lib
 from unified_io.training import input as input_lib
 from unified_io.training.progress import ProgressLog
@@ -110,25 +113,33 @@ def make_optimizer(learning_rate: float, warmup_steps: int, train_steps: int, pa
   return optimizer, schedule
 
 
-def random_crops(x_bhwc: jax.Array, size: int, key: jax.Array) -> jax.Array:
-  """One `size` x `size` window of each example, at a uniformly drawn position."""
+def random_crops(x_bhwc: jax.Array, size: int, key: jax.Array, candidates: int = 1
+                 ) -> jax.Array:
+  """One `size` x `size` window of each example: of `candidates` windows at uniformly drawn
+  positions, the one whose pixels vary most (1: a uniformly drawn window)."""
   b, h, w, c = x_bhwc.shape
-  corners = jax.random.randint(key, (b, 2), 0, jnp.array([h - size + 1, w - size + 1]))
   crop = lambda x, yx: jax.lax.dynamic_slice(x, (yx[0], yx[1], 0), (size, size, c))
-  return jax.vmap(crop)(x_bhwc, corners)
+  high = jnp.array([h - size + 1, w - size + 1])
+  if candidates == 1:
+    return jax.vmap(crop)(x_bhwc, jax.random.randint(key, (b, 2), 0, high))
+  corners_bk2 = jax.random.randint(key, (b, candidates, 2), 0, high)
+  windows_bkhwc = jax.vmap(lambda x, corners: jax.vmap(lambda yx: crop(x, yx))(corners))(
+      x_bhwc, corners_bk2)
+  best_b = jnp.argmax(jnp.var(windows_bkhwc, axis=(2, 3)).sum(-1), axis=1)
+  return jnp.take_along_axis(windows_bkhwc, best_b[:, None, None, None, None], axis=1)[:, 0]
 
 
 def make_step(obj: objectives.Objective, optimizer, schedule, *, commitment: float,
               codebook_decay: float, restart_below: float, seed: int,
-              crop: Optional[int] = None, l1_weight: float = 0.0):
+              crop: Optional[int] = None, l1_weight: float = 0.0, crop_candidates: int = 1):
   """The jitted training step; `crop`: train on one random square window of each example
-  (keyed by the step, so resuming stays exact)."""
+  (keyed by the step, so resuming stays exact), the most varied of `crop_candidates`."""
   restart_key = jax.random.key(seed + 17)
   crop_key = jax.random.key(seed + 29)
 
   def step(state: TokenizerState, x: jax.Array):
     if crop is not None and crop < max(x.shape[1:3]):
-      x = random_crops(x, crop, jax.random.fold_in(crop_key, state.step))
+      x = random_crops(x, crop, jax.random.fold_in(crop_key, state.step), crop_candidates)
     (loss, aux), grads = jax.value_and_grad(obj.loss, has_aux=True)(state.params, x, commitment,
                                                                l1_weight)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -202,8 +213,10 @@ class Evaluator:
   """Held-out reconstructions and their measures, every `eval_every` steps and at the end."""
 
   def __init__(self, obj: objectives.Objective, examples: np.ndarray, model_dir: str,
-               batch_size: int, usage_warning: float):
+               batch_size: int, usage_warning: float,
+               object_palette: Optional[drawn_objects.Palette] = None):
     self.obj, self.examples, self.usage_warning = obj, examples, usage_warning
+    self.object_palette = object_palette
     self.batch_size = min(batch_size, len(examples))
     self._reconstruct = jax.jit(lambda p, x: objectives.reconstruct(obj, p, x))
     eval_dir = os.path.join(model_dir, "eval")
@@ -226,6 +239,10 @@ class Evaluator:
     self.last_outputs = outputs
     codebook_size = self.obj.codebook(params).shape[0]
     values = measures_lib.summary(self.obj.kind, self.examples, outputs, ids, codebook_size)
+    if self.object_palette is not None:
+      kept = drawn_objects.drawn_objects(list(_unit_range(outputs)),
+                                         list(_unit_range(self.examples)), self.object_palette)
+      values.update(objects_kept=kept["objects_drawn"], object_iou=kept["object_iou"])
     values = {f"eval/{k}": float(v) for k, v in values.items()}
     self._writer.write_scalars(step, values)
     self._writer.flush()
@@ -240,6 +257,18 @@ class Evaluator:
     return values
 
 
+def _unit_range(images_bhwc: np.ndarray) -> np.ndarray:
+  """The VQGAN's [-1, 1] pixels as the [0, 1] pictures they show."""
+  return np.clip((np.asarray(images_bhwc, np.float32) + 1) / 2, 0, 1)
+
+
+def _check_crop_candidates(crop_candidates: int) -> int:
+  if not isinstance(crop_candidates, int) or crop_candidates < 1:
+    raise ConfigError(f"config field `train_tokenizer.crop_candidates`: {crop_candidates!r} is "
+                      "not a whole number of windows >= 1")
+  return crop_candidates
+
+
 @gin.configurable(denylist=["gin_imports"])
 def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
                     kind: str = gin.REQUIRED, model_config: UnifiedIOConfig = gin.REQUIRED,
@@ -251,7 +280,9 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
                     keep_checkpoints: Optional[int] = 2, log_every: int = 25,
                     eval_every: int = 500, eval_examples: int = 64,
                     eval_split: str = "validation", usage_warning: float = 0.25,
-                    image_crop: Optional[int] = 64, gin_imports=()) -> Dict[str, float]:
+                    image_crop: Optional[int] = 64, crop_candidates: int = 1,
+                    object_palette: Optional[drawn_objects.Palette] = None,
+                    gin_imports=()) -> Dict[str, float]:
   """Trains the `kind` tokenizer of `model_config` to step `train_steps`; returns the last
   held-out measures (module docstring). `restart_below`: a code whose moving-average count falls
   below this fraction of an even share is restarted; `codebook_decay`: the moving averages';
@@ -262,7 +293,14 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
   images); None trains on whole images. A step on 64 px crops of 128 px images costs a quarter,
   and per second of CPU training the tokenizer learns much faster: 23.0 dB held-out PSNR after
   170 s against 20.7 dB on whole images. The audio tokenizer (a ViT with one position embedding
-  per patch) always takes whole spectrograms."""
+  per patch) always takes whole spectrograms. `crop_candidates` > 1: each crop is the most varied
+  (pixel variance) of that many random windows, so pictures of small objects on flat backgrounds
+  train on their objects rather than on empty background.
+
+  `object_palette` (image tokenizers; e.g. `@world_palette()` for the built-in world): the held-out
+  measures add objects_kept and object_iou, how many of the pictures' flat-colour objects the
+  reconstructions keep (`drawn_objects`; PSNR barely sees small objects: a tokenizer at 24.9 dB
+  kept 7% of the world's objects, one at 29.0 dB 93%)."""
   del gin_imports
   gin_required.check_required(
       "train_tokenizer", model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
@@ -272,6 +310,10 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
   obj = objectives.objective(kind, config)
   size = obj.example_shape[:2]
   crop = _check_crop(image_crop, config) if kind == "image" else None
+  crop_candidates = _check_crop_candidates(crop_candidates)
+  if object_palette is not None and kind != "image":
+    raise ConfigError("config field `train_tokenizer.object_palette`: objects are measured on "
+                      f"pictures, and this is the {kind} tokenizer")
   _check_same_tokenizer(model_dir, kind, config)
   # A task without such examples fails here, in one line, before MODEL_DIR is written.
   eval_set = held_out(mixture_or_task_name, kind, size, eval_split, eval_examples)
@@ -303,8 +345,8 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
           + (f", trained on random {crop} px crops" if crop else ""), flush=True)
     step_fn = make_step(obj, optimizer, schedule, commitment=commitment,
                         codebook_decay=codebook_decay, restart_below=restart_below, seed=seed,
-                        crop=crop, l1_weight=l1_weight)
-    evaluator = Evaluator(obj, eval_set, model_dir, batch_size, usage_warning)
+                        crop=crop, l1_weight=l1_weight, crop_candidates=crop_candidates)
+    evaluator = Evaluator(obj, eval_set, model_dir, batch_size, usage_warning, object_palette)
     log = ProgressLog(model_dir, start_step=int(state.step), total_steps=train_steps,
                       log_every=log_every)
     last_eval: Dict[str, float] = {}
