@@ -342,7 +342,9 @@ def train_tokenizer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str 
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     print(f"{kind} tokenizer: {num_params:,} parameters, {obj.codebook(state.params).shape[0]} "
           f"codes; examples {obj.example_shape} from {mixture_or_task_name!r}"
-          + (f", trained on random {crop} px crops" if crop else ""), flush=True)
+          + (f", trained on random {crop} px crops" if crop else "")
+          + (f" (each the most varied of {crop_candidates})" if crop and crop_candidates > 1
+             else ""), flush=True)
     step_fn = make_step(obj, optimizer, schedule, commitment=commitment,
                         codebook_decay=codebook_decay, restart_below=restart_below, seed=seed,
                         crop=crop, l1_weight=l1_weight, crop_candidates=crop_candidates)
