@@ -39,7 +39,8 @@ ALLOWED = {
     "interop": MODEL | {"network", "model", "training"},
     "memory_plan": MODEL | {"model", "decoding", "partitioning", "presets", "interop"},
     "tasks": MODEL | {"data", "datasets", "evaluation"},  # evaluation: how each task is scored
-    # the tokenizer trainer: its own checkpoints and progress (training), rendering (evaluation)
+    # the tokenizer trainer: its own checkpoints and progress (training), rendering and the
+    # drawn-objects measure (evaluation)
     "tokenizer_training": MODEL | {"network", "data", "datasets", "training", "evaluation",
                                    "gin_required"},
     # The binaries and experiments sit on top: they may import anything.
