@@ -97,16 +97,8 @@ _IMAGE_OUT = dict(postprocess_fn=P.generated_media, metric_fns=(M.token_accuracy
 # flat object colours (a grey distractor counts with the backgrounds).
 WORLD_PALETTE = drawn_objects.Palette.from_rgb255(
     lexicon.COLOUR_RGB_C3, list(lexicon.BACKGROUNDS.values()) + [lexicon.DISTRACTOR_GREY])
-_SCENE_OUT = dict(postprocess_fn=P.generated_media,
-                  metric_fns=(M.token_accuracy, M.image_error, M.drawn_objects_for(WORLD_PALETTE)))
-
-
-@gin.configurable
-def world_palette() -> drawn_objects.Palette:
-  """The world's palette, for gin: `train_tokenizer.object_palette = @world_palette()` (the image
-  tokenizer's held-out measures then say how many objects its reconstructions keep)."""
-  return WORLD_PALETTE
-
+_SCENE_OUT = dict(_IMAGE_OUT, metric_fns=(*_IMAGE_OUT["metric_fns"],
+                                          M.drawn_objects_for(WORLD_PALETTE)))
 _AUDIO_OUT = dict(postprocess_fn=P.generated_media,
                   metric_fns=(M.token_accuracy, M.spectrogram_error))
 # The dense world tasks' scoring, one line per task: generated pictures decoded back to labels
@@ -121,6 +113,15 @@ DENSE_SCORING = {
     "segmentation_to_image": _SCENE_OUT,
     "palette": dict(metric_fns=(M.exact_match,)),
 }
+
+
+@gin.configurable
+def world_palette() -> drawn_objects.Palette:
+  """The world's palette, for gin: `train_tokenizer.object_palette = @world_palette()` (the image
+  tokenizer's held-out measures then say how many objects its reconstructions keep)."""
+  return WORLD_PALETTE
+
+
 TASKS: Dict[str, WorldTask] = {
     "caption": WorldTask("caption", "image_caption", _IMAGE, **_CAPTION),
     "vqa_colour": WorldTask("vqa_colour", "vqa", _IMAGE, **_VQA),
